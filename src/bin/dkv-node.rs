@@ -1,0 +1,82 @@
+//! `dkv-node [SERVER_ADDR] [--listen HOST:PORT] [--advertise HOST:PORT] [--data-dir DIR] [-c config.json]`
+
+use clap::Parser;
+use dkv::config::Config;
+use dkv::node::{Node, NodeOptions};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// A DKV node: holds a full copy of the data; the coordinator serves clients
+/// and replicates to the others.
+#[derive(Parser)]
+#[command(name = "dkv-node", version)]
+struct Args {
+    /// The server's address; defaults to the config's server-ip-port.
+    #[arg(value_name = "SERVER_ADDR")]
+    server: Option<String>,
+    /// TCP address for clients and replication (UDP beacons use the same
+    /// port when free). Default: an ephemeral port on 127.0.0.1.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:0")]
+    listen: String,
+    /// Address others use to reach this node, when it differs from --listen.
+    #[arg(long, value_name = "HOST:PORT")]
+    advertise: Option<String>,
+    /// Directory that keeps this node's identity across restarts.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Config file; when absent, ./config.json is used if it exists.
+    #[arg(short, long)]
+    config: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    dkv::init_logging();
+    let args = Args::parse();
+    let cfg = match &args.config {
+        Some(p) => Config::load(p),
+        None if std::path::Path::new("config.json").exists() => {
+            Config::load(std::path::Path::new("config.json"))
+        }
+        None => Ok(Config::default()),
+    };
+    let cfg = match cfg {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("dkv-node: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    cfg.log_warnings();
+    let listen = match dkv::net::resolve(&args.listen) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("dkv-node: bad --listen address '{}': {e}", args.listen);
+            return ExitCode::from(2);
+        }
+    };
+    let opts = NodeOptions {
+        server: args.server.unwrap_or_else(|| cfg.server_ip_port.clone()),
+        listen,
+        advertise: args.advertise,
+        data_dir: args.data_dir,
+        settings: cfg.node_settings.clone(),
+    };
+    match Node::start(opts) {
+        Ok(node) => {
+            // Scripts and tests read the node's addresses from this line.
+            println!(
+                "dkv-node {} listening on {} beacons {}",
+                node.id(),
+                node.data_addr(),
+                node.beacon_addr()
+            );
+            loop {
+                std::thread::park();
+            }
+        }
+        Err(e) => {
+            eprintln!("dkv-node: {e}");
+            ExitCode::from(3)
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! `dkv-server -c config.json [--listen HOST:PORT] [--state-file PATH]`
+
+use clap::Parser;
+use dkv::config::Config;
+use dkv::server::{Server, ServerOptions};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// DKV registry and arbiter: nodes register here, clients ask it for the
+/// coordinator, and it grants every coordinator epoch.
+#[derive(Parser)]
+#[command(name = "dkv-server", version)]
+struct Args {
+    /// Config file (JSON, see README).
+    #[arg(short, long, default_value = "config.json")]
+    config: PathBuf,
+    /// Listen address; defaults to the config's server-ip-port.
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: Option<String>,
+    /// Where to keep the cluster view across restarts; defaults to the
+    /// config's server-state-file, else the view is kept in memory only.
+    #[arg(long, value_name = "PATH")]
+    state_file: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    dkv::init_logging();
+    let args = Args::parse();
+    let cfg = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("dkv-server: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    cfg.log_warnings();
+    let listen = args.listen.unwrap_or_else(|| cfg.server_ip_port.clone());
+    let listen = match dkv::net::resolve(&listen) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("dkv-server: bad listen address '{listen}': {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let state_file = args
+        .state_file
+        .or_else(|| cfg.server_state_file.as_ref().map(PathBuf::from));
+    if state_file.is_none() {
+        log::warn!("no state file: the cluster view is kept in memory only");
+    }
+    let opts = ServerOptions {
+        listen,
+        settings: cfg.node_settings.clone(),
+        state_file,
+        max_connections: cfg.node_settings.max_connections,
+    };
+    match Server::start(opts) {
+        Ok(server) => {
+            // Scripts read the bound address from this line.
+            println!("dkv-server listening on {}", server.addr());
+            server.wait();
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("dkv-server: {e}");
+            ExitCode::from(3)
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! The DKV client library.
+//!
+//! ```no_run
+//! let mut c = dkv::Client::connect("127.0.0.1:12345")?;
+//! c.put(b"k", b"v")?;
+//! assert_eq!(c.get(b"k")?, Some(b"v".to_vec()));
+//! assert!(c.delete(b"k")?);
+//! # Ok::<(), dkv::Error>(())
+//! ```
+//!
+//! The client asks the server who the coordinator is, keeps one connection to
+//! it, follows `NotCoordinator` redirects and re-asks the server when a
+//! connection fails, all within the operation deadline.
+//!
+//! Retries never apply a write twice: a write is retried only when it surely
+//! was not applied (the connection could not be opened or the request not
+//! sent, or a node answered that it is not the coordinator). When a write was
+//! sent and no answer came, the client returns [`Error::Indeterminate`].
+
+use crate::errors::{Error, Result};
+use crate::net;
+use crate::wire::{
+    self, ClusterView, ConnKind, NodeStatus, Request, Response, ServerRequest, ServerResponse,
+};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Total time one operation may take, retries included.
+    pub op_timeout: Duration,
+    /// Time to open one connection or wait for one reply.
+    pub io_timeout: Duration,
+    /// Checked before sending; the node checks its own limits again.
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            op_timeout: Duration::from_secs(5),
+            io_timeout: Duration::from_secs(6),
+            max_key_bytes: 4 * 1024,
+            max_value_bytes: 1024 * 1024,
+        }
+    }
+}
+
+struct Conn {
+    addr: String,
+    stream: TcpStream,
+    last_used: Instant,
+}
+
+pub struct Client {
+    server: String,
+    opts: ClientOptions,
+    conn: Option<Conn>,
+}
+
+impl Client {
+    /// A client for the cluster whose server is at `server` ("host:port").
+    /// Fails if the server cannot be reached.
+    pub fn connect(server: &str) -> Result<Client> {
+        Client::with_options(server, ClientOptions::default())
+    }
+
+    pub fn with_options(server: &str, opts: ClientOptions) -> Result<Client> {
+        let c = Client {
+            server: server.to_string(),
+            opts,
+            conn: None,
+        };
+        c.server_call(&ServerRequest::WhoIsCoordinator)?;
+        Ok(c)
+    }
+
+    pub fn options(&self) -> &ClientOptions {
+        &self.opts
+    }
+
+    pub fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.check_key(key)?;
+        match self.request(Request::Get { key: key.to_vec() }, true)? {
+            Response::Value(v) => Ok(v),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.check_key(key)?;
+        if value.len() > self.opts.max_value_bytes {
+            return Err(Error::ValueTooLarge {
+                len: value.len(),
+                max: self.opts.max_value_bytes,
+            });
+        }
+        match self.request(
+            Request::Put {
+                key: key.to_vec(),
+                value: value.to_vec(),
+            },
+            false,
+        )? {
+            Response::Written => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Deletes `key`; returns whether it existed.
+    pub fn delete(&mut self, key: &[u8]) -> Result<bool> {
+        self.check_key(key)?;
+        match self.request(Request::Delete { key: key.to_vec() }, false)? {
+            Response::Deleted(existed) => Ok(existed),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The cluster view held by the server.
+    pub fn cluster_view(&self) -> Result<ClusterView> {
+        match self.server_call(&ServerRequest::View)? {
+            ServerResponse::View(v) => Ok(v),
+            other => Err(Error::Protocol(format!(
+                "unexpected server reply {other:?}"
+            ))),
+        }
+    }
+
+    /// Asks one node directly for its own status.
+    pub fn node_status(&self, addr: &str) -> Result<NodeStatus> {
+        let s = net::connect(addr, ConnKind::Client, self.opts.io_timeout)?;
+        match net::call::<_, Response>(&s, &Request::Status, self.max_reply())? {
+            Response::Status(st) => Ok(st),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    fn check_key(&self, key: &[u8]) -> Result<()> {
+        if key.is_empty() {
+            return Err(Error::EmptyKey);
+        }
+        if key.len() > self.opts.max_key_bytes {
+            return Err(Error::KeyTooLarge {
+                len: key.len(),
+                max: self.opts.max_key_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    fn max_reply(&self) -> usize {
+        self.opts.max_value_bytes + self.opts.max_key_bytes + 64 * 1024
+    }
+
+    fn server_call(&self, req: &ServerRequest) -> Result<ServerResponse> {
+        let s =
+            net::connect(&self.server, ConnKind::Client, self.opts.io_timeout).map_err(|e| {
+                Error::Unavailable(format!("cannot reach the server at {}: {e}", self.server))
+            })?;
+        Ok(net::call(&s, req, wire::MAX_SERVER_FRAME)?)
+    }
+
+    /// The coordinator's address according to the server.
+    fn ask_coordinator(&self) -> Result<String> {
+        match self.server_call(&ServerRequest::WhoIsCoordinator)? {
+            ServerResponse::Coordinator { addr, .. } => Ok(addr),
+            ServerResponse::NoCoordinator { epoch } => Err(Error::Unavailable(format!(
+                "the server knows no coordinator (epoch {epoch})"
+            ))),
+            other => Err(Error::Protocol(format!(
+                "unexpected server reply {other:?}"
+            ))),
+        }
+    }
+
+    fn open(&mut self, addr: String) -> Result<()> {
+        self.conn = None;
+        let stream = net::connect(&addr, ConnKind::Client, self.opts.io_timeout)
+            .map_err(|e| Error::Unavailable(format!("cannot reach {addr}: {e}")))?;
+        self.conn = Some(Conn {
+            addr,
+            stream,
+            last_used: Instant::now(),
+        });
+        Ok(())
+    }
+
+    /// Sends one request, following redirects and failovers until the deadline.
+    fn request(&mut self, req: Request, idempotent: bool) -> Result<Response> {
+        let deadline = Instant::now() + self.opts.op_timeout;
+        let mut backoff = Duration::from_millis(10);
+        let mut redirect: Option<String> = None;
+        let mut last_err: Error;
+        loop {
+            let attempt = (|| -> Result<Response> {
+                if self.conn.as_ref().is_some_and(|c| !alive(c)) {
+                    self.conn = None;
+                }
+                if self.conn.is_none() {
+                    let addr = match redirect.take() {
+                        Some(a) => a,
+                        None => self.ask_coordinator()?,
+                    };
+                    self.open(addr)?;
+                }
+                let c = self.conn.as_mut().expect("connected");
+                if let Err(e) = wire::write_frame(&mut &c.stream, &req) {
+                    self.conn = None;
+                    return Err(Error::Unavailable(format!("send failed: {e}")));
+                }
+                match wire::read_frame::<_, Response>(
+                    &mut &c.stream,
+                    self.opts.max_value_bytes + 64 * 1024,
+                ) {
+                    Ok(r) => {
+                        c.last_used = Instant::now();
+                        Ok(r)
+                    }
+                    Err(e) => {
+                        let addr = c.addr.clone();
+                        self.conn = None;
+                        if idempotent {
+                            Err(Error::Unavailable(format!("{addr}: {e}")))
+                        } else {
+                            Err(Error::Indeterminate(format!(
+                                "no answer from {addr} after the write was sent: {e}"
+                            )))
+                        }
+                    }
+                }
+            })();
+            match attempt {
+                Ok(Response::NotCoordinator { coordinator, .. }) => {
+                    let from = self.conn.take().map(|c| c.addr);
+                    // Follow the hint unless it points back where we were.
+                    redirect = coordinator.filter(|a| Some(a) != from.as_ref());
+                    last_err = Error::Unavailable(format!(
+                        "{} is not the coordinator",
+                        from.unwrap_or_default()
+                    ));
+                    if redirect.is_some() {
+                        continue;
+                    }
+                }
+                Ok(Response::Error { kind, message }) => {
+                    let e = Error::from_reply(kind, message);
+                    match e {
+                        Error::Unavailable(_) => last_err = e,
+                        _ => return Err(e),
+                    }
+                }
+                Ok(r) => return Ok(r),
+                Err(e @ Error::Unavailable(_)) => last_err = e,
+                Err(e @ Error::Io(_)) => last_err = Error::Unavailable(e.to_string()),
+                Err(e) => return Err(e),
+            }
+            let now = Instant::now();
+            if now + backoff >= deadline {
+                return Err(match last_err {
+                    Error::Unavailable(m) => Error::Unavailable(m),
+                    other => other,
+                });
+            }
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_millis(100));
+        }
+    }
+}
+
+/// A connection idle for a while may have been closed by a node that went
+/// away; peek at it so a write is not sent into a dead socket.
+fn alive(c: &Conn) -> bool {
+    if c.last_used.elapsed() < Duration::from_millis(100) {
+        return true;
+    }
+    if c.stream.set_nonblocking(true).is_err() {
+        return false;
+    }
+    let mut b = [0u8; 1];
+    let ok = match c.stream.peek(&mut b) {
+        Ok(_) => false, // closed (0) or unsolicited bytes: either way, reconnect
+        Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+    };
+    c.stream.set_nonblocking(false).is_ok() && ok
+}
+
+fn unexpected(r: Response) -> Error {
+    Error::Protocol(format!("unexpected reply {r:?}"))
+}

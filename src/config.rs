@@ -1,0 +1,358 @@
+//! `config.json`: one validated configuration with commented defaults.
+//!
+//! The file keeps the 2018 design's shape and keys (`server-ip-port`,
+//! `node-settings` with `heartbeat`, `voting-wait`, `election-wait`,
+//! `server-update-interval`, `reconnection-attempts`, `majority-threshold`);
+//! all durations are milliseconds. New keys use the same kebab-case style.
+//! Unknown keys produce a warning, never a failure, so the original file loads.
+
+use crate::errors::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+/// Default server address, as in the original file.
+pub const DEFAULT_SERVER_ADDR: &str = "127.0.0.1:12345";
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Config {
+    /// Where the server listens and where nodes and clients find it.
+    #[serde(default = "default_server_addr")]
+    pub server_ip_port: String,
+    /// File where the server keeps its view (epoch, members, in-sync set).
+    /// Relative paths are relative to the server's working directory.
+    #[serde(default)]
+    pub server_state_file: Option<String>,
+    #[serde(default)]
+    pub node_settings: NodeSettings,
+    #[serde(flatten)]
+    pub unknown: BTreeMap<String, serde_json::Value>,
+}
+
+/// Node timing and limits. `Option` fields are derived from others when absent,
+/// so a file that sets only the original keys still validates.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct NodeSettings {
+    /// Beacon interval (ms). 50 ms lets a dead node be noticed within a few
+    /// hundred ms while costing one small datagram per peer per interval.
+    #[serde(default = "d_heartbeat")]
+    pub heartbeat: u64,
+    /// Silence (ms) after which a peer is suspected dead. Default: 5 heartbeats,
+    /// so one or two lost datagrams never cause a false suspicion.
+    #[serde(default)]
+    pub failure_timeout: Option<u64>,
+    /// Bully election: how long (ms) a candidate waits for a higher-ranked
+    /// node to answer before it asks the server for the grant. Default: 2 heartbeats.
+    #[serde(default)]
+    pub voting_wait: Option<u64>,
+    /// How long (ms) a node that deferred to a higher-ranked one waits for the
+    /// new coordinator to be announced before it starts a new election.
+    /// Default: failure-timeout.
+    #[serde(default)]
+    pub election_wait: Option<u64>,
+    /// How often (ms) the coordinator pushes member status to the server.
+    /// Every push renews the coordinator's lease.
+    #[serde(default = "d_update_interval")]
+    pub server_update_interval: u64,
+    /// Consecutive failed pushes to the server after which a coordinator steps
+    /// down (it also stops serving as soon as its lease runs out).
+    #[serde(default = "d_reconnection_attempts")]
+    pub reconnection_attempts: u32,
+    /// Share of the members that must be in sync for writes to be accepted:
+    /// writes need at least max(min-in-sync, ceil(threshold × members)) in-sync
+    /// nodes. 0 disables the share rule.
+    #[serde(default)]
+    pub majority_threshold: f64,
+    /// Minimum in-sync nodes (coordinator included) for a write to be accepted.
+    #[serde(default = "d_min_in_sync")]
+    pub min_in_sync: usize,
+    /// Coordinator lease (ms) granted by the server at each status push.
+    /// Default: 4 update intervals, so two lost pushes do not cost the lease.
+    #[serde(default)]
+    pub lease_timeout: Option<u64>,
+    /// Bound on clock-rate difference between machines, as a fraction. The
+    /// coordinator treats its lease as `lease × (1 − drift)`, the server as
+    /// `lease × (1 + drift)`.
+    #[serde(default = "d_clock_drift")]
+    pub clock_drift: f64,
+    /// Largest key, in bytes.
+    #[serde(default = "d_max_key")]
+    pub max_key_bytes: usize,
+    /// Largest value, in bytes.
+    #[serde(default = "d_max_value")]
+    pub max_value_bytes: usize,
+    /// Concurrent TCP connections a node accepts (clients plus replicas);
+    /// beyond it a connection gets a TooManyConnections error and is closed.
+    #[serde(default = "d_max_connections")]
+    pub max_connections: usize,
+    /// Committed log entries kept in memory for replicas that fall behind;
+    /// a replica further behind is sent a snapshot.
+    #[serde(default = "d_log_retention")]
+    pub log_retention_entries: usize,
+    /// Most bytes of ops in one replication batch.
+    #[serde(default = "d_batch_bytes")]
+    pub max_batch_bytes: usize,
+    /// A client connection idle (ms) this long is closed.
+    #[serde(default = "d_idle_timeout")]
+    pub client_idle_timeout: u64,
+    /// How long (ms) a write may wait for replication before the client gets
+    /// a Timeout error (outcome unknown).
+    #[serde(default = "d_write_timeout")]
+    pub write_timeout: u64,
+    #[serde(flatten)]
+    pub unknown: BTreeMap<String, serde_json::Value>,
+}
+
+fn default_server_addr() -> String {
+    DEFAULT_SERVER_ADDR.to_string()
+}
+fn d_heartbeat() -> u64 {
+    50
+}
+fn d_update_interval() -> u64 {
+    100
+}
+fn d_reconnection_attempts() -> u32 {
+    3
+}
+fn d_min_in_sync() -> usize {
+    1
+}
+fn d_clock_drift() -> f64 {
+    0.05
+}
+fn d_max_key() -> usize {
+    4 * 1024
+}
+fn d_max_value() -> usize {
+    1024 * 1024
+}
+fn d_max_connections() -> usize {
+    1024
+}
+fn d_log_retention() -> usize {
+    100_000
+}
+fn d_batch_bytes() -> usize {
+    1024 * 1024
+}
+fn d_idle_timeout() -> u64 {
+    300_000
+}
+fn d_write_timeout() -> u64 {
+    5_000
+}
+
+impl Default for NodeSettings {
+    fn default() -> Self {
+        serde_json::from_str("{}").expect("defaults deserialize")
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        serde_json::from_str("{}").expect("defaults deserialize")
+    }
+}
+
+impl NodeSettings {
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat)
+    }
+    pub fn failure_timeout(&self) -> Duration {
+        Duration::from_millis(self.failure_timeout.unwrap_or(5 * self.heartbeat))
+    }
+    pub fn voting_wait(&self) -> Duration {
+        Duration::from_millis(self.voting_wait.unwrap_or(2 * self.heartbeat))
+    }
+    pub fn election_wait(&self) -> Duration {
+        self.election_wait
+            .map(Duration::from_millis)
+            .unwrap_or_else(|| self.failure_timeout())
+    }
+    pub fn server_update_interval(&self) -> Duration {
+        Duration::from_millis(self.server_update_interval)
+    }
+    pub fn lease(&self) -> Duration {
+        Duration::from_millis(
+            self.lease_timeout
+                .unwrap_or(4 * self.server_update_interval),
+        )
+    }
+    /// The lease as the coordinator counts it (shortened by the drift bound).
+    pub fn lease_at_coordinator(&self) -> Duration {
+        self.lease().mul_f64(1.0 - self.clock_drift)
+    }
+    /// The lease as the server counts it (lengthened by the drift bound).
+    pub fn lease_at_server(&self) -> Duration {
+        self.lease().mul_f64(1.0 + self.clock_drift)
+    }
+    pub fn client_idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.client_idle_timeout)
+    }
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.write_timeout)
+    }
+    /// Largest client frame: a maximal key and value plus envelope.
+    pub fn max_client_frame(&self) -> usize {
+        self.max_key_bytes + self.max_value_bytes + 1024
+    }
+    /// Largest replication frame: a full batch, or one maximal op, plus envelope.
+    pub fn max_repl_frame(&self) -> usize {
+        self.max_batch_bytes.max(self.max_client_frame()) + self.max_client_frame() + 64 * 1024
+    }
+    /// In-sync nodes needed for a write with `members` registered members.
+    pub fn required_in_sync(&self, members: usize) -> usize {
+        let share = (self.majority_threshold * members as f64).ceil() as usize;
+        self.min_in_sync.max(share).max(1)
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::Config(format!("cannot read config file {}: {e}", path.display()))
+        })?;
+        let cfg =
+            Config::parse(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        Ok(cfg)
+    }
+
+    /// Parses and validates config text.
+    pub fn parse(text: &str) -> std::result::Result<Config, String> {
+        let cfg: Config = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Rejects impossible combinations with a sentence saying which keys clash.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let n = &self.node_settings;
+        if n.heartbeat == 0 {
+            return Err("node-settings.heartbeat must be at least 1 ms".into());
+        }
+        if n.failure_timeout() < 3 * n.heartbeat() {
+            return Err(format!(
+                "node-settings.failure-timeout ({} ms) must be at least 3 heartbeats ({} ms)",
+                n.failure_timeout().as_millis(),
+                3 * n.heartbeat
+            ));
+        }
+        if n.server_update_interval == 0 {
+            return Err("node-settings.server-update-interval must be at least 1 ms".into());
+        }
+        if n.lease() < 2 * n.server_update_interval() {
+            return Err(format!(
+                "node-settings.lease-timeout ({} ms) must be at least 2 server-update-intervals ({} ms)",
+                n.lease().as_millis(),
+                2 * n.server_update_interval
+            ));
+        }
+        if !(0.0..0.5).contains(&n.clock_drift) {
+            return Err("node-settings.clock-drift must be in [0, 0.5)".into());
+        }
+        if !(0.0..=1.0).contains(&n.majority_threshold) {
+            return Err("node-settings.majority-threshold must be in [0, 1]".into());
+        }
+        if n.reconnection_attempts == 0 {
+            return Err("node-settings.reconnection-attempts must be at least 1".into());
+        }
+        if n.max_key_bytes == 0 || n.max_key_bytes > 64 * 1024 * 1024 {
+            return Err("node-settings.max-key-bytes must be in 1..=64 MiB".into());
+        }
+        if n.max_value_bytes > 512 * 1024 * 1024 {
+            return Err("node-settings.max-value-bytes must be at most 512 MiB".into());
+        }
+        if n.max_connections == 0 {
+            return Err("node-settings.max-connections must be at least 1".into());
+        }
+        if n.max_batch_bytes == 0 {
+            return Err("node-settings.max-batch-bytes must be at least 1".into());
+        }
+        if n.min_in_sync == 0 {
+            return Err("node-settings.min-in-sync must be at least 1".into());
+        }
+        if n.write_timeout == 0 || n.client_idle_timeout == 0 {
+            return Err(
+                "node-settings.write-timeout and client-idle-timeout must be positive".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Keys that were present but are not understood; worth a warning.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for k in self.unknown.keys() {
+            out.push(format!("config key '{k}' is not known and is ignored"));
+        }
+        for k in self.node_settings.unknown.keys() {
+            out.push(format!(
+                "config key 'node-settings.{k}' is not known and is ignored"
+            ));
+        }
+        out
+    }
+
+    /// Logs the warnings.
+    pub fn log_warnings(&self) {
+        for w in self.warnings() {
+            log::warn!("{w}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ORIGINAL: &str = r#"{"server-ip-port": "127.0.0.1:12345", "node-settings": {"heartbeat": 5000, "voting-wait": 20000, "election-wait": 5000, "server-update-interval": 1000, "reconnection-attempts": 5, "majority-threshold": 0.50}}"#;
+
+    #[test]
+    fn original_2018_file_loads() {
+        let cfg = Config::parse(ORIGINAL).unwrap();
+        assert_eq!(cfg.server_ip_port, "127.0.0.1:12345");
+        let n = &cfg.node_settings;
+        assert_eq!(n.heartbeat(), Duration::from_secs(5));
+        assert_eq!(n.voting_wait(), Duration::from_secs(20));
+        assert_eq!(n.election_wait(), Duration::from_secs(5));
+        assert_eq!(n.failure_timeout(), Duration::from_secs(25));
+        assert_eq!(n.lease(), Duration::from_secs(4));
+        assert_eq!(n.reconnection_attempts, 5);
+        assert_eq!(n.required_in_sync(3), 2);
+        assert!(cfg.warnings().is_empty());
+    }
+
+    #[test]
+    fn defaults_are_sub_second() {
+        let cfg = Config::parse("{}").unwrap();
+        let n = &cfg.node_settings;
+        assert!(n.heartbeat() < Duration::from_secs(1));
+        assert!(n.failure_timeout() < Duration::from_secs(1));
+        assert!(n.lease() < Duration::from_secs(1));
+        assert_eq!(n.required_in_sync(3), 1);
+    }
+
+    #[test]
+    fn unknown_keys_warn() {
+        let cfg = Config::parse(r#"{"colour": 1, "node-settings": {"speed": 2}}"#).unwrap();
+        assert_eq!(cfg.warnings().len(), 2);
+    }
+
+    #[test]
+    fn impossible_combinations_are_rejected() {
+        let e = Config::parse(r#"{"node-settings": {"heartbeat": 100, "failure-timeout": 150}}"#)
+            .unwrap_err();
+        assert!(e.contains("failure-timeout"), "{e}");
+        let e = Config::parse(
+            r#"{"node-settings": {"server-update-interval": 100, "lease-timeout": 150}}"#,
+        )
+        .unwrap_err();
+        assert!(e.contains("lease-timeout"), "{e}");
+        assert!(Config::parse(r#"{"node-settings": {"heartbeat": "fast"}}"#).is_err());
+    }
+}

@@ -1,0 +1,165 @@
+//! Replication bookkeeping at the coordinator (sans-IO): how far each replica
+//! has acknowledged, which members the commit waits for, and the commit index.
+//!
+//! Rules kept here:
+//! * commit = min over the *commit set* of acknowledged indexes; the commit set
+//!   always contains the coordinator itself;
+//! * the commit index never goes down;
+//! * a member is added to the commit set *before* the server records it in the
+//!   in-sync set, and removed only *after* the server recorded its removal
+//!   (the caller orders that), so the recorded set is always a subset of the
+//!   members that hold every committed entry.
+
+use crate::types::NodeId;
+use std::collections::{BTreeMap, BTreeSet};
+
+#[derive(Clone, Debug)]
+pub struct Progress {
+    self_id: NodeId,
+    /// Highest index each connected replica acknowledged (coordinator included).
+    matched: BTreeMap<NodeId, u64>,
+    /// Members whose acknowledgement the commit waits for.
+    commit_set: BTreeSet<NodeId>,
+    commit: u64,
+}
+
+impl Progress {
+    /// A fresh tracker for a coordinator whose log ends at `last` and whose
+    /// commit index is `commit`.
+    pub fn new(self_id: NodeId, last: u64, commit: u64) -> Self {
+        let mut matched = BTreeMap::new();
+        matched.insert(self_id, last);
+        Progress {
+            self_id,
+            matched,
+            commit_set: BTreeSet::from([self_id]),
+            commit,
+        }
+    }
+
+    pub fn commit(&self) -> u64 {
+        self.commit
+    }
+
+    pub fn commit_set(&self) -> &BTreeSet<NodeId> {
+        &self.commit_set
+    }
+
+    pub fn matched(&self, id: NodeId) -> Option<u64> {
+        self.matched.get(&id).copied()
+    }
+
+    /// Lowest index any tracked replica still needs (for log truncation).
+    pub fn min_matched(&self) -> u64 {
+        self.matched.values().copied().min().unwrap_or(0)
+    }
+
+    /// Starts tracking a replica that holds the log up to `index`.
+    pub fn track(&mut self, id: NodeId, index: u64) {
+        self.matched.insert(id, index);
+    }
+
+    /// Stops tracking a replica's acknowledgements (its link is gone). If it is
+    /// in the commit set it stays there, holding the commit back, until
+    /// [`Progress::remove_from_commit_set`].
+    pub fn untrack(&mut self, id: NodeId) {
+        if id != self.self_id && !self.commit_set.contains(&id) {
+            self.matched.remove(&id);
+        }
+    }
+
+    /// Records an acknowledgement; returns the new commit index if it advanced.
+    pub fn on_ack(&mut self, id: NodeId, index: u64) -> Option<u64> {
+        let m = self.matched.entry(id).or_insert(0);
+        if index > *m {
+            *m = index;
+        }
+        self.recompute()
+    }
+
+    /// True when `id` holds every committed entry and may join the commit set.
+    pub fn caught_up(&self, id: NodeId) -> bool {
+        self.matched.get(&id).is_some_and(|&m| m >= self.commit)
+    }
+
+    /// Makes the commit wait for `id` too. Must happen before the server
+    /// records `id` as in sync.
+    pub fn add_to_commit_set(&mut self, id: NodeId) {
+        self.matched.entry(id).or_insert(0);
+        self.commit_set.insert(id);
+    }
+
+    /// Stops waiting for `id`. Must happen only after the server recorded its
+    /// removal from the in-sync set. Returns the new commit index if it advanced.
+    pub fn remove_from_commit_set(&mut self, id: NodeId) -> Option<u64> {
+        if id == self.self_id {
+            return None;
+        }
+        self.commit_set.remove(&id);
+        self.recompute()
+    }
+
+    fn recompute(&mut self) -> Option<u64> {
+        let min = self
+            .commit_set
+            .iter()
+            .map(|id| self.matched.get(id).copied().unwrap_or(0))
+            .min()
+            .unwrap_or(0);
+        if min > self.commit {
+            self.commit = min;
+            Some(min)
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_node_commits_on_own_append() {
+        let mut p = Progress::new(1, 0, 0);
+        assert_eq!(p.on_ack(1, 1), Some(1));
+        assert_eq!(p.on_ack(1, 3), Some(3));
+    }
+
+    #[test]
+    fn commit_is_min_over_commit_set_only() {
+        let mut p = Progress::new(1, 0, 0);
+        p.track(2, 0);
+        // 2 is tracked but not in the commit set: it does not hold commits back.
+        assert_eq!(p.on_ack(1, 5), Some(5));
+        assert!(!p.caught_up(2));
+        assert_eq!(p.on_ack(2, 5), None);
+        assert!(p.caught_up(2));
+        p.add_to_commit_set(2);
+        assert_eq!(p.on_ack(1, 8), None);
+        assert_eq!(p.on_ack(2, 7), Some(7));
+        assert_eq!(p.on_ack(2, 9), Some(8));
+    }
+
+    #[test]
+    fn gone_member_holds_commit_until_removed() {
+        let mut p = Progress::new(1, 0, 0);
+        p.add_to_commit_set(2);
+        p.on_ack(2, 3);
+        assert_eq!(p.on_ack(1, 3), Some(3));
+        p.on_ack(1, 6);
+        p.untrack(2);
+        assert_eq!(p.commit(), 3, "a gone member still holds the commit");
+        assert_eq!(p.remove_from_commit_set(2), Some(6));
+    }
+
+    #[test]
+    fn commit_never_goes_down() {
+        let mut p = Progress::new(1, 10, 10);
+        p.add_to_commit_set(3);
+        assert_eq!(p.on_ack(3, 2), None);
+        assert_eq!(p.commit(), 10);
+        assert_eq!(p.remove_from_commit_set(1), None);
+        assert!(p.commit_set().contains(&1));
+    }
+}

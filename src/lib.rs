@@ -1,0 +1,41 @@
+//! DKV: a small replicated key-value store.
+//!
+//! A registry **server** that nodes join and clients ask for the coordinator;
+//! **nodes** that each hold a full copy, one of them the **coordinator** that
+//! serves clients and replicates to the **replicas**; UDP heartbeat beacons
+//! between nodes; and the client library [`Client`].
+//!
+//! Layout: `core/` holds the sans-IO state machines, `node/` and `server` the
+//! IO threads that drive them, `wire` every byte format, `log` and `store` the
+//! data path. See `docs/ARCHITECTURE.md`.
+
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod core;
+pub mod errors;
+pub mod identity;
+pub mod log;
+pub mod net;
+pub mod node;
+pub mod server;
+pub mod store;
+pub mod types;
+pub mod wire;
+
+pub use client::{Client, ClientOptions};
+pub use errors::{Error, Result};
+
+/// Sets up logging from `RUST_LOG` (default: info) with timestamps in ms.
+pub fn init_logging() {
+    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .try_init();
+}
+
+/// Logging for command-line clients: warnings only unless `RUST_LOG` says more.
+pub fn init_logging_quiet() {
+    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format_timestamp_millis()
+        .try_init();
+}

@@ -1,0 +1,595 @@
+//! The replicated log held in memory: the retained tail of entries, the commit
+//! index, the applied index, and (at the coordinator) replication progress and
+//! the clients waiting for their writes to commit.
+//!
+//! Threads that share it:
+//! * client connections append (coordinator) and wait for their entry's outcome;
+//! * per-replica senders wait for new entries / commit changes and stream them;
+//! * ack readers record acknowledgements, which may advance the commit;
+//! * the follower thread (replica) appends what the coordinator streams;
+//! * the apply thread applies committed entries to the [`Store`](crate::store::Store).
+//!
+//! Lock order: `apply_lock` before `inner`. The apply thread holds
+//! `apply_lock` while it applies a batch; installing a snapshot holds it for
+//! the whole install, so no stale batch can land on the new state.
+
+use crate::core::progress::Progress;
+use crate::types::{Entry, Epoch, LogPos, NodeId, Op, OpOutcome};
+use crossbeam_channel::{bounded, Receiver, Sender};
+use parking_lot::{Condvar, Mutex, MutexGuard};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppendError {
+    /// This node does not hold the coordinator role (or stepped down).
+    NotLeader,
+    /// Fewer in-sync members than required.
+    NotEnoughReplicas { in_sync: usize, required: usize },
+}
+
+/// What a replica-stream sender should do next.
+#[derive(Debug)]
+pub enum Fetch {
+    /// Send these entries (possibly none, to carry a commit change).
+    Entries {
+        prev: LogPos,
+        entries: Vec<Arc<Entry>>,
+        commit: u64,
+    },
+    /// The entries the replica needs are no longer retained.
+    NeedSnapshot,
+    /// Role or log changed under the sender; it must stop.
+    Stale,
+    /// Nothing new before the timeout.
+    Idle,
+}
+
+/// A consistent copy of the log's positions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogState {
+    pub base: LogPos,
+    pub last: LogPos,
+    pub commit: u64,
+    pub applied: u64,
+    pub epoch: Epoch,
+    pub leader: bool,
+    pub generation: u64,
+}
+
+struct Leader {
+    epoch: Epoch,
+    self_id: NodeId,
+    progress: Progress,
+    waiters: HashMap<u64, Sender<OpOutcome>>,
+    required: usize,
+}
+
+struct Inner {
+    /// Position just before the first retained entry.
+    base: LogPos,
+    entries: VecDeque<Arc<Entry>>,
+    commit: u64,
+    applied: u64,
+    /// Highest epoch this node has seen; replication from below is refused.
+    epoch: Epoch,
+    leader: Option<Leader>,
+    /// Bumped whenever the log is reset or the role changes.
+    generation: u64,
+    retention: usize,
+    shutdown: bool,
+}
+
+impl Inner {
+    fn last(&self) -> LogPos {
+        self.entries.back().map(|e| e.pos).unwrap_or(self.base)
+    }
+
+    fn pos_at(&self, index: u64) -> Option<LogPos> {
+        if index == self.base.index {
+            return Some(self.base);
+        }
+        if index < self.base.index {
+            return None;
+        }
+        self.entries
+            .get((index - self.base.index - 1) as usize)
+            .map(|e| e.pos)
+    }
+
+    fn set_commit(&mut self, c: u64, cv: &Condvar) {
+        if c > self.commit {
+            self.commit = c;
+            cv.notify_all();
+        }
+    }
+}
+
+pub struct ReplLog {
+    inner: Mutex<Inner>,
+    /// Senders wait here for new entries, commit changes and resets.
+    changed: Condvar,
+    /// The apply thread waits here for the commit to advance.
+    committed: Condvar,
+    apply_lock: Mutex<()>,
+}
+
+impl ReplLog {
+    pub fn new(retention: usize) -> Self {
+        ReplLog {
+            inner: Mutex::new(Inner {
+                base: LogPos::ZERO,
+                entries: VecDeque::new(),
+                commit: 0,
+                applied: 0,
+                epoch: 0,
+                leader: None,
+                generation: 0,
+                retention: retention.max(1),
+                shutdown: false,
+            }),
+            changed: Condvar::new(),
+            committed: Condvar::new(),
+            apply_lock: Mutex::new(()),
+        }
+    }
+
+    pub fn state(&self) -> LogState {
+        let g = self.inner.lock();
+        LogState {
+            base: g.base,
+            last: g.last(),
+            commit: g.commit,
+            applied: g.applied,
+            epoch: g.epoch,
+            leader: g.leader.is_some(),
+            generation: g.generation,
+        }
+    }
+
+    /// Wakes every waiter and makes them return; used at shutdown.
+    pub fn shutdown(&self) {
+        let mut g = self.inner.lock();
+        g.shutdown = true;
+        g.leader = None;
+        g.generation += 1;
+        self.changed.notify_all();
+        self.committed.notify_all();
+    }
+
+    /// Raises the known epoch; returns false if `epoch` is below it.
+    pub fn observe_epoch(&self, epoch: Epoch) -> bool {
+        let mut g = self.inner.lock();
+        if epoch < g.epoch {
+            return false;
+        }
+        g.epoch = epoch;
+        true
+    }
+
+    // -- coordinator ------------------------------------------------------
+
+    /// Takes the coordinator role for `epoch`. The commit initially waits for
+    /// every member of `in_sync` (the set the server recorded).
+    pub fn become_leader(
+        &self,
+        self_id: NodeId,
+        epoch: Epoch,
+        in_sync: &[NodeId],
+        required: usize,
+    ) {
+        let mut g = self.inner.lock();
+        let last = g.last().index;
+        let mut progress = Progress::new(self_id, last, g.commit);
+        for &id in in_sync {
+            if id != self_id {
+                progress.add_to_commit_set(id);
+            }
+        }
+        if let Some(c) = progress.on_ack(self_id, last) {
+            g.set_commit(c, &self.committed);
+        }
+        g.epoch = g.epoch.max(epoch);
+        g.leader = Some(Leader {
+            epoch,
+            self_id,
+            progress,
+            waiters: HashMap::new(),
+            required,
+        });
+        g.generation += 1;
+        self.changed.notify_all();
+    }
+
+    /// Gives up the coordinator role. Clients waiting for their writes get a
+    /// closed channel: the outcome of those writes is unknown.
+    pub fn step_down(&self) {
+        let mut g = self.inner.lock();
+        if g.leader.take().is_some() {
+            g.generation += 1;
+            self.changed.notify_all();
+        }
+    }
+
+    pub fn set_required(&self, required: usize) {
+        if let Some(l) = self.inner.lock().leader.as_mut() {
+            l.required = required;
+        }
+    }
+
+    /// Appends a client op at the coordinator. The receiver yields the op's
+    /// outcome once it is committed and applied.
+    pub fn append_leader(&self, op: Op) -> Result<(u64, Receiver<OpOutcome>), AppendError> {
+        let (tx, rx) = bounded(1);
+        let mut g = self.inner.lock();
+        let index = g.last().index + 1;
+        let leader = g.leader.as_mut().ok_or(AppendError::NotLeader)?;
+        let in_sync = leader.progress.commit_set().len();
+        if in_sync < leader.required {
+            return Err(AppendError::NotEnoughReplicas {
+                in_sync,
+                required: leader.required,
+            });
+        }
+        let pos = LogPos::new(leader.epoch, index);
+        leader.waiters.insert(index, tx);
+        let self_id = leader.self_id;
+        let advanced = leader.progress.on_ack(self_id, index);
+        g.entries.push_back(Arc::new(Entry { pos, op }));
+        if let Some(c) = advanced {
+            g.set_commit(c, &self.committed);
+        }
+        self.changed.notify_all();
+        Ok((index, rx))
+    }
+
+    /// Starts tracking a replica whose log holds everything up to `index`.
+    pub fn track(&self, id: NodeId, index: u64) {
+        if let Some(l) = self.inner.lock().leader.as_mut() {
+            l.progress.track(id, index);
+        }
+    }
+
+    pub fn untrack(&self, id: NodeId) {
+        if let Some(l) = self.inner.lock().leader.as_mut() {
+            l.progress.untrack(id);
+        }
+    }
+
+    /// Records a replica's acknowledgement. Returns true when the replica
+    /// holds every committed entry but is not yet in the commit set.
+    pub fn on_ack(&self, id: NodeId, index: u64) -> bool {
+        let mut g = self.inner.lock();
+        let Some(l) = g.leader.as_mut() else {
+            return false;
+        };
+        let advanced = l.progress.on_ack(id, index);
+        let ready = l.progress.caught_up(id) && !l.progress.commit_set().contains(&id);
+        if let Some(c) = advanced {
+            g.set_commit(c, &self.committed);
+            self.changed.notify_all();
+        }
+        ready
+    }
+
+    pub fn add_to_commit_set(&self, id: NodeId) {
+        if let Some(l) = self.inner.lock().leader.as_mut() {
+            l.progress.add_to_commit_set(id);
+        }
+    }
+
+    pub fn remove_from_commit_set(&self, id: NodeId) {
+        let mut g = self.inner.lock();
+        let Some(l) = g.leader.as_mut() else { return };
+        if let Some(c) = l.progress.remove_from_commit_set(id) {
+            g.set_commit(c, &self.committed);
+            self.changed.notify_all();
+        }
+    }
+
+    pub fn commit_set(&self) -> Vec<NodeId> {
+        let g = self.inner.lock();
+        g.leader
+            .as_ref()
+            .map(|l| l.progress.commit_set().iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Whether the log holds exactly `pos` (or `pos` is the base).
+    pub fn contains(&self, pos: LogPos) -> bool {
+        self.inner.lock().pos_at(pos.index) == Some(pos)
+    }
+
+    /// Blocks until there is something to send to a replica whose next entry
+    /// is `next` and which last heard commit `sent_commit`.
+    pub fn fetch(
+        &self,
+        generation: u64,
+        next: u64,
+        sent_commit: u64,
+        max_bytes: usize,
+        timeout: Duration,
+    ) -> Fetch {
+        let mut g = self.inner.lock();
+        loop {
+            if g.shutdown || g.generation != generation || g.leader.is_none() {
+                return Fetch::Stale;
+            }
+            if next <= g.base.index {
+                return Fetch::NeedSnapshot;
+            }
+            if g.last().index >= next || g.commit > sent_commit {
+                break;
+            }
+            if self.changed.wait_for(&mut g, timeout).timed_out() {
+                return Fetch::Idle;
+            }
+        }
+        let prev = g.pos_at(next - 1).expect("next-1 is retained");
+        let start = (next - g.base.index - 1) as usize;
+        let mut bytes = 0;
+        let mut entries = Vec::new();
+        for e in g.entries.range(start..) {
+            if !entries.is_empty() && bytes + e.op.payload_len() > max_bytes {
+                break;
+            }
+            bytes += e.op.payload_len();
+            entries.push(e.clone());
+        }
+        Fetch::Entries {
+            prev,
+            entries,
+            commit: g.commit,
+        }
+    }
+
+    // -- replica ----------------------------------------------------------
+
+    /// Appends entries streamed by the coordinator after `prev`, dropping any
+    /// uncommitted suffix that conflicts. Returns the new last position, or
+    /// `Err` when `prev` is not in this log (the stream must restart).
+    pub fn append_follower(
+        &self,
+        epoch: Epoch,
+        prev: LogPos,
+        entries: Vec<Arc<Entry>>,
+        commit: u64,
+    ) -> Result<LogPos, String> {
+        let mut g = self.inner.lock();
+        if epoch < g.epoch {
+            return Err(format!(
+                "replication from epoch {epoch} refused: epoch {} is current",
+                g.epoch
+            ));
+        }
+        g.epoch = epoch;
+        if g.pos_at(prev.index) != Some(prev) {
+            return Err(format!(
+                "stream position {prev} is not in this log (last {})",
+                g.last()
+            ));
+        }
+        let mut next = prev.index + 1;
+        for e in entries {
+            if e.pos.index != next {
+                return Err(format!(
+                    "entry {} out of order, expected index {next}",
+                    e.pos
+                ));
+            }
+            match g.pos_at(next) {
+                Some(p) if p == e.pos => {} // already have it
+                Some(_) => {
+                    if next <= g.commit {
+                        return Err(format!("conflict at committed index {next}"));
+                    }
+                    let keep = (next - g.base.index - 1) as usize;
+                    g.entries.truncate(keep);
+                    g.entries.push_back(e);
+                }
+                None => g.entries.push_back(e),
+            }
+            next += 1;
+        }
+        let last = g.last();
+        let c = commit.min(last.index);
+        g.set_commit(c, &self.committed);
+        Ok(last)
+    }
+
+    /// Drops everything: a snapshot taken at `pos` will be installed.
+    /// Caller holds the apply guard.
+    pub fn reset(&self, pos: LogPos) {
+        let mut g = self.inner.lock();
+        g.entries.clear();
+        g.base = pos;
+        g.commit = pos.index;
+        g.applied = pos.index;
+        g.generation += 1;
+        self.changed.notify_all();
+    }
+
+    // -- apply thread -----------------------------------------------------
+
+    /// Held while applying, and while installing a snapshot.
+    pub fn apply_guard(&self) -> MutexGuard<'_, ()> {
+        self.apply_lock.lock()
+    }
+
+    /// Blocks until some entry is committed but not applied. False on timeout
+    /// or shutdown.
+    pub fn wait_committed(&self, timeout: Duration) -> bool {
+        let mut g = self.inner.lock();
+        while g.commit <= g.applied {
+            if g.shutdown || self.committed.wait_for(&mut g, timeout).timed_out() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Committed entries not yet applied (at most `max`). Call with the apply
+    /// guard held, so a snapshot install cannot interleave.
+    pub fn committed_unapplied(&self, max: usize) -> Vec<Arc<Entry>> {
+        let g = self.inner.lock();
+        if g.commit <= g.applied {
+            return Vec::new();
+        }
+        let start = (g.applied - g.base.index) as usize;
+        let n = ((g.commit - g.applied) as usize).min(max);
+        g.entries.range(start..start + n).cloned().collect()
+    }
+
+    /// Records that entries up to `pos` are applied, hands outcomes to waiting
+    /// clients, and trims the retained tail.
+    pub fn finish_apply(&self, pos: LogPos, outcomes: &[(u64, OpOutcome)]) {
+        let mut g = self.inner.lock();
+        if pos.index <= g.applied {
+            return; // a reset happened meanwhile
+        }
+        g.applied = pos.index;
+        if let Some(l) = g.leader.as_mut() {
+            for (index, outcome) in outcomes {
+                if let Some(tx) = l.waiters.remove(index) {
+                    let _ = tx.try_send(*outcome);
+                }
+            }
+        }
+        // Trim: keep `retention` entries, and everything a tracked replica needs.
+        let floor = match &g.leader {
+            Some(l) => g.applied.min(l.progress.min_matched()),
+            None => g.applied,
+        };
+        while g.entries.len() > g.retention {
+            match g.entries.front() {
+                Some(e) if e.pos.index <= floor => {
+                    g.base = e.pos;
+                    g.entries.pop_front();
+                }
+                _ => break,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(k: &str) -> Op {
+        Op::Put {
+            key: k.into(),
+            value: b"v".to_vec(),
+        }
+    }
+
+    #[test]
+    fn leader_alone_commits_immediately() {
+        let log = ReplLog::new(10);
+        log.become_leader(1, 1, &[1], 1);
+        let (i, _rx) = log.append_leader(put("a")).unwrap();
+        assert_eq!(i, 1);
+        assert_eq!(log.state().commit, 1);
+        assert!(log.wait_committed(Duration::ZERO));
+        assert_eq!(log.committed_unapplied(10).len(), 1);
+    }
+
+    #[test]
+    fn not_leader_and_not_enough_replicas() {
+        let log = ReplLog::new(10);
+        assert_eq!(
+            log.append_leader(put("a")).unwrap_err(),
+            AppendError::NotLeader
+        );
+        log.become_leader(1, 1, &[1], 2);
+        assert!(matches!(
+            log.append_leader(put("a")),
+            Err(AppendError::NotEnoughReplicas {
+                in_sync: 1,
+                required: 2
+            })
+        ));
+    }
+
+    #[test]
+    fn commit_waits_for_in_sync_replica() {
+        let log = ReplLog::new(10);
+        log.become_leader(1, 1, &[1, 2], 1);
+        log.append_leader(put("a")).unwrap();
+        log.append_leader(put("b")).unwrap();
+        assert_eq!(log.state().commit, 0);
+        assert!(!log.on_ack(2, 1));
+        assert_eq!(log.state().commit, 1);
+        log.on_ack(2, 2);
+        assert_eq!(log.state().commit, 2);
+    }
+
+    #[test]
+    fn follower_appends_truncates_conflicts_and_refuses_old_epochs() {
+        let log = ReplLog::new(10);
+        let e = |ep, i, k: &str| {
+            Arc::new(Entry {
+                pos: LogPos::new(ep, i),
+                op: put(k),
+            })
+        };
+        let last = log
+            .append_follower(
+                1,
+                LogPos::ZERO,
+                vec![e(1, 1, "a"), e(1, 2, "b"), e(1, 3, "c")],
+                1,
+            )
+            .unwrap();
+        assert_eq!(last, LogPos::new(1, 3));
+        assert_eq!(log.state().commit, 1);
+        // A new coordinator at epoch 2 overwrites the uncommitted index 3.
+        let last = log
+            .append_follower(2, LogPos::new(1, 2), vec![e(2, 3, "x")], 3)
+            .unwrap();
+        assert_eq!(last, LogPos::new(2, 3));
+        assert_eq!(log.state().commit, 3);
+        // Epoch 1 is now stale.
+        assert!(log
+            .append_follower(1, LogPos::new(2, 3), vec![], 3)
+            .is_err());
+        // A prev that is not in the log is an error.
+        assert!(log
+            .append_follower(2, LogPos::new(2, 9), vec![], 3)
+            .is_err());
+    }
+
+    #[test]
+    fn fetch_reports_snapshot_need_after_trim() {
+        let log = ReplLog::new(2);
+        log.become_leader(1, 1, &[1], 1);
+        for k in ["a", "b", "c", "d"] {
+            log.append_leader(put(k)).unwrap();
+        }
+        let batch = log.committed_unapplied(10);
+        let outcomes: Vec<_> = batch
+            .iter()
+            .map(|e| (e.pos.index, OpOutcome::Written))
+            .collect();
+        log.finish_apply(batch.last().unwrap().pos, &outcomes);
+        let st = log.state();
+        assert_eq!(st.base.index, 2);
+        assert!(matches!(
+            log.fetch(st.generation, 1, 0, 1 << 20, Duration::ZERO),
+            Fetch::NeedSnapshot
+        ));
+        match log.fetch(st.generation, 3, 0, 1 << 20, Duration::ZERO) {
+            Fetch::Entries {
+                prev,
+                entries,
+                commit,
+            } => {
+                assert_eq!(prev, LogPos::new(1, 2));
+                assert_eq!(entries.len(), 2);
+                assert_eq!(commit, 4);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,557 @@
+//! The node runtime: the IO threads around the sans-IO [`NodeCore`].
+//!
+//! Threads, one job each:
+//! * **driver** — owns the [`NodeCore`]; waits on its inbox or its next
+//!   deadline, feeds inputs, executes actions in order;
+//! * **beacon-rx** — receives UDP beacons, drops garbage, forwards the rest;
+//! * **server-link** — performs the core's server calls one at a time;
+//! * **accept** — accepts TCP connections, one thread per connection, bounded;
+//! * **apply** — applies committed entries to the store, answers waiting writes;
+//! * at the coordinator, per replica: a **sender** (the connection thread) and
+//!   an **ack reader**; at a replica, one **follower** thread.
+//!
+//! The driver and beacon threads never take the data path's locks: the data
+//! path publishes its position on a separate [`StatusBoard`].
+
+mod client_conn;
+mod replication;
+
+use crate::config::NodeSettings;
+use crate::core::node::{Action, Call, Input, LocalStatus, NodeCore, Serving};
+use crate::errors::{Error, Result};
+use crate::log::ReplLog;
+use crate::net::{self, ConnLimit};
+use crate::store::{Delta, Store};
+use crate::types::{NodeId, Role};
+use crate::wire::{self, Beacon, ConnKind, ServerRequest, ServerResponse};
+use crossbeam_channel::{bounded, Receiver, Sender};
+use parking_lot::{Mutex, RwLock};
+use socket2::{Domain, Protocol, Socket, Type};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How a node is started.
+#[derive(Clone, Debug)]
+pub struct NodeOptions {
+    /// The server's address.
+    pub server: String,
+    /// TCP address for clients and replication; UDP beacons use the same port
+    /// when it is free, an ephemeral one otherwise.
+    pub listen: SocketAddr,
+    /// Address other nodes and clients use to reach this node (defaults to `listen`).
+    pub advertise: Option<String>,
+    /// Keeps the node's identity across restarts.
+    pub data_dir: Option<PathBuf>,
+    pub settings: NodeSettings,
+}
+
+/// Position of the local data path, published for the control plane.
+#[derive(Default)]
+pub struct StatusBoard(Mutex<LocalStatus>);
+
+impl StatusBoard {
+    pub fn get(&self) -> LocalStatus {
+        *self.0.lock()
+    }
+    fn update(&self, f: impl FnOnce(&mut LocalStatus)) {
+        f(&mut self.0.lock())
+    }
+}
+
+/// Everything the IO threads share.
+pub(crate) struct Shared {
+    pub id: NodeId,
+    pub incarnation: u64,
+    pub settings: NodeSettings,
+    pub store: Store,
+    pub log: ReplLog,
+    pub board: StatusBoard,
+    pub serving: RwLock<Serving>,
+    pub inbox: Sender<Input>,
+    pub shutdown: AtomicBool,
+    pub conns: ConnLimit,
+}
+
+impl Shared {
+    /// Sends an input to the driver without blocking; a full inbox drops it
+    /// (every input is either repeated or recovered by the next tick).
+    pub fn notify(&self, input: Input) {
+        if self.inbox.try_send(input).is_err() {
+            log::debug!("node {}: driver inbox full, input dropped", self.id);
+        }
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.shutdown.load(Ordering::Acquire)
+    }
+}
+
+/// A running node. Dropping it does not stop it; call [`Node::shutdown`].
+pub struct Node {
+    shared: Arc<Shared>,
+    data_addr: SocketAddr,
+    beacon_addr: SocketAddr,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Node {
+    pub fn id(&self) -> NodeId {
+        self.shared.id
+    }
+
+    pub fn data_addr(&self) -> SocketAddr {
+        self.data_addr
+    }
+
+    pub fn beacon_addr(&self) -> SocketAddr {
+        self.beacon_addr
+    }
+
+    /// Binds, registers with the server and starts every thread.
+    pub fn start(opts: NodeOptions) -> Result<Node> {
+        let listener = TcpListener::bind(opts.listen).map_err(|e| {
+            Error::Io(std::io::Error::new(
+                e.kind(),
+                format!("cannot listen on {}: {e}", opts.listen),
+            ))
+        })?;
+        let data_addr = listener.local_addr()?;
+        let udp = bind_udp(data_addr)?;
+        let beacon_addr = udp.local_addr()?;
+        let advertise = opts
+            .advertise
+            .clone()
+            .unwrap_or_else(|| data_addr.to_string());
+        if data_addr.ip().is_unspecified() && opts.advertise.is_none() {
+            return Err(Error::Config(format!(
+                "listening on {data_addr} needs --advertise HOST:PORT so others can reach this node"
+            )));
+        }
+        let beacon_advertise = {
+            let host = advertise
+                .rsplit_once(':')
+                .map(|(h, _)| h)
+                .unwrap_or("127.0.0.1");
+            format!("{host}:{}", beacon_addr.port())
+        };
+
+        let identity = opts
+            .data_dir
+            .as_ref()
+            .map(|d| crate::identity::Identity::load_or_create(d))
+            .transpose()?;
+        if opts.data_dir.is_none() {
+            log::info!("no data directory: this node keeps its data in memory only");
+        }
+        let incarnation = identity.as_ref().map(|i| i.incarnation).unwrap_or_else(|| {
+            // Without a data dir, a fresh node is a new member each start.
+            1
+        });
+
+        let (id, view, registered_at) = register(
+            &opts.server,
+            identity.as_ref().and_then(|i| i.node_id),
+            incarnation,
+            &advertise,
+            &beacon_advertise,
+            &opts.settings,
+        )?;
+        if let (Some(dir), Some(mut ident)) = (opts.data_dir.as_ref(), identity) {
+            ident.node_id = Some(id);
+            ident.save(dir)?;
+        }
+        log::info!(
+            "node {id} (incarnation {incarnation}) up: data {advertise}, beacons {beacon_advertise}, server {}",
+            opts.server
+        );
+
+        let (inbox_tx, inbox_rx) = bounded(4096);
+        let settings = opts.settings.clone();
+        let (core, initial) = NodeCore::new(id, incarnation, &settings, view, registered_at);
+        let shared = Arc::new(Shared {
+            id,
+            incarnation,
+            store: Store::new(),
+            log: ReplLog::new(settings.log_retention_entries),
+            board: StatusBoard::default(),
+            serving: RwLock::new(core.serving()),
+            inbox: inbox_tx,
+            shutdown: AtomicBool::new(false),
+            conns: ConnLimit::new(settings.max_connections),
+            settings,
+        });
+
+        let (server_tx, server_rx) = bounded(64);
+        let mut threads = Vec::new();
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(format!("{name}-{id}"))
+                .spawn(f)
+                .expect("spawn thread")
+        };
+        {
+            let sh = shared.clone();
+            let srv = opts.server.clone();
+            threads.push(spawn(
+                "server-link",
+                Box::new(move || server_link(sh, srv, server_rx)),
+            ));
+        }
+        {
+            let sh = shared.clone();
+            let udp = udp.try_clone()?;
+            threads.push(spawn("beacon-rx", Box::new(move || beacon_rx(sh, udp))));
+        }
+        {
+            let sh = shared.clone();
+            threads.push(spawn("apply", Box::new(move || apply_loop(sh))));
+        }
+        {
+            let sh = shared.clone();
+            threads.push(spawn("accept", Box::new(move || accept_loop(sh, listener))));
+        }
+        {
+            let sh = shared.clone();
+            threads.push(spawn(
+                "driver",
+                Box::new(move || {
+                    Driver {
+                        shared: sh,
+                        core,
+                        inbox: inbox_rx,
+                        server_tx,
+                        udp,
+                        follower: None,
+                    }
+                    .run(initial)
+                }),
+            ));
+        }
+        Ok(Node {
+            shared,
+            data_addr,
+            beacon_addr,
+            threads,
+        })
+    }
+
+    /// Stops every thread and waits for them.
+    pub fn shutdown(self) {
+        self.shared.shutdown.store(true, Ordering::Release);
+        self.shared.log.shutdown();
+        // Unblock accept() and the beacon receiver.
+        let _ = TcpStream::connect_timeout(&self.data_addr, Duration::from_millis(200));
+        if let Ok(s) = UdpSocket::bind("127.0.0.1:0") {
+            let _ = s.send_to(b"stop", self.beacon_addr);
+        }
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+fn bind_udp(data_addr: SocketAddr) -> Result<UdpSocket> {
+    let make = |addr: SocketAddr| -> std::io::Result<UdpSocket> {
+        let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        s.set_read_timeout(Some(Duration::from_millis(500)))?;
+        s.bind(&addr.into())?;
+        Ok(s.into())
+    };
+    match make(data_addr) {
+        Ok(s) => Ok(s),
+        Err(_) => Ok(make(SocketAddr::new(data_addr.ip(), 0))?),
+    }
+}
+
+/// Registers with the server, retrying `reconnection-attempts` times.
+fn register(
+    server: &str,
+    node_id: Option<NodeId>,
+    incarnation: u64,
+    data_addr: &str,
+    beacon_addr: &str,
+    settings: &NodeSettings,
+) -> Result<(NodeId, crate::wire::ClusterView, Instant)> {
+    let mut delay = Duration::from_millis(100);
+    let mut last_err = String::new();
+    for attempt in 0..settings.reconnection_attempts.max(1) + 2 {
+        if attempt > 0 {
+            std::thread::sleep(delay);
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+        let sent = Instant::now();
+        let res = net::connect(server, ConnKind::Client, Duration::from_secs(2)).and_then(|s| {
+            net::call::<_, ServerResponse>(
+                &s,
+                &ServerRequest::Register {
+                    node_id,
+                    incarnation,
+                    data_addr: data_addr.to_string(),
+                    beacon_addr: beacon_addr.to_string(),
+                    last: crate::types::LogPos::ZERO,
+                },
+                wire::MAX_SERVER_FRAME,
+            )
+            .map_err(|e| std::io::Error::other(e.to_string()))
+        });
+        match res {
+            Ok(ServerResponse::Registered { node_id, view }) => return Ok((node_id, view, sent)),
+            Ok(ServerResponse::Rejected { reason, .. }) => {
+                return Err(Error::Refused(format!(
+                    "server refused registration: {reason}"
+                )))
+            }
+            Ok(other) => last_err = format!("unexpected reply {other:?}"),
+            Err(e) => last_err = e.to_string(),
+        }
+        log::warn!("registration with server {server} failed: {last_err}");
+    }
+    Err(Error::Unavailable(format!(
+        "cannot register with server {server}: {last_err}"
+    )))
+}
+
+struct Driver {
+    shared: Arc<Shared>,
+    core: NodeCore,
+    inbox: Receiver<Input>,
+    server_tx: Sender<(Call, ServerRequest)>,
+    udp: UdpSocket,
+    follower: Option<replication::FollowerHandle>,
+}
+
+impl Driver {
+    fn run(mut self, initial: Vec<Action>) {
+        self.execute(initial);
+        while !self.shared.stopping() {
+            let deadline = self.core.next_deadline();
+            let input = match self.inbox.recv_deadline(deadline) {
+                Ok(input) => input,
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    Input::Tick(self.shared.board.get())
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+            };
+            let now = Instant::now();
+            let mut actions = self.core.handle(now, input);
+            if now >= self.core.next_deadline() {
+                actions.extend(self.core.handle(now, Input::Tick(self.shared.board.get())));
+            }
+            self.execute(actions);
+        }
+        if let Some(f) = self.follower.take() {
+            f.stop();
+        }
+    }
+
+    fn execute(&mut self, actions: Vec<Action>) {
+        let sh = self.shared.clone();
+        for a in actions {
+            match a {
+                Action::SendBeacon { to, beacon } => {
+                    let bytes = beacon.encode();
+                    for addr in to {
+                        match net::resolve(&addr) {
+                            Ok(sa) => {
+                                if let Err(e) = self.udp.send_to(&bytes, sa) {
+                                    log::debug!("beacon to {addr}: {e}");
+                                }
+                            }
+                            Err(e) => log::debug!("beacon to {addr}: {e}"),
+                        }
+                    }
+                }
+                Action::CallServer { call, request } => {
+                    if self.server_tx.try_send((call, request)).is_err() {
+                        let input = Input::ServerReply {
+                            call,
+                            sent: Instant::now(),
+                            reply: Err("server link busy".into()),
+                        };
+                        let more = self.core.handle(Instant::now(), input);
+                        self.execute(more);
+                    }
+                }
+                Action::BecomeCoordinator {
+                    epoch,
+                    isr,
+                    required,
+                } => {
+                    if let Some(f) = self.follower.take() {
+                        f.stop();
+                    }
+                    sh.log.become_leader(sh.id, epoch, &isr, required);
+                }
+                Action::StepDown => sh.log.step_down(),
+                Action::Follow { addr, epoch, .. } => {
+                    if let Some(f) = self.follower.take() {
+                        f.stop();
+                    }
+                    self.follower = Some(replication::follow(sh.clone(), addr, epoch));
+                }
+                Action::AddToCommitSet(id) => sh.log.add_to_commit_set(id),
+                Action::RemoveFromCommitSet(id) => sh.log.remove_from_commit_set(id),
+                Action::SetRequired(n) => sh.log.set_required(n),
+                Action::Publish(s) => *sh.serving.write() = s,
+            }
+        }
+    }
+}
+
+/// Performs server calls for the driver, one at a time, over one connection
+/// that is re-opened after any error.
+fn server_link(sh: Arc<Shared>, server: String, rx: Receiver<(Call, ServerRequest)>) {
+    let timeout = (sh.settings.server_update_interval() * 2).max(Duration::from_millis(200));
+    let mut conn: Option<TcpStream> = None;
+    while !sh.stopping() {
+        let (call, req) = match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(x) => x,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
+            Err(_) => break,
+        };
+        let sent = Instant::now();
+        let reply = (|| {
+            if conn.is_none() {
+                conn = Some(
+                    net::connect(&server, ConnKind::Client, timeout).map_err(|e| e.to_string())?,
+                );
+            }
+            let s = conn.as_ref().expect("connected");
+            net::call::<_, ServerResponse>(s, &req, wire::MAX_SERVER_FRAME)
+                .map_err(|e| e.to_string())
+        })();
+        if reply.is_err() {
+            conn = None;
+        }
+        if sh
+            .inbox
+            .send(Input::ServerReply { call, sent, reply })
+            .is_err()
+        {
+            break;
+        }
+    }
+}
+
+fn beacon_rx(sh: Arc<Shared>, udp: UdpSocket) {
+    let mut buf = [0u8; wire::MAX_BEACON_BYTES + 1];
+    while !sh.stopping() {
+        match udp.recv_from(&mut buf) {
+            Ok((n, from)) => {
+                if n > wire::MAX_BEACON_BYTES {
+                    log::warn!("oversized datagram ({n}+ bytes) from {from} dropped");
+                    continue;
+                }
+                match Beacon::decode(&buf[..n]) {
+                    Ok(b) => sh.notify(Input::Beacon(b)),
+                    Err(e) => {
+                        if !sh.stopping() {
+                            log::warn!("bad datagram from {from} dropped: {e}")
+                        }
+                    }
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => {
+                log::debug!("beacon socket: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+fn apply_loop(sh: Arc<Shared>) {
+    while !sh.stopping() {
+        if !sh.log.wait_committed(Duration::from_millis(200)) {
+            continue;
+        }
+        let _guard = sh.log.apply_guard();
+        let batch = sh.log.committed_unapplied(4096);
+        let Some(last) = batch.last().map(|e| e.pos) else {
+            continue;
+        };
+        let mut delta = Delta::default();
+        let outcomes: Vec<_> = batch
+            .iter()
+            .map(|e| (e.pos.index, sh.store.apply(&e.op, &mut delta)))
+            .collect();
+        sh.store.commit(last, delta);
+        sh.log.finish_apply(last, &outcomes);
+        let meta = sh.store.meta();
+        let last_pos = sh.log.state().last;
+        sh.board.update(|b| {
+            b.applied = meta.applied;
+            b.digest = meta.digest;
+            b.last = last_pos;
+        });
+    }
+}
+
+fn accept_loop(sh: Arc<Shared>, listener: TcpListener) {
+    for stream in listener.incoming() {
+        if sh.stopping() {
+            break;
+        }
+        let stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("accept: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        let Some(slot) = sh.conns.try_acquire() else {
+            let (kind, message) = net::too_many(sh.settings.max_connections);
+            let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+            let _ = wire::write_frame(
+                &mut &stream,
+                &crate::wire::Response::Error { kind, message },
+            );
+            continue;
+        };
+        let sh2 = sh.clone();
+        let res = std::thread::Builder::new()
+            .name(format!("conn-{}", sh.id))
+            .spawn(move || {
+                let _slot = slot;
+                serve_connection(sh2, stream);
+            });
+        if let Err(e) = res {
+            log::warn!("cannot spawn connection thread: {e}");
+        }
+    }
+}
+
+fn serve_connection(sh: Arc<Shared>, stream: TcpStream) {
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "?".into());
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let kind = match net::accept_hello(&stream) {
+        Ok(k) => k,
+        Err(e) => {
+            if !sh.stopping() {
+                log::warn!("connection from {peer} dropped: bad handshake: {e}");
+            }
+            return;
+        }
+    };
+    match kind {
+        ConnKind::Client => client_conn::serve(&sh, stream, &peer),
+        ConnKind::Follow(req) => replication::feed(&sh, stream, req, &peer),
+    }
+}
+
+pub(crate) fn is_serving_coordinator(s: &Serving, now: Instant) -> bool {
+    s.role == Role::Coordinator && s.lease_until.is_some_and(|t| now < t)
+}

@@ -1,0 +1,344 @@
+//! The replication stream, both ends.
+//!
+//! A replica connects to the coordinator and sends `Follow` with the last
+//! position of its log. The coordinator streams the missing suffix when its
+//! log still holds that position, or a snapshot (taken shard by shard while
+//! writes continue) followed by the suffix from where the snapshot started.
+//! Ops are idempotent overwrites, so replaying that suffix over the "fuzzy"
+//! snapshot yields exactly the coordinator's state.
+//!
+//! Coordinator side: this connection thread is the *sender* — it waits for
+//! new entries, writes each batch as one frame with one syscall — and a second
+//! thread is the *ack reader*. Replica side: one *follower* thread appends
+//! batches to the log and acknowledges the last position it holds; the apply
+//! thread applies what the coordinator reports committed.
+
+use super::Shared;
+use crate::core::node::Input;
+use crate::log::Fetch;
+use crate::net;
+use crate::store::Delta;
+use crate::types::{Epoch, LogPos, Op};
+use crate::wire::{self, ConnKind, FollowRequest, ReplAck, ReplMsg, WireError};
+use parking_lot::Mutex;
+use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+const IDLE_WAIT: Duration = Duration::from_millis(500);
+
+// ---------------------------------------------------------------------------
+// Coordinator side
+// ---------------------------------------------------------------------------
+
+pub(super) fn feed(sh: &Arc<Shared>, stream: TcpStream, req: FollowRequest, peer: &str) {
+    let id = req.node_id;
+    let st = sh.log.state();
+    let refuse = |reason: String| {
+        log::info!("refusing replication stream to node {id} ({peer}): {reason}");
+        let _ = wire::write_frame(
+            &mut &stream,
+            &ReplMsg::Refused {
+                epoch: st.epoch,
+                reason,
+            },
+        );
+    };
+    if !st.leader {
+        return refuse("this node is not the coordinator".into());
+    }
+    if req.epoch > st.epoch {
+        return refuse(format!(
+            "replica knows epoch {}, newer than this coordinator's {}",
+            req.epoch, st.epoch
+        ));
+    }
+    if id == sh.id {
+        return refuse("a node cannot follow itself".into());
+    }
+    let _ = stream.set_read_timeout(None);
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));
+    let generation = st.generation;
+
+    // Pin the log before choosing the start, so nothing we need is trimmed.
+    sh.log.track(id, 0);
+    let (snapshot_at, next) = if sh.log.contains(req.last) {
+        (None, req.last.index + 1)
+    } else {
+        let pos = sh.store.meta().applied;
+        (Some(pos), pos.index + 1)
+    };
+    sh.log.track(id, next - 1);
+    log::info!(
+        "node {id} ({peer}) follows from {} ({})",
+        req.last,
+        if snapshot_at.is_some() {
+            "snapshot"
+        } else {
+            "log suffix"
+        }
+    );
+
+    let reader = match stream.try_clone() {
+        Ok(r) => r,
+        Err(e) => {
+            log::warn!("replication to node {id}: {e}");
+            sh.log.untrack(id);
+            return;
+        }
+    };
+    let sh2 = sh.clone();
+    let max_ack = 1024;
+    let acks = std::thread::Builder::new()
+        .name(format!("acks-{}-{id}", sh.id))
+        .spawn(move || {
+            loop {
+                match wire::read_frame::<_, ReplAck>(&mut &reader, max_ack) {
+                    Ok(ack) => {
+                        if sh2.log.on_ack(id, ack.last.index) {
+                            sh2.notify(Input::FollowerCaughtUp(id));
+                        }
+                    }
+                    Err(WireError::Closed) => break,
+                    Err(e) => {
+                        log::debug!("acks from node {id}: {e}");
+                        break;
+                    }
+                }
+            }
+            let _ = reader.shutdown(Shutdown::Both);
+        });
+
+    let result = send_stream(sh, &stream, generation, snapshot_at, next);
+    match &result {
+        Ok(()) => log::info!("replication stream to node {id} ended"),
+        Err(e) => log::info!("replication stream to node {id} ended: {e}"),
+    }
+    let _ = stream.shutdown(Shutdown::Both);
+    if let Ok(h) = acks {
+        let _ = h.join();
+    }
+    sh.log.untrack(id);
+    sh.notify(Input::FollowerGone(id));
+}
+
+fn send_stream(
+    sh: &Shared,
+    stream: &TcpStream,
+    generation: u64,
+    snapshot_at: Option<LogPos>,
+    mut next: u64,
+) -> Result<(), String> {
+    let epoch = sh.log.state().epoch;
+    let max_batch = sh.settings.max_batch_bytes;
+    let mut buf = Vec::with_capacity(64 * 1024);
+    let w = |buf: &mut Vec<u8>| -> Result<(), String> {
+        std::io::Write::write_all(&mut &*stream, buf).map_err(|e| e.to_string())?;
+        buf.clear();
+        Ok(())
+    };
+    if let Some(pos) = snapshot_at {
+        wire::encode_frame_into(&mut buf, &ReplMsg::SnapshotBegin { epoch, pos });
+        for shard in 0..sh.store.shard_count() {
+            let mut pairs = sh.store.shard_pairs(shard);
+            while !pairs.is_empty() {
+                let mut bytes = 0;
+                let mut n = 0;
+                for (k, v) in &pairs {
+                    if n > 0 && bytes + k.len() + v.len() > max_batch {
+                        break;
+                    }
+                    bytes += k.len() + v.len();
+                    n += 1;
+                }
+                let rest = pairs.split_off(n);
+                wire::encode_frame_into(&mut buf, &ReplMsg::SnapshotChunk { pairs });
+                w(&mut buf)?;
+                pairs = rest;
+            }
+            if sh.stopping() {
+                return Err("shutting down".into());
+            }
+        }
+        wire::encode_frame_into(&mut buf, &ReplMsg::SnapshotEnd { epoch });
+        w(&mut buf)?;
+    }
+    let mut sent_commit = 0;
+    loop {
+        match sh
+            .log
+            .fetch(generation, next, sent_commit, max_batch, IDLE_WAIT)
+        {
+            Fetch::Entries {
+                prev,
+                entries,
+                commit,
+            } => {
+                next += entries.len() as u64;
+                sent_commit = commit;
+                wire::encode_frame_into(
+                    &mut buf,
+                    &ReplMsg::Append {
+                        epoch,
+                        prev,
+                        entries,
+                        commit,
+                    },
+                );
+                w(&mut buf)?;
+            }
+            Fetch::Idle => {}
+            Fetch::NeedSnapshot => return Err("replica fell behind the retained log".into()),
+            Fetch::Stale => return Err("coordinator role changed".into()),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Replica side
+// ---------------------------------------------------------------------------
+
+/// A running follower thread; `stop` ends it and waits.
+pub(super) struct FollowerHandle {
+    stop: Arc<AtomicBool>,
+    stream: Arc<Mutex<Option<TcpStream>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl FollowerHandle {
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(s) = self.stream.lock().as_ref() {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+pub(super) fn follow(sh: Arc<Shared>, addr: String, epoch: Epoch) -> FollowerHandle {
+    let stop = Arc::new(AtomicBool::new(false));
+    let slot: Arc<Mutex<Option<TcpStream>>> = Arc::new(Mutex::new(None));
+    let (stop2, slot2) = (stop.clone(), slot.clone());
+    let id = sh.id;
+    let thread = std::thread::Builder::new()
+        .name(format!("follower-{id}"))
+        .spawn(move || {
+            let reason = match run_follower(&sh, &addr, epoch, &stop2, &slot2) {
+                Ok(()) => "stream closed".to_string(),
+                Err(e) => e,
+            };
+            if !stop2.load(Ordering::Acquire) && !sh.stopping() {
+                sh.notify(Input::FollowLost {
+                    reason: format!("{addr}: {reason}"),
+                });
+            }
+        })
+        .expect("spawn follower");
+    FollowerHandle {
+        stop,
+        stream: slot,
+        thread: Some(thread),
+    }
+}
+
+fn run_follower(
+    sh: &Shared,
+    addr: &str,
+    epoch: Epoch,
+    stop: &AtomicBool,
+    slot: &Mutex<Option<TcpStream>>,
+) -> Result<(), String> {
+    if !sh.log.observe_epoch(epoch) {
+        return Err(format!("epoch {epoch} is older than one already seen"));
+    }
+    let last = sh.log.state().last;
+    let stream = net::connect(
+        addr,
+        ConnKind::Follow(FollowRequest {
+            node_id: sh.id,
+            incarnation: sh.incarnation,
+            epoch,
+            last,
+        }),
+        Duration::from_secs(2),
+    )
+    .map_err(|e| format!("cannot connect: {e}"))?;
+    *slot.lock() = Some(stream.try_clone().map_err(|e| e.to_string())?);
+    if stop.load(Ordering::Acquire) {
+        return Ok(());
+    }
+    let _ = stream.set_read_timeout(None);
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));
+    log::info!(
+        "node {}: following {addr} at epoch {epoch} from {last}",
+        sh.id
+    );
+
+    let max = sh.settings.max_repl_frame();
+    let mut snapshot: Option<(LogPos, Delta, parking_lot::MutexGuard<'_, ()>)> = None;
+    let mut out = Vec::with_capacity(64);
+    loop {
+        let msg: ReplMsg = wire::read_frame(&mut &stream, max).map_err(|e| e.to_string())?;
+        match msg {
+            ReplMsg::SnapshotBegin { epoch: e, pos } => {
+                if e < epoch || snapshot.is_some() {
+                    return Err("unexpected snapshot".into());
+                }
+                let guard = sh.log.apply_guard();
+                sh.log.reset(pos);
+                sh.store.clear(pos);
+                log::info!("node {}: installing snapshot at {pos}", sh.id);
+                snapshot = Some((pos, Delta::default(), guard));
+            }
+            ReplMsg::SnapshotChunk { pairs } => {
+                let Some((_, delta, _)) = snapshot.as_mut() else {
+                    return Err("snapshot chunk outside a snapshot".into());
+                };
+                for (key, value) in pairs {
+                    sh.store.apply(&Op::Put { key, value }, delta);
+                }
+            }
+            ReplMsg::SnapshotEnd { .. } => {
+                let Some((pos, delta, guard)) = snapshot.take() else {
+                    return Err("snapshot end outside a snapshot".into());
+                };
+                sh.store.commit(pos, delta);
+                drop(guard);
+                let meta = sh.store.meta();
+                sh.board.update(|b| {
+                    b.last = pos;
+                    b.applied = meta.applied;
+                    b.digest = meta.digest;
+                });
+                log::info!("node {}: snapshot installed ({} keys)", sh.id, meta.keys);
+                // Tell the coordinator where we stand even if no entry follows.
+                out.clear();
+                wire::encode_frame_into(&mut out, &ReplAck { epoch, last: pos });
+                std::io::Write::write_all(&mut &stream, &out).map_err(|e| e.to_string())?;
+            }
+            ReplMsg::Append {
+                epoch: e,
+                prev,
+                entries,
+                commit,
+            } => {
+                if snapshot.is_some() {
+                    return Err("entries inside a snapshot".into());
+                }
+                let last = sh.log.append_follower(e, prev, entries, commit)?;
+                sh.board.update(|b| b.last = last);
+                out.clear();
+                wire::encode_frame_into(&mut out, &ReplAck { epoch: e, last });
+                std::io::Write::write_all(&mut &stream, &out).map_err(|e| e.to_string())?;
+            }
+            ReplMsg::Refused { reason, .. } => return Err(format!("refused: {reason}")),
+        }
+        if stop.load(Ordering::Acquire) {
+            return Ok(());
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! The server runtime: a TCP accept thread and one thread per connection
+//! around the sans-IO [`ServerCore`]. Durable changes (registrations, epochs,
+//! in-sync sets) are written to the state file — temp file, fsync, rename —
+//! before the reply leaves, so nothing the server acknowledged is forgotten
+//! by a restart.
+
+use crate::config::NodeSettings;
+use crate::core::server::{DurableView, ServerCore};
+use crate::errors::{Error, Result};
+use crate::identity::write_atomic;
+use crate::net::{self, ConnLimit};
+use crate::wire::{self, ConnKind, ErrorKind, ServerRequest, ServerResponse, WireError};
+use parking_lot::Mutex;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    pub listen: SocketAddr,
+    pub settings: NodeSettings,
+    /// Where the view is kept across restarts; `None` keeps it in memory.
+    pub state_file: Option<PathBuf>,
+    pub max_connections: usize,
+}
+
+struct Shared {
+    core: Mutex<ServerCore>,
+    state_file: Option<PathBuf>,
+    shutdown: AtomicBool,
+    conns: ConnLimit,
+}
+
+pub struct Server {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    pub fn start(opts: ServerOptions) -> Result<Server> {
+        let view = match &opts.state_file {
+            Some(path) => load_state(path)?,
+            None => DurableView::default(),
+        };
+        if view.epoch > 0 {
+            log::info!(
+                "reloaded view: epoch {}, coordinator {:?}, {} members, in sync {:?}",
+                view.epoch,
+                view.coordinator,
+                view.members.len(),
+                view.isr
+            );
+        }
+        let listener = TcpListener::bind(opts.listen).map_err(|e| {
+            Error::Io(std::io::Error::new(
+                e.kind(),
+                format!("cannot listen on {}: {e}", opts.listen),
+            ))
+        })?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            core: Mutex::new(ServerCore::new(
+                view,
+                opts.settings.lease_at_server(),
+                Instant::now(),
+            )),
+            state_file: opts.state_file.clone(),
+            shutdown: AtomicBool::new(false),
+            conns: ConnLimit::new(opts.max_connections),
+        });
+        let sh = shared.clone();
+        let accept = std::thread::Builder::new()
+            .name("server-accept".into())
+            .spawn(move || accept_loop(sh, listener))
+            .expect("spawn accept");
+        log::info!("server listening on {addr}");
+        Ok(Server {
+            shared,
+            addr,
+            accept: Some(accept),
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting and waits for the accept thread. Connection threads
+    /// end when their peer goes away or at their next request.
+    pub fn shutdown(mut self) {
+        self.shared.shutdown.store(true, Ordering::Release);
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+    }
+
+    /// Blocks until the accept thread ends.
+    pub fn wait(mut self) {
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn load_state(path: &PathBuf) -> Result<DurableView> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+            Error::Config(format!(
+                "server state file {} is corrupt: {e}",
+                path.display()
+            ))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(DurableView::default()),
+        Err(e) => Err(Error::Config(format!(
+            "cannot read server state file {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+fn persist(sh: &Shared, view: &DurableView) -> Result<()> {
+    let Some(path) = &sh.state_file else {
+        return Ok(());
+    };
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(|p| p.to_path_buf())
+        .unwrap_or_else(|| PathBuf::from("."));
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| Error::Config(format!("bad state file name {}", path.display())))?;
+    let bytes = serde_json::to_vec_pretty(view).expect("view serializes");
+    write_atomic(&dir, name, &bytes)
+}
+
+fn accept_loop(sh: Arc<Shared>, listener: TcpListener) {
+    for stream in listener.incoming() {
+        if sh.shutdown.load(Ordering::Acquire) {
+            break;
+        }
+        let Ok(stream) = stream else { continue };
+        let Some(slot) = sh.conns.try_acquire() else {
+            let (kind, message) = net::too_many(sh.conns.live());
+            let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+            let _ = wire::write_frame(&mut &stream, &ServerResponse::Error { kind, message });
+            continue;
+        };
+        let sh2 = sh.clone();
+        let _ = std::thread::Builder::new()
+            .name("server-conn".into())
+            .spawn(move || {
+                let _slot = slot;
+                serve(&sh2, stream);
+            });
+    }
+}
+
+fn serve(sh: &Shared, stream: TcpStream) {
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "?".into());
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    match net::accept_hello(&stream) {
+        Ok(ConnKind::Client) => {}
+        Ok(other) => {
+            log::warn!("server connection from {peer}: unexpected kind {other:?}");
+            return;
+        }
+        Err(e) => {
+            if !sh.shutdown.load(Ordering::Acquire) {
+                log::warn!("server connection from {peer} dropped: bad handshake: {e}");
+            }
+            return;
+        }
+    }
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(300)));
+    loop {
+        let req: ServerRequest = match wire::read_frame(&mut &stream, wire::MAX_SERVER_FRAME) {
+            Ok(r) => r,
+            Err(WireError::Closed) => return,
+            Err(e @ (WireError::TooLarge { .. } | WireError::Malformed(_))) => {
+                log::warn!("server connection from {peer}: {e}; closing");
+                let _ = wire::write_frame(
+                    &mut &stream,
+                    &ServerResponse::Error {
+                        kind: ErrorKind::BadRequest,
+                        message: e.to_string(),
+                    },
+                );
+                return;
+            }
+            Err(_) => return,
+        };
+        let resp = {
+            let mut core = sh.core.lock();
+            let (resp, changed) = core.handle(Instant::now(), req);
+            if changed {
+                if let Err(e) = persist(sh, core.durable()) {
+                    log::error!("{e}");
+                    ServerResponse::Error {
+                        kind: ErrorKind::Unavailable,
+                        message: format!("the server cannot store its state: {e}"),
+                    }
+                } else {
+                    resp
+                }
+            } else {
+                resp
+            }
+        };
+        if wire::write_frame(&mut &stream, &resp).is_err() {
+            return;
+        }
+    }
+}
