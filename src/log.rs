@@ -302,12 +302,13 @@ impl ReplLog {
     }
 
     /// Blocks until there is something to send to a replica whose next entry
-    /// is `next` and which last heard commit `sent_commit`.
+    /// is `next` and which last heard commit `sent_commit` (`None`: nothing
+    /// sent yet, so answer at once, even with no entries).
     pub fn fetch(
         &self,
         generation: u64,
         next: u64,
-        sent_commit: u64,
+        sent_commit: Option<u64>,
         max_bytes: usize,
         timeout: Duration,
     ) -> Fetch {
@@ -319,7 +320,7 @@ impl ReplLog {
             if next <= g.base.index {
                 return Fetch::NeedSnapshot;
             }
-            if g.last().index >= next || g.commit > sent_commit {
+            if g.last().index >= next || sent_commit.is_none_or(|c| g.commit > c) {
                 break;
             }
             if self.changed.wait_for(&mut g, timeout).timed_out() {
@@ -370,8 +371,7 @@ impl ReplLog {
                 g.last()
             ));
         }
-        let mut next = prev.index + 1;
-        for e in entries {
+        for (next, e) in (prev.index + 1..).zip(entries) {
             if e.pos.index != next {
                 return Err(format!(
                     "entry {} out of order, expected index {next}",
@@ -390,7 +390,6 @@ impl ReplLog {
                 }
                 None => g.entries.push_back(e),
             }
-            next += 1;
         }
         let last = g.last();
         let c = commit.min(last.index);
@@ -576,10 +575,10 @@ mod tests {
         let st = log.state();
         assert_eq!(st.base.index, 2);
         assert!(matches!(
-            log.fetch(st.generation, 1, 0, 1 << 20, Duration::ZERO),
+            log.fetch(st.generation, 1, Some(0), 1 << 20, Duration::ZERO),
             Fetch::NeedSnapshot
         ));
-        match log.fetch(st.generation, 3, 0, 1 << 20, Duration::ZERO) {
+        match log.fetch(st.generation, 3, Some(0), 1 << 20, Duration::ZERO) {
             Fetch::Entries {
                 prev,
                 entries,

@@ -178,8 +178,8 @@ fn status(server: &str, json: bool) -> Result<(), Error> {
         view.isr
     );
     println!(
-        "{:<4} {:<22} {:<12} {:<8} {:<14} {:<17} {}",
-        "ID", "ADDRESS", "ROLE", "IN-SYNC", "LOG-POSITION", "DIGEST", "KEYS"
+        "{:<4} {:<22} {:<12} {:<8} {:<14} {:<17} KEYS",
+        "ID", "ADDRESS", "ROLE", "IN-SYNC", "LOG-POSITION", "DIGEST"
     );
     for r in rows {
         println!(

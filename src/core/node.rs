@@ -94,6 +94,8 @@ pub struct Serving {
     pub coordinator_addr: Option<String>,
     /// The coordinator serves only before this instant.
     pub lease_until: Option<Instant>,
+    /// Registered members; only they may follow the coordinator.
+    pub members: Vec<NodeId>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -462,6 +464,7 @@ impl NodeCore {
         }
         // Membership.
         let ids: BTreeSet<NodeId> = view.members.iter().map(|m| m.node_id).collect();
+        let members_changed = !self.peers.keys().copied().eq(ids.iter().copied());
         self.peers.retain(|id, _| ids.contains(id));
         for m in &view.members {
             let p = self.peers.entry(m.node_id).or_default();
@@ -472,6 +475,9 @@ impl NodeCore {
         let epoch_changed = view.epoch > self.epoch;
         let coordinator = view.coordinator;
         self.view = view;
+        if members_changed {
+            out.push(Action::Publish(self.serving()));
+        }
         if self.role == Role::Coordinator && !epoch_changed {
             out.push(Action::SetRequired(required));
             return;
@@ -596,6 +602,7 @@ impl NodeCore {
             } else {
                 None
             },
+            members: self.peers.keys().copied().collect(),
         }
     }
 }
@@ -637,9 +644,15 @@ mod tests {
         let now = Instant::now();
         let (core, out) = NodeCore::new(1, 1, &settings(), view(1, 1, &[1], &[1]), now);
         assert_eq!(core.role(), Role::Coordinator);
-        assert!(matches!(out[0], Action::BecomeCoordinator { epoch: 1, .. }));
-        match &out[1] {
-            Action::Publish(s) => assert!(s.lease_until.unwrap() > now),
+        let become_at = out
+            .iter()
+            .position(|a| matches!(a, Action::BecomeCoordinator { epoch: 1, .. }))
+            .expect("becomes coordinator");
+        match &out[become_at + 1] {
+            Action::Publish(s) => {
+                assert!(s.lease_until.unwrap() > now);
+                assert_eq!(s.members, vec![1]);
+            }
             other => panic!("{other:?}"),
         }
     }

@@ -125,17 +125,18 @@ fn write(sh: &Shared, op: Op) -> Response {
     if !is_serving_coordinator(&sh.serving.read(), Instant::now()) {
         return not_coordinator(sh);
     }
-    let rx =
-        match sh.log.append_leader(op) {
-            Ok((_, rx)) => rx,
-            Err(AppendError::NotLeader) => return not_coordinator(sh),
-            Err(AppendError::NotEnoughReplicas { in_sync, required }) => return error(
+    let rx = match sh.log.append_leader(op) {
+        Ok((_, rx)) => rx,
+        Err(AppendError::NotLeader) => return not_coordinator(sh),
+        Err(AppendError::NotEnoughReplicas { in_sync, required }) => {
+            return error(
                 ErrorKind::NotEnoughReplicas,
                 format!(
                     "{in_sync} node(s) in sync, {required} required; the write was not accepted"
                 ),
-            ),
-        };
+            )
+        }
+    };
     match rx.recv_timeout(sh.settings.write_timeout()) {
         Ok(OpOutcome::Written) => Response::Written,
         Ok(OpOutcome::Deleted(existed)) => Response::Deleted(existed),

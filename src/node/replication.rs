@@ -58,6 +58,9 @@ pub(super) fn feed(sh: &Arc<Shared>, stream: TcpStream, req: FollowRequest, peer
     if id == sh.id {
         return refuse("a node cannot follow itself".into());
     }
+    if !sh.serving.read().members.contains(&id) {
+        return refuse(format!("node {id} is not a registered member"));
+    }
     let _ = stream.set_read_timeout(None);
     let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));
     let generation = st.generation;
@@ -165,7 +168,7 @@ fn send_stream(
         wire::encode_frame_into(&mut buf, &ReplMsg::SnapshotEnd { epoch });
         w(&mut buf)?;
     }
-    let mut sent_commit = 0;
+    let mut sent_commit = None;
     loop {
         match sh
             .log
@@ -177,7 +180,7 @@ fn send_stream(
                 commit,
             } => {
                 next += entries.len() as u64;
-                sent_commit = commit;
+                sent_commit = Some(commit);
                 wire::encode_frame_into(
                     &mut buf,
                     &ReplMsg::Append {

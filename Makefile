@@ -1,0 +1,45 @@
+# DKV — see README.md.
+#   make demo            local cluster doing real work, then stops it
+#   make test            fmt check, clippy, every test
+#   make run-server      server from config.json
+#   make run-node        a node on an ephemeral loopback port (ADDR=host:port to pick)
+#   make run-client      scripted demo client against the server (ADDR=server to pick)
+
+CARGO   ?= cargo
+CONFIG  ?= config.json
+BIN     := target/release
+# The server address from config.json (server-ip-port), overridable.
+SERVER  ?= $(shell sed -n 's/.*"server-ip-port" *: *"\([^"]*\)".*/\1/p' $(CONFIG) 2>/dev/null | head -n1)
+ifeq ($(SERVER),)
+SERVER  := 127.0.0.1:12345
+endif
+
+.PHONY: build run-server run-node run-client demo test clean
+
+build:
+	$(CARGO) build --release --bins
+
+run-server: build
+	$(BIN)/dkv-server -c $(CONFIG)
+
+run-node: build
+	$(BIN)/dkv-node $(SERVER) -c $(CONFIG) --listen $(or $(ADDR),127.0.0.1:0)
+
+run-client: build
+	$(BIN)/dkv-client demo $(or $(ADDR),$(SERVER))
+
+demo: build
+	bash scripts/demo.sh
+
+test:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		$(CARGO) nextest run --no-fail-fast; \
+	else \
+		$(CARGO) test --no-fail-fast; \
+	fi
+	$(CARGO) test --doc
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,353 @@
+//! Process-level test harness: real `dkv-server` and `dkv-node` binaries on
+//! ephemeral loopback ports, each test in its own temp directory. Every
+//! process is killed when the harness is dropped, also when a test panics.
+
+#![allow(dead_code)]
+
+use dkv::wire::{self, ClusterView, ConnKind, NodeStatus, Request, Response};
+use dkv::{Client, ClientOptions};
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const SERVER_BIN: &str = env!("CARGO_BIN_EXE_dkv-server");
+pub const NODE_BIN: &str = env!("CARGO_BIN_EXE_dkv-node");
+pub const CLIENT_PROTO_BIN: &str = env!("CARGO_BIN_EXE_client_proto");
+pub const CLIENT_BIN: &str = env!("CARGO_BIN_EXE_dkv-client");
+
+/// Generous bound for anything a test waits for; reaching it is a failure.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+pub struct Proc {
+    pub child: Child,
+    pub addr: String,
+    pub beacon_addr: String,
+    pub id: u64,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Resident memory in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        s.lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub server: Proc,
+    pub nodes: Vec<Proc>,
+    next_log: usize,
+}
+
+/// Test defaults: the shipped defaults, written out so a test can override keys.
+pub fn default_settings() -> serde_json::Value {
+    serde_json::json!({})
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "dkv-test-{name}-{}-{}",
+        std::process::id(),
+        rand_u64()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(std::process::id() as u64);
+    h.finish()
+}
+
+/// Spawns `bin args`, waits for its first stdout line, and returns it.
+fn spawn(bin: &str, args: &[&str], log: &Path) -> (Child, String) {
+    let logf = std::fs::File::create(log).unwrap();
+    let mut child = Command::new(bin)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(logf)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+    let stdout = child.stdout.take().unwrap();
+    let mut reader = BufReader::new(stdout);
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    if line.is_empty() {
+        let _ = child.wait();
+        panic!(
+            "{bin} {args:?} exited before it was ready:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+    }
+    // Keep draining so the child never blocks on a full pipe.
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        while reader.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+            sink.clear();
+        }
+    });
+    (child, line.trim().to_string())
+}
+
+impl Cluster {
+    /// A server and `n` nodes with the given node-settings overrides.
+    pub fn start(name: &str, n: usize, settings: serde_json::Value) -> Cluster {
+        let dir = temp_dir(name);
+        let config = dir.join("config.json");
+        let cfg = serde_json::json!({
+            "server-ip-port": "127.0.0.1:0",
+            "node-settings": settings,
+        });
+        std::fs::write(&config, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+        let server = Self::start_server_at(&dir, &config, "127.0.0.1:0", 0);
+        let mut c = Cluster {
+            dir,
+            config,
+            server,
+            nodes: Vec::new(),
+            next_log: 0,
+        };
+        for _ in 0..n {
+            c.add_node();
+        }
+        c.wait_for_isr(n);
+        c
+    }
+
+    fn start_server_at(dir: &Path, config: &Path, listen: &str, gen: usize) -> Proc {
+        let log = dir.join(format!("server-{gen}.log"));
+        let state = dir.join("server-state.json");
+        let (child, line) = spawn(
+            SERVER_BIN,
+            &[
+                "-c",
+                config.to_str().unwrap(),
+                "--listen",
+                listen,
+                "--state-file",
+                state.to_str().unwrap(),
+            ],
+            &log,
+        );
+        let addr = line
+            .strip_prefix("dkv-server listening on ")
+            .unwrap_or_else(|| panic!("unexpected server banner: {line}"))
+            .to_string();
+        Proc {
+            child,
+            addr,
+            beacon_addr: String::new(),
+            id: 0,
+            log,
+        }
+    }
+
+    pub fn server_addr(&self) -> String {
+        self.server.addr.clone()
+    }
+
+    /// Starts one more node with no flags but the server address.
+    pub fn add_node(&mut self) -> usize {
+        self.add_node_with(&[])
+    }
+
+    pub fn add_node_with(&mut self, extra: &[&str]) -> usize {
+        self.next_log += 1;
+        let log = self.dir.join(format!("node-{}.log", self.next_log));
+        let server = self.server.addr.clone();
+        let config = self.config.to_str().unwrap().to_string();
+        let mut args = vec![server.as_str(), "-c", config.as_str()];
+        args.extend_from_slice(extra);
+        let (child, line) = spawn(NODE_BIN, &args, &log);
+        // "dkv-node ID listening on ADDR beacons ADDR"
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        assert!(
+            parts.len() == 7 && parts[0] == "dkv-node",
+            "unexpected node banner: {line}"
+        );
+        self.nodes.push(Proc {
+            child,
+            id: parts[1].parse().unwrap(),
+            addr: parts[4].to_string(),
+            beacon_addr: parts[6].to_string(),
+            log,
+        });
+        self.nodes.len() - 1
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(&self.server.addr).expect("client connects")
+    }
+
+    pub fn client_with(&self, opts: ClientOptions) -> Client {
+        Client::with_options(&self.server.addr, opts).expect("client connects")
+    }
+
+    pub fn view(&self) -> ClusterView {
+        self.client().cluster_view().expect("view")
+    }
+
+    pub fn status(&self, i: usize) -> dkv::Result<NodeStatus> {
+        node_status(&self.nodes[i].addr)
+    }
+
+    /// Index of the node that is coordinator according to the server.
+    pub fn coordinator(&self) -> usize {
+        let v = self.view();
+        let id = v.coordinator.expect("a coordinator");
+        self.nodes
+            .iter()
+            .position(|n| n.id == id)
+            .expect("coordinator is one of ours")
+    }
+
+    /// Waits until the server lists `n` in-sync members.
+    pub fn wait_for_isr(&self, n: usize) {
+        wait_until("in-sync set to reach the expected size", || {
+            self.view().isr.len() == n
+        });
+    }
+
+    /// Waits until every live node reports the same applied position and
+    /// digest, and returns that digest.
+    pub fn wait_converged(&self, live: &[usize]) -> u64 {
+        let mut last = Vec::new();
+        let ok = wait_until_ok(|| {
+            let st: Vec<_> = live.iter().map(|&i| self.status(i)).collect();
+            if st.iter().any(|s| s.is_err()) {
+                return None;
+            }
+            let st: Vec<NodeStatus> = st.into_iter().map(|s| s.unwrap()).collect();
+            last = st
+                .iter()
+                .map(|s| (s.node_id, s.applied, s.digest))
+                .collect();
+            let first = &st[0];
+            let same = st
+                .iter()
+                .all(|s| s.applied == first.applied && s.digest == first.digest);
+            same.then_some(first.digest)
+        });
+        ok.unwrap_or_else(|| panic!("nodes did not converge: {last:?}"))
+    }
+
+    /// Dumps every log, for post-mortems of a failing test.
+    pub fn dump_logs(&self) -> String {
+        let mut s = format!("--- server ---\n{}\n", self.server.log_text());
+        for n in &self.nodes {
+            s += &format!("--- node {} ({}) ---\n{}\n", n.id, n.addr, n.log_text());
+        }
+        s
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            n.kill();
+        }
+        self.server.kill();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("test logs kept in {}", self.dir.display());
+        }
+    }
+}
+
+pub fn node_status(addr: &str) -> dkv::Result<NodeStatus> {
+    let s = dkv::net::connect(addr, ConnKind::Client, Duration::from_secs(2))?;
+    match dkv::net::call::<_, Response>(&s, &Request::Status, 1 << 20)? {
+        Response::Status(st) => Ok(st),
+        other => Err(dkv::Error::Protocol(format!("{other:?}"))),
+    }
+}
+
+/// A raw connection to a node that has sent the client handshake.
+pub fn raw_client(addr: &str) -> TcpStream {
+    dkv::net::connect(addr, ConnKind::Client, Duration::from_secs(5)).unwrap()
+}
+
+pub fn raw_call(s: &TcpStream, req: &Request) -> Response {
+    dkv::net::call::<_, Response>(s, req, 4 << 20).unwrap()
+}
+
+pub fn encode_frame(body: &[u8]) -> Vec<u8> {
+    let mut v = (body.len() as u32).to_be_bytes().to_vec();
+    v.extend_from_slice(body);
+    v
+}
+
+pub fn wire_encode<T: serde::Serialize>(t: &T) -> Vec<u8> {
+    wire::encode(t)
+}
+
+/// Polls `cond` until it holds; panics after [`PATIENCE`].
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    if wait_until_ok(|| cond().then_some(())).is_none() {
+        panic!("timed out waiting for {what}");
+    }
+}
+
+/// Polls `f` until it returns `Some`; `None` after [`PATIENCE`].
+pub fn wait_until_ok<T>(mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + PATIENCE;
+    let mut delay = Duration::from_millis(5);
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(delay);
+        delay = (delay * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// Runs `client_proto SERVER args...`; returns (exit code, stdout, stderr).
+pub fn client_proto(server: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(CLIENT_PROTO_BIN)
+        .arg(server)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
