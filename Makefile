@@ -14,7 +14,7 @@ ifeq ($(SERVER),)
 SERVER  := 127.0.0.1:12345
 endif
 
-.PHONY: build run-server run-node run-client demo test clean
+.PHONY: build run-server run-node run-client demo test clean failover-bench
 
 build:
 	$(CARGO) build --release --bins
@@ -43,3 +43,7 @@ test:
 
 clean:
 	$(CARGO) clean
+
+# Failover time over RUNS kill -9 runs with default settings.
+failover-bench: build
+	RUNS=$(or $(RUNS),10) bash scripts/failover-bench.sh

@@ -70,7 +70,7 @@ pub struct NodeSettings {
     #[serde(default = "d_min_in_sync")]
     pub min_in_sync: usize,
     /// Coordinator lease (ms) granted by the server at each status push.
-    /// Default: 4 update intervals, so two lost pushes do not cost the lease.
+    /// Default: 5 update intervals, so a few lost pushes do not cost the lease.
     #[serde(default)]
     pub lease_timeout: Option<u64>,
     /// Bound on clock-rate difference between machines, as a fraction. The
@@ -113,7 +113,7 @@ fn d_heartbeat() -> u64 {
     50
 }
 fn d_update_interval() -> u64 {
-    100
+    50
 }
 fn d_reconnection_attempts() -> u32 {
     3
@@ -179,7 +179,7 @@ impl NodeSettings {
     pub fn lease(&self) -> Duration {
         Duration::from_millis(
             self.lease_timeout
-                .unwrap_or(4 * self.server_update_interval),
+                .unwrap_or(5 * self.server_update_interval),
         )
     }
     /// The lease as the coordinator counts it (shortened by the drift bound).
@@ -321,7 +321,7 @@ mod tests {
         assert_eq!(n.voting_wait(), Duration::from_secs(20));
         assert_eq!(n.election_wait(), Duration::from_secs(5));
         assert_eq!(n.failure_timeout(), Duration::from_secs(25));
-        assert_eq!(n.lease(), Duration::from_secs(4));
+        assert_eq!(n.lease(), Duration::from_secs(5));
         assert_eq!(n.reconnection_attempts, 5);
         assert_eq!(n.required_in_sync(3), 2);
         assert!(cfg.warnings().is_empty());

@@ -60,6 +60,9 @@ pub struct LogState {
 
 struct Leader {
     epoch: Epoch,
+    /// Last index when this node took over: reads wait until it is applied,
+    /// so they see every write an earlier coordinator acknowledged.
+    barrier: u64,
     self_id: NodeId,
     progress: Progress,
     waiters: HashMap<u64, Sender<OpOutcome>>,
@@ -193,6 +196,7 @@ impl ReplLog {
         g.epoch = g.epoch.max(epoch);
         g.leader = Some(Leader {
             epoch,
+            barrier: last,
             self_id,
             progress,
             waiters: HashMap::new(),
@@ -200,6 +204,13 @@ impl ReplLog {
         });
         g.generation += 1;
         self.changed.notify_all();
+    }
+
+    /// True when this node is coordinator and has applied everything its
+    /// log held when it took over.
+    pub fn read_ready(&self) -> bool {
+        let g = self.inner.lock();
+        g.leader.as_ref().is_some_and(|l| g.applied >= l.barrier)
     }
 
     /// Gives up the coordinator role. Clients waiting for their writes get a

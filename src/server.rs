@@ -202,19 +202,22 @@ fn serve(sh: &Shared, stream: TcpStream) {
         };
         let resp = {
             let mut core = sh.core.lock();
+            let before = sh.state_file.as_ref().map(|_| core.durable().clone());
             let (resp, changed) = core.handle(Instant::now(), req);
-            if changed {
-                if let Err(e) = persist(sh, core.durable()) {
-                    log::error!("{e}");
-                    ServerResponse::Error {
-                        kind: ErrorKind::Unavailable,
-                        message: format!("the server cannot store its state: {e}"),
+            match (changed, before) {
+                (true, Some(before)) => match persist(sh, core.durable()) {
+                    Ok(()) => resp,
+                    Err(e) => {
+                        // Nothing the server could not store is acknowledged.
+                        log::error!("{e}");
+                        core.restore(before);
+                        ServerResponse::Error {
+                            kind: ErrorKind::Unavailable,
+                            message: format!("the server cannot store its state: {e}"),
+                        }
                     }
-                } else {
-                    resp
-                }
-            } else {
-                resp
+                },
+                _ => resp,
             }
         };
         if wire::write_frame(&mut &stream, &resp).is_err() {

@@ -324,6 +324,13 @@ pub enum ServerRequest {
         epoch: Epoch,
         isr: Vec<NodeId>,
     },
+    /// An election winner asks for epoch `epoch + 1`.
+    RequestGrant {
+        candidate: NodeId,
+        /// The epoch the candidate saw fail.
+        epoch: Epoch,
+        last: LogPos,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

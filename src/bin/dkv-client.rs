@@ -27,6 +27,21 @@ enum Cmd {
         #[arg(long, default_value = "demo")]
         prefix: String,
     },
+    /// Write one key in a tight loop and report the longest time between two
+    /// successful writes: run it across a failover to measure unavailability.
+    Probe {
+        /// The server's HOST:PORT.
+        server: String,
+        /// How long to run, in seconds.
+        #[arg(long, default_value_t = 5.0)]
+        duration: f64,
+        /// Key to write.
+        #[arg(long, default_value = "probe")]
+        key: String,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the cluster view: epoch, coordinator, and every member's role,
     /// in-sync flag, log position and digest (asked from each node directly).
     Status {
@@ -48,6 +63,12 @@ fn main() -> ExitCode {
             prefix,
         } => demo(&server, keys, &prefix),
         Cmd::Status { server, json } => status(&server, json),
+        Cmd::Probe {
+            server,
+            duration,
+            key,
+            json,
+        } => probe(&server, duration, &key, json),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
@@ -94,6 +115,72 @@ fn demo(server: &str, keys: usize, prefix: &str) -> Result<(), Error> {
         println!("  D {k}");
     }
     println!("demo ok");
+    Ok(())
+}
+
+fn probe(server: &str, duration: f64, key: &str, json: bool) -> Result<(), Error> {
+    use std::time::{Duration, Instant};
+    let opts = dkv::ClientOptions {
+        op_timeout: Duration::from_secs(2),
+        ..Default::default()
+    };
+    let mut c = Client::with_options(server, opts)?;
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(duration);
+    let (mut ok, mut failed, mut unknown) = (0u64, 0u64, 0u64);
+    let mut last_ok = start;
+    let mut worst = (Duration::ZERO, 0.0f64);
+    let mut last_value = None;
+    let mut i = 0u64;
+    while Instant::now() < end {
+        i += 1;
+        let v = i.to_string();
+        match c.put(key.as_bytes(), v.as_bytes()) {
+            Ok(()) => {
+                let now = Instant::now();
+                let gap = now - last_ok;
+                if gap > worst.0 {
+                    worst = (gap, (last_ok - start).as_secs_f64());
+                }
+                last_ok = now;
+                ok += 1;
+                last_value = Some(v);
+            }
+            Err(Error::Indeterminate(_)) => unknown += 1,
+            Err(_) => failed += 1,
+        }
+    }
+    // The last acknowledged value must be what the cluster holds now.
+    let held = c.get(key.as_bytes())?;
+    let consistent = held.as_deref() == last_value.as_deref().map(str::as_bytes) || unknown > 0; // a later write of unknown outcome may have landed
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "writes_ok": ok,
+                "writes_failed": failed,
+                "writes_unknown": unknown,
+                "max_gap_ms": worst.0.as_secs_f64() * 1000.0,
+                "max_gap_at_s": worst.1,
+                "last_ack_reads_back": consistent,
+            })
+        );
+    } else {
+        println!(
+            "{ok} writes acknowledged, {failed} failed, {unknown} of unknown outcome; \
+             longest gap between acknowledged writes: {:.1} ms (starting at {:.3} s); \
+             last acknowledged value reads back: {}",
+            worst.0.as_secs_f64() * 1000.0,
+            worst.1,
+            if consistent { "yes" } else { "NO" }
+        );
+    }
+    if !consistent {
+        return Err(Error::Protocol(format!(
+            "the last acknowledged value {last_value:?} does not read back (got {:?})",
+            held.map(|v| String::from_utf8_lossy(&v).into_owned())
+        )));
+    }
     Ok(())
 }
 

@@ -1,5 +1,6 @@
 //! A node's control plane as a sans-IO state machine: role, epoch, membership,
-//! beacons, status pushes, lease and in-sync-set bookkeeping.
+//! beacons, failure detection, the bully election, status pushes, lease and
+//! in-sync-set bookkeeping.
 //!
 //! The driver thread owns one [`NodeCore`]. It feeds [`Input`]s (beacons,
 //! server replies, replication-link events, ticks carrying `now` and the local
@@ -11,8 +12,22 @@
 //! * `RemoveFromCommitSet(id)` comes only *after* the server confirmed the
 //!   removal, so no write is acknowledged without a member the server still
 //!   lists as in sync;
-//! * `Publish` (what the data path may serve) follows the role change it reflects;
-//!   `StepDown` precedes `Follow`.
+//! * `Publish` (what the data path may serve) follows the role change it
+//!   reflects; `StepDown` precedes `Follow`.
+//!
+//! Failure detection: a peer is *suspected* when nothing was heard from it for
+//! `failure-timeout`. The coordinator is also suspected when its beacons say
+//! it no longer acts as coordinator, or when its port refuses connections.
+//!
+//! Election (bully, with a data-aware rank): when an in-sync replica suspects
+//! the coordinator it becomes a candidate and beacons that. After
+//! `voting-wait` it ranks the in-sync members it still hears from by
+//! `(last log position, node id)`; if it ranks highest it asks the server for
+//! the next epoch, otherwise it defers to the higher one for `election-wait`
+//! and then votes again (the higher one may have died meanwhile). The server
+//! grants an epoch to at most one candidate, only to an in-sync member, and
+//! only once the old coordinator's lease has run out: the election picks a
+//! good candidate, the server makes it safe.
 //!
 //! The core never reads the clock, opens a socket or touches the data path.
 
@@ -29,6 +44,8 @@ use std::time::{Duration, Instant};
 pub struct Timing {
     pub heartbeat: Duration,
     pub failure_timeout: Duration,
+    pub voting_wait: Duration,
+    pub election_wait: Duration,
     pub update_interval: Duration,
     pub lease: Duration,
     pub reconnection_attempts: u32,
@@ -40,6 +57,8 @@ impl Timing {
         Timing {
             heartbeat: s.heartbeat(),
             failure_timeout: s.failure_timeout(),
+            voting_wait: s.voting_wait(),
+            election_wait: s.election_wait(),
             update_interval: s.server_update_interval(),
             lease: s.lease_at_coordinator(),
             reconnection_attempts: s.reconnection_attempts,
@@ -62,6 +81,7 @@ pub enum Call {
     Status,
     View,
     SetIsr,
+    Grant,
 }
 
 #[derive(Clone, Debug)]
@@ -75,13 +95,17 @@ pub enum Input {
         sent: Instant,
         reply: Result<ServerResponse, String>,
     },
+    /// A replica opened its stream from this coordinator.
+    FollowerConnected(NodeId),
     /// A replica's acknowledgements reached the commit index.
     FollowerCaughtUp(NodeId),
     /// A replica's stream from this coordinator ended.
     FollowerGone(NodeId),
-    /// This replica's stream from the coordinator ended.
+    /// This replica's stream from the coordinator ended. `refused`: the
+    /// coordinator's port refused the connection (its process is gone).
     FollowLost {
         reason: String,
+        refused: bool,
     },
 }
 
@@ -128,14 +152,31 @@ pub enum Action {
     Publish(Serving),
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 struct Peer {
     beacon_addr: String,
     incarnation: u64,
-    last_beacon: Option<Instant>,
+    /// Last time we heard from it (or learned of it: a grace period).
+    last_heard: Instant,
+    /// Last beacon's role and epoch.
     role: Option<Role>,
+    epoch: Epoch,
+    last: LogPos,
     applied: LogPos,
     digest: u64,
+}
+
+/// Where this node stands in an election.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Election {
+    /// The coordinator is alive (or this node is not eligible).
+    Idle,
+    /// Candidate, collecting beacons until the instant.
+    Voting { until: Instant },
+    /// Asked the server for the grant; waiting for the answer.
+    Requesting,
+    /// A higher-ranked candidate should win; vote again at the instant.
+    Deferred { until: Instant, to: NodeId },
 }
 
 pub struct NodeCore {
@@ -156,11 +197,15 @@ pub struct NodeCore {
     isr_pending: Option<BTreeSet<NodeId>>,
     want_in: BTreeSet<NodeId>,
     gone: BTreeSet<NodeId>,
+    connected: BTreeSet<NodeId>,
+    coordinator_since: Instant,
     lease_until: Option<Instant>,
     push_failures: u32,
     // replica
     following: Option<(NodeId, Epoch)>,
     follow_retry_at: Option<Instant>,
+    follow_failures: u32,
+    election: Election,
 }
 
 impl NodeCore {
@@ -189,10 +234,14 @@ impl NodeCore {
             isr_pending: None,
             want_in: BTreeSet::new(),
             gone: BTreeSet::new(),
+            connected: BTreeSet::new(),
+            coordinator_since: registered_at,
             lease_until: None,
             push_failures: 0,
             following: None,
             follow_retry_at: None,
+            follow_failures: 0,
+            election: Election::Idle,
         };
         let mut out = Vec::new();
         core.adopt_view(registered_at, view, registered_at, &mut out);
@@ -211,11 +260,19 @@ impl NodeCore {
         self.epoch
     }
 
+    pub fn election(&self) -> Election {
+        self.election
+    }
+
     /// When the driver must call again at the latest.
     pub fn next_deadline(&self) -> Instant {
         let mut d = self.next_beacon.min(self.next_server);
         if let Some(t) = self.follow_retry_at {
             d = d.min(t);
+        }
+        match self.election {
+            Election::Voting { until } | Election::Deferred { until, .. } => d = d.min(until),
+            _ => {}
         }
         d
     }
@@ -232,6 +289,9 @@ impl NodeCore {
                 self.in_flight.remove(&call);
                 self.on_server_reply(now, call, sent, reply, &mut out);
             }
+            Input::FollowerConnected(id) => {
+                self.connected.insert(id);
+            }
             Input::FollowerCaughtUp(id) => {
                 if self.role == Role::Coordinator
                     && !self.isr.contains(&id)
@@ -243,18 +303,31 @@ impl NodeCore {
                 }
             }
             Input::FollowerGone(id) => {
+                self.connected.remove(&id);
                 if self.role == Role::Coordinator {
                     self.want_in.remove(&id);
                     self.gone.insert(id);
                     self.reconcile_isr(&mut out);
                 }
             }
-            Input::FollowLost { reason } => {
-                if self.following.is_some() {
+            Input::FollowLost { reason, refused } => {
+                if self.follow_failures == 0 {
                     log::info!("node {}: replication stream lost: {reason}", self.id);
+                } else {
+                    log::debug!("node {}: replication stream lost: {reason}", self.id);
+                }
+                self.follow_failures += 1;
+                if refused {
+                    // Nobody listens on the coordinator's port: its process is gone.
+                    if let Some((c, _)) = self.following {
+                        if let Some(p) = self.peers.get_mut(&c) {
+                            p.last_heard = now - self.timing.failure_timeout;
+                        }
+                    }
                 }
                 self.following = None;
                 self.follow_retry_at = Some(now + self.timing.follow_retry);
+                self.election_tick(now, &mut out);
             }
         }
         out
@@ -277,7 +350,8 @@ impl NodeCore {
             }
         }
         if self.role == Role::Coordinator {
-            // Retries an in-sync change whose server call failed.
+            self.detect_replica_failures(now);
+            // Also retries an in-sync change whose server call failed.
             self.reconcile_isr(out);
             if let Some(until) = self.lease_until {
                 if now >= until && self.push_failures >= self.timing.reconnection_attempts {
@@ -305,6 +379,9 @@ impl NodeCore {
             } else {
                 self.call(Call::View, ServerRequest::View, out);
             }
+        }
+        if self.role != Role::Coordinator {
+            self.election_tick(now, out);
         }
         if self.role != Role::Coordinator && self.following.is_none() {
             if let Some(t) = self.follow_retry_at {
@@ -376,14 +453,156 @@ impl NodeCore {
             return; // from before the peer's restart
         }
         p.incarnation = b.incarnation;
-        p.last_beacon = Some(now);
+        p.last_heard = now;
         p.role = Some(b.role);
+        p.epoch = b.epoch;
+        p.last = b.last;
         p.applied = b.applied;
         p.digest = b.digest;
         if b.epoch > self.epoch {
-            // Something changed we have not heard of: ask the server soon.
+            // Something changed we have not heard of: ask the server now.
             self.next_server = now;
         }
+    }
+
+    /// A peer is suspected when it has been silent for the failure timeout.
+    fn suspected(&self, id: NodeId, now: Instant) -> bool {
+        self.peers.get(&id).is_none_or(|p| {
+            now.saturating_duration_since(p.last_heard) >= self.timing.failure_timeout
+        })
+    }
+
+    /// Whether the coordinator in our view looks alive and acting.
+    fn coordinator_alive(&self, now: Instant) -> bool {
+        let Some(c) = self.view.coordinator else {
+            return false;
+        };
+        if c == self.id {
+            return false; // we are not acting as coordinator, so nobody is
+        }
+        if self.suspected(c, now) {
+            return false;
+        }
+        // Its own beacon says it stepped down at our epoch or later.
+        !self.peers.get(&c).is_some_and(|p| {
+            p.role.is_some_and(|r| r != Role::Coordinator) && p.epoch >= self.epoch
+        })
+    }
+
+    /// The coordinator stops waiting for in-sync replicas it no longer hears
+    /// from, or that have not opened their stream within the failure timeout.
+    fn detect_replica_failures(&mut self, now: Instant) {
+        let settled =
+            now.saturating_duration_since(self.coordinator_since) >= self.timing.failure_timeout;
+        let failed: Vec<NodeId> = self
+            .isr
+            .iter()
+            .copied()
+            .filter(|&id| id != self.id)
+            .filter(|&id| self.suspected(id, now) || (settled && !self.connected.contains(&id)))
+            .collect();
+        for id in failed {
+            if self.gone.insert(id) {
+                log::warn!(
+                    "node {}: replica {id} unreachable; removing it from the in-sync set",
+                    self.id
+                );
+                self.want_in.remove(&id);
+            }
+        }
+    }
+
+    /// Runs the election on a node that is not the coordinator.
+    fn election_tick(&mut self, now: Instant, out: &mut Vec<Action>) {
+        if self.role == Role::Coordinator || self.role == Role::Joining {
+            return;
+        }
+        if self.coordinator_alive(now) {
+            if self.election != Election::Idle {
+                self.election = Election::Idle;
+                if self.role == Role::Candidate {
+                    self.role = Role::Replica;
+                    out.push(Action::Publish(self.serving()));
+                }
+            }
+            return;
+        }
+        let eligible = self.view.isr.contains(&self.id);
+        if !eligible {
+            // Not in sync: cannot take over; keep asking the server who won.
+            if self.next_server > now + self.timing.heartbeat {
+                self.next_server = now + self.timing.heartbeat;
+            }
+            return;
+        }
+        match self.election {
+            Election::Idle => {
+                log::warn!(
+                    "node {}: coordinator {:?} of epoch {} suspected; starting an election",
+                    self.id,
+                    self.view.coordinator,
+                    self.epoch
+                );
+                self.role = Role::Candidate;
+                self.election = Election::Voting {
+                    until: now + self.timing.voting_wait,
+                };
+                self.next_beacon = now; // tell the others at once
+                out.push(Action::Publish(self.serving()));
+            }
+            Election::Voting { until } if now >= until => {
+                let best = self.best_candidate(now);
+                if best == self.id {
+                    log::info!(
+                        "node {}: ranks highest at {}; asking the server for epoch {}",
+                        self.id,
+                        self.local.last,
+                        self.epoch + 1
+                    );
+                    self.election = Election::Requesting;
+                    self.call(
+                        Call::Grant,
+                        ServerRequest::RequestGrant {
+                            candidate: self.id,
+                            epoch: self.epoch,
+                            last: self.local.last,
+                        },
+                        out,
+                    );
+                } else {
+                    log::info!("node {}: deferring to higher-ranked node {best}", self.id);
+                    self.election = Election::Deferred {
+                        until: now + self.timing.election_wait,
+                        to: best,
+                    };
+                }
+            }
+            Election::Deferred { until, .. } if now >= until => {
+                self.election = Election::Voting {
+                    until: now + self.timing.voting_wait,
+                };
+            }
+            _ => {}
+        }
+    }
+
+    /// The in-sync member we still hear from with the highest
+    /// (last log position, id). The suspected coordinator is excluded.
+    fn best_candidate(&self, now: Instant) -> NodeId {
+        let mut best = (self.local.last, self.id);
+        for &id in &self.view.isr {
+            if id == self.id || Some(id) == self.view.coordinator || self.suspected(id, now) {
+                continue;
+            }
+            let Some(p) = self.peers.get(&id) else {
+                continue;
+            };
+            let rank = (p.last, id);
+            if rank > best {
+                best = rank;
+            }
+        }
+        best.1
     }
 
     fn on_server_reply(
@@ -397,7 +616,7 @@ impl NodeCore {
         match (call, reply) {
             (Call::Status, Ok(ServerResponse::Ok(view))) => {
                 self.push_failures = 0;
-                if self.role == Role::Coordinator {
+                if self.role == Role::Coordinator && view.epoch == self.epoch {
                     let until = sent + self.timing.lease;
                     if self.lease_until.is_none_or(|t| until > t) {
                         self.lease_until = Some(until);
@@ -419,7 +638,22 @@ impl NodeCore {
                 self.adopt_view(now, view, sent, out);
                 self.reconcile_isr(out);
             }
+            (Call::Grant, Ok(ServerResponse::Ok(view))) => {
+                self.election = Election::Idle;
+                self.adopt_view(now, view, sent, out);
+            }
             (Call::View, Ok(ServerResponse::View(view))) => self.adopt_view(now, view, sent, out),
+            (Call::Grant, Ok(ServerResponse::Rejected { epoch, reason })) => {
+                log::info!("node {}: grant refused: {reason}", self.id);
+                if epoch > self.epoch {
+                    self.next_server = now;
+                }
+                // Most often the old lease has not run out yet: rank again
+                // and ask again after one heartbeat.
+                self.election = Election::Voting {
+                    until: now + self.timing.heartbeat,
+                };
+            }
             (_, Ok(ServerResponse::Rejected { epoch, reason })) => {
                 log::warn!("node {}: server refused {call:?}: {reason}", self.id);
                 if call == Call::SetIsr {
@@ -438,14 +672,19 @@ impl NodeCore {
             }
             (_, Err(e)) => {
                 log::warn!("node {}: server call {call:?} failed: {e}", self.id);
-                if call == Call::Status {
-                    self.push_failures += 1;
-                }
-                if call == Call::SetIsr {
-                    // Retry at the next tick; nothing changed at the server
-                    // that we know of, so the commit set stays as it is.
-                    self.isr_pending = None;
-                    self.next_server = now + self.timing.heartbeat;
+                match call {
+                    Call::Status => self.push_failures += 1,
+                    Call::SetIsr => {
+                        // Retried at a later tick; nothing changed at the server
+                        // that we know of, so the commit set stays as it is.
+                        self.isr_pending = None;
+                    }
+                    Call::Grant => {
+                        self.election = Election::Voting {
+                            until: now + self.timing.heartbeat,
+                        };
+                    }
+                    Call::View => {}
                 }
             }
         }
@@ -462,14 +701,29 @@ impl NodeCore {
         if view.epoch < self.epoch {
             return; // an answer from before something newer we already know
         }
-        // Membership.
+        // Membership. A member we learn of gets a grace period before it can
+        // be suspected.
         let ids: BTreeSet<NodeId> = view.members.iter().map(|m| m.node_id).collect();
         let members_changed = !self.peers.keys().copied().eq(ids.iter().copied());
         self.peers.retain(|id, _| ids.contains(id));
         for m in &view.members {
-            let p = self.peers.entry(m.node_id).or_default();
+            let p = self.peers.entry(m.node_id).or_insert_with(|| Peer {
+                beacon_addr: String::new(),
+                incarnation: 0,
+                last_heard: now,
+                role: None,
+                epoch: 0,
+                last: m.log_position,
+                applied: m.log_position,
+                digest: m.digest,
+            });
             p.beacon_addr = m.beacon_addr.clone();
-            p.incarnation = p.incarnation.max(m.incarnation);
+            if m.incarnation > p.incarnation {
+                // Restarted: forget what the old incarnation said.
+                p.incarnation = m.incarnation;
+                p.last_heard = now;
+                p.role = None;
+            }
         }
         let required = self.settings.required_in_sync(view.members.len());
         let epoch_changed = view.epoch > self.epoch;
@@ -478,24 +732,43 @@ impl NodeCore {
         if members_changed {
             out.push(Action::Publish(self.serving()));
         }
-        if self.role == Role::Coordinator && !epoch_changed {
+        if self.role == Role::Coordinator && !epoch_changed && coordinator == Some(self.id) {
+            // The server may have dropped a member on its own (it restarted):
+            // follow it, never the other way round.
+            if self.isr_pending.is_none() {
+                let recorded: BTreeSet<NodeId> = self.view.isr.iter().copied().collect();
+                for &id in self.isr.difference(&recorded) {
+                    out.push(Action::RemoveFromCommitSet(id));
+                }
+                self.isr = recorded;
+            }
             out.push(Action::SetRequired(required));
             return;
         }
-        if !epoch_changed && self.role != Role::Joining {
+        if !epoch_changed && self.role != Role::Joining && coordinator.is_some() {
+            if self.role != Role::Coordinator
+                && self.following.is_none()
+                && self.follow_retry_at.is_none()
+            {
+                self.follow_coordinator(now, out);
+            }
             return;
         }
         self.epoch = self.view.epoch;
         if coordinator == Some(self.id) {
             if self.role != Role::Coordinator {
                 self.role = Role::Coordinator;
+                self.election = Election::Idle;
                 self.isr = self.view.isr.iter().copied().collect();
                 self.isr_pending = None;
                 self.want_in.clear();
                 self.gone.clear();
+                self.connected.clear();
+                self.coordinator_since = now;
                 self.following = None;
                 self.lease_until = Some(sent + self.timing.lease);
                 self.push_failures = 0;
+                self.next_beacon = now; // announce the new epoch at once
                 log::info!(
                     "node {}: coordinator of epoch {} (in sync: {:?})",
                     self.id,
@@ -513,13 +786,23 @@ impl NodeCore {
             if self.role == Role::Coordinator {
                 self.step_down(now, out);
             }
-            self.role = Role::Replica;
+            if self.role == Role::Candidate || self.role == Role::Joining || epoch_changed {
+                self.role = Role::Replica;
+                self.election = Election::Idle;
+            }
+            if epoch_changed {
+                // A new coordinator: give it a grace period before suspicion.
+                if let Some(p) = coordinator.and_then(|c| self.peers.get_mut(&c)) {
+                    p.last_heard = now;
+                }
+                self.following = None;
+            }
             self.follow_coordinator(now, out);
         }
     }
 
     fn follow_coordinator(&mut self, now: Instant, out: &mut Vec<Action>) {
-        let Some(c) = self.view.coordinator else {
+        let Some(c) = self.view.coordinator.filter(|&c| c != self.id) else {
             self.following = None;
             out.push(Action::Publish(self.serving()));
             return;
@@ -530,6 +813,9 @@ impl NodeCore {
         let Some(addr) = self.view.member(c).map(|m| m.data_addr.clone()) else {
             return;
         };
+        if self.following.is_none() && self.follow_failures == 0 {
+            log::debug!("node {}: following {c} at epoch {}", self.id, self.epoch);
+        }
         self.following = Some((c, self.epoch));
         self.follow_retry_at = None;
         let _ = now;
@@ -551,7 +837,9 @@ impl NodeCore {
         self.lease_until = None;
         self.isr_pending = None;
         self.following = None;
+        self.connected.clear();
         self.follow_retry_at = Some(now + self.timing.follow_retry);
+        self.next_server = now;
         out.push(Action::StepDown);
         out.push(Action::Publish(self.serving()));
     }

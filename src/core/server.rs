@@ -69,6 +69,11 @@ impl ServerCore {
         &self.view
     }
 
+    /// Puts back a durable state the runtime could not store.
+    pub fn restore(&mut self, view: DurableView) {
+        self.view = view;
+    }
+
     pub fn epoch(&self) -> Epoch {
         self.view.epoch
     }
@@ -90,6 +95,11 @@ impl ServerCore {
                 reports,
             } => (self.status(now, from, epoch, reports), false),
             ServerRequest::SetIsr { from, epoch, isr } => self.set_isr(now, from, epoch, isr),
+            ServerRequest::RequestGrant {
+                candidate,
+                epoch,
+                last,
+            } => self.grant(now, candidate, epoch, last),
         }
     }
 
@@ -102,9 +112,11 @@ impl ServerCore {
         beacon_addr: String,
         last: LogPos,
     ) -> (ServerResponse, bool) {
+        let mut restarted = false;
         let id = match node_id {
             Some(id) => {
                 if let Some(rec) = self.view.members.get(&id) {
+                    restarted = incarnation > rec.incarnation;
                     if incarnation < rec.incarnation {
                         return (
                             ServerResponse::Rejected {
@@ -133,6 +145,19 @@ impl ServerCore {
         );
         let rep = self.reports.entry(id).or_default();
         rep.applied = last;
+        rep.role = None;
+        if restarted {
+            // A new life of a known node: whatever it held before, it must
+            // catch up before it counts as in sync again, and if it was the
+            // coordinator, that coordinator is gone (its process died).
+            if self.view.coordinator == Some(id) {
+                self.view.coordinator = None;
+                self.lease_until = None;
+            }
+            if self.view.isr.len() > 1 {
+                self.view.isr.remove(&id);
+            }
+        }
         if self.view.epoch == 0 {
             // The very first node: coordinator of epoch 1.
             self.view.epoch = 1;
@@ -234,6 +259,64 @@ impl ServerCore {
         let changed = isr != self.view.isr;
         self.view.isr = isr;
         (ServerResponse::Ok(self.view(now)), changed)
+    }
+
+    /// Grants epoch `epoch + 1` to `candidate` if it is in sync, the current
+    /// coordinator's lease has run out (or there is none), and nobody got
+    /// that epoch yet. The old coordinator leaves the in-sync set: it must
+    /// catch up from the new one before it counts again.
+    fn grant(
+        &mut self,
+        now: Instant,
+        candidate: NodeId,
+        epoch: Epoch,
+        last: LogPos,
+    ) -> (ServerResponse, bool) {
+        let reject = |reason: String| {
+            (
+                ServerResponse::Rejected {
+                    epoch: self.view.epoch,
+                    reason,
+                },
+                false,
+            )
+        };
+        if epoch != self.view.epoch {
+            return reject(format!(
+                "epoch {epoch} is over: epoch {} is current",
+                self.view.epoch
+            ));
+        }
+        if !self.view.isr.contains(&candidate) {
+            return reject(format!(
+                "node {candidate} is not in the in-sync set {:?}",
+                self.view.isr
+            ));
+        }
+        if let Some(c) = self.view.coordinator {
+            if let Some(until) = self.lease_until.filter(|&t| now < t) {
+                return reject(format!(
+                    "coordinator {c} still holds its lease for {} ms",
+                    (until - now).as_millis()
+                ));
+            }
+        }
+        let old = self.view.coordinator;
+        self.view.epoch += 1;
+        self.view.coordinator = Some(candidate);
+        if let Some(o) = old.filter(|&o| o != candidate) {
+            self.view.isr.remove(&o);
+        }
+        self.lease_until = Some(now + self.lease);
+        if let Some(rep) = self.reports.get_mut(&candidate) {
+            rep.applied = last;
+        }
+        log::info!(
+            "granted epoch {} to node {candidate} (previous coordinator {old:?}, in sync {:?})",
+            self.view.epoch,
+            self.view.isr
+        );
+        (ServerResponse::Ok(self.view(now)), true)
     }
 
     /// The cluster view as clients and nodes see it.
@@ -394,6 +477,130 @@ mod tests {
             },
         );
         assert!(!c.lease_expired(later));
+    }
+
+    fn grant(c: &mut ServerCore, now: Instant, candidate: NodeId, epoch: Epoch) -> ServerResponse {
+        c.handle(
+            now,
+            ServerRequest::RequestGrant {
+                candidate,
+                epoch,
+                last: LogPos::ZERO,
+            },
+        )
+        .0
+    }
+
+    fn three_in_sync() -> (ServerCore, Instant) {
+        let (mut c, now) = core();
+        for _ in 0..3 {
+            reg(&mut c, now, None, 1);
+        }
+        c.handle(
+            now,
+            ServerRequest::SetIsr {
+                from: 1,
+                epoch: 1,
+                isr: vec![1, 2, 3],
+            },
+        );
+        (c, now)
+    }
+
+    #[test]
+    fn grant_waits_for_the_lease_and_goes_to_one_candidate_per_epoch() {
+        let (mut c, now) = three_in_sync();
+        // Lease still valid: refused.
+        assert!(matches!(
+            grant(&mut c, now, 2, 1),
+            ServerResponse::Rejected { .. }
+        ));
+        let later = now + Duration::from_millis(500);
+        let ServerResponse::Ok(v) = grant(&mut c, later, 2, 1) else {
+            panic!("grant after the lease ran out")
+        };
+        assert_eq!((v.epoch, v.coordinator), (2, Some(2)));
+        assert_eq!(
+            v.isr,
+            vec![2, 3],
+            "the old coordinator leaves the in-sync set"
+        );
+        // A second candidate for the same epoch is refused, and so is any
+        // candidate while the new lease runs.
+        assert!(matches!(
+            grant(&mut c, later, 3, 1),
+            ServerResponse::Rejected { epoch: 2, .. }
+        ));
+        assert!(matches!(
+            grant(&mut c, later, 3, 2),
+            ServerResponse::Rejected { .. }
+        ));
+        // The old coordinator can no longer renew a lease or change the set.
+        let (r, _) = c.handle(
+            later,
+            ServerRequest::Status {
+                from: 1,
+                epoch: 1,
+                reports: vec![],
+            },
+        );
+        assert!(matches!(r, ServerResponse::Rejected { epoch: 2, .. }));
+    }
+
+    #[test]
+    fn only_in_sync_members_can_be_granted() {
+        let (mut c, now) = core();
+        reg(&mut c, now, None, 1);
+        reg(&mut c, now, None, 1); // node 2, not in sync
+        let later = now + Duration::from_secs(1);
+        assert!(matches!(
+            grant(&mut c, later, 2, 1),
+            ServerResponse::Rejected { .. }
+        ));
+        assert!(matches!(
+            grant(&mut c, later, 9, 1),
+            ServerResponse::Rejected { .. }
+        ));
+        assert_eq!(c.epoch(), 1);
+    }
+
+    #[test]
+    fn restarted_coordinator_loses_its_role_and_restarted_replica_its_sync() {
+        let (mut c, now) = three_in_sync();
+        let ServerResponse::Registered { view, .. } = reg(&mut c, now, Some(3), 2) else {
+            panic!()
+        };
+        assert_eq!(view.isr, vec![1, 2]);
+        let ServerResponse::Registered { view, .. } = reg(&mut c, now, Some(1), 2) else {
+            panic!()
+        };
+        assert_eq!(
+            view.coordinator, None,
+            "a restarted coordinator is not coordinator"
+        );
+        assert_eq!(view.isr, vec![2]);
+        assert_eq!(view.epoch, 1);
+        // Nobody holds a lease now: the in-sync node can be granted at once.
+        let ServerResponse::Ok(v) = grant(&mut c, now, 2, 1) else {
+            panic!()
+        };
+        assert_eq!((v.epoch, v.coordinator), (2, Some(2)));
+    }
+
+    #[test]
+    fn reloaded_server_keeps_epoch_and_gives_the_coordinator_a_full_lease() {
+        let (mut c, now) = three_in_sync();
+        let later = now + Duration::from_secs(1);
+        grant(&mut c, later, 2, 1);
+        let saved = c.durable().clone();
+        let restart = later + Duration::from_secs(5);
+        let mut c2 = ServerCore::new(saved, Duration::from_millis(400), restart);
+        assert_eq!(c2.epoch(), 2);
+        assert!(!c2.lease_expired(restart));
+        assert!(matches!(
+            grant(&mut c2, restart, 3, 2),
+            ServerResponse::Rejected { .. }
+        ));
     }
 
     #[test]

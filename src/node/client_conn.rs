@@ -93,6 +93,12 @@ fn handle(sh: &Shared, req: Request) -> Response {
             if !is_serving_coordinator(&sh.serving.read(), Instant::now()) {
                 return not_coordinator(sh);
             }
+            if !sh.log.read_ready() {
+                return error(
+                    ErrorKind::Unavailable,
+                    "the new coordinator is still applying its predecessor's writes; retry",
+                );
+            }
             Response::Value(sh.store.get(&key))
         }
         Request::Put { key, value } => {

@@ -74,6 +74,7 @@ pub(super) fn feed(sh: &Arc<Shared>, stream: TcpStream, req: FollowRequest, peer
         (Some(pos), pos.index + 1)
     };
     sh.log.track(id, next - 1);
+    sh.notify(Input::FollowerConnected(id));
     log::info!(
         "node {id} ({peer}) follows from {} ({})",
         req.last,
@@ -230,13 +231,15 @@ pub(super) fn follow(sh: Arc<Shared>, addr: String, epoch: Epoch) -> FollowerHan
     let thread = std::thread::Builder::new()
         .name(format!("follower-{id}"))
         .spawn(move || {
-            let reason = match run_follower(&sh, &addr, epoch, &stop2, &slot2) {
+            let mut refused = false;
+            let reason = match run_follower(&sh, &addr, epoch, &stop2, &slot2, &mut refused) {
                 Ok(()) => "stream closed".to_string(),
                 Err(e) => e,
             };
             if !stop2.load(Ordering::Acquire) && !sh.stopping() {
                 sh.notify(Input::FollowLost {
                     reason: format!("{addr}: {reason}"),
+                    refused,
                 });
             }
         })
@@ -254,6 +257,7 @@ fn run_follower(
     epoch: Epoch,
     stop: &AtomicBool,
     slot: &Mutex<Option<TcpStream>>,
+    refused: &mut bool,
 ) -> Result<(), String> {
     if !sh.log.observe_epoch(epoch) {
         return Err(format!("epoch {epoch} is older than one already seen"));
@@ -269,7 +273,10 @@ fn run_follower(
         }),
         Duration::from_secs(2),
     )
-    .map_err(|e| format!("cannot connect: {e}"))?;
+    .map_err(|e| {
+        *refused = e.kind() == std::io::ErrorKind::ConnectionRefused;
+        format!("cannot connect: {e}")
+    })?;
     *slot.lock() = Some(stream.try_clone().map_err(|e| e.to_string())?);
     if stop.load(Ordering::Acquire) {
         return Ok(());
