@@ -1073,3 +1073,7 @@ mod tests {
         assert_eq!(core.peers[&2].digest, 7);
     }
 }
+
+#[cfg(test)]
+#[path = "node_election_tests.rs"]
+mod election_tests;

@@ -22,6 +22,8 @@ pub const PATIENCE: Duration = Duration::from_secs(30);
 
 pub struct Proc {
     pub child: Child,
+    /// Arguments it was started with, for restarts.
+    pub args: Vec<String>,
     pub addr: String,
     pub beacon_addr: String,
     pub id: u64,
@@ -168,6 +170,7 @@ impl Cluster {
             .to_string();
         Proc {
             child,
+            args: vec![],
             addr,
             beacon_addr: String::new(),
             id: 0,
@@ -185,27 +188,67 @@ impl Cluster {
     }
 
     pub fn add_node_with(&mut self, extra: &[&str]) -> usize {
-        self.next_log += 1;
-        let log = self.dir.join(format!("node-{}.log", self.next_log));
         let server = self.server.addr.clone();
         let config = self.config.to_str().unwrap().to_string();
-        let mut args = vec![server.as_str(), "-c", config.as_str()];
-        args.extend_from_slice(extra);
-        let (child, line) = spawn(NODE_BIN, &args, &log);
+        let mut args: Vec<String> = vec![server, "-c".into(), config];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let p = self.spawn_node(args);
+        self.nodes.push(p);
+        self.nodes.len() - 1
+    }
+
+    /// A node that keeps its identity in its own data directory.
+    pub fn add_node_with_data_dir(&mut self) -> usize {
+        let dir = self.dir.join(format!("data-{}", self.next_log + 1));
+        let d = dir.to_str().unwrap().to_string();
+        self.add_node_with(&["--data-dir", &d])
+    }
+
+    fn spawn_node(&mut self, args: Vec<String>) -> Proc {
+        self.next_log += 1;
+        let log = self.dir.join(format!("node-{}.log", self.next_log));
+        let argv: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        let (child, line) = spawn(NODE_BIN, &argv, &log);
         // "dkv-node ID listening on ADDR beacons ADDR"
         let parts: Vec<&str> = line.split_whitespace().collect();
         assert!(
             parts.len() == 7 && parts[0] == "dkv-node",
             "unexpected node banner: {line}"
         );
-        self.nodes.push(Proc {
+        Proc {
             child,
+            args: args.clone(),
             id: parts[1].parse().unwrap(),
             addr: parts[4].to_string(),
             beacon_addr: parts[6].to_string(),
             log,
-        });
-        self.nodes.len() - 1
+        }
+    }
+
+    /// Kills node `i` (if alive) and starts it again with the same arguments.
+    pub fn restart_node(&mut self, i: usize) {
+        self.nodes[i].kill();
+        let args = self.nodes[i].args.clone();
+        let p = self.spawn_node(args);
+        self.nodes[i] = p;
+    }
+
+    /// Kills the server and starts it again on the same address and state file.
+    pub fn restart_server(&mut self) {
+        self.server.kill();
+        self.next_log += 1;
+        let addr = self.server.addr.clone();
+        self.server = Self::start_server_at(&self.dir, &self.config, &addr, self.next_log);
+    }
+
+    pub fn kill_server(&mut self) {
+        self.server.kill();
+    }
+
+    pub fn start_server_again(&mut self) {
+        self.next_log += 1;
+        let addr = self.server.addr.clone();
+        self.server = Self::start_server_at(&self.dir, &self.config, &addr, self.next_log);
     }
 
     pub fn client(&self) -> Client {
@@ -286,6 +329,110 @@ impl Drop for Cluster {
             eprintln!("test logs kept in {}", self.dir.display());
         }
     }
+}
+
+/// Sends a signal (SIGSTOP, SIGCONT, ...) to a process.
+pub fn signal(pid: i32, sig: i32) {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    let rc = unsafe { libc::kill(pid, sig) };
+    assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
+}
+
+/// Writer threads that write unique keys until stopped and remember every
+/// write that was acknowledged.
+pub struct Writers {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handles: Vec<std::thread::JoinHandle<WriterLog>>,
+}
+
+#[derive(Default, Debug)]
+pub struct WriterLog {
+    pub acked: Vec<(String, String)>,
+    pub failed: usize,
+    pub unknown: usize,
+}
+
+impl Writers {
+    pub fn start(server: &str, n: usize, prefix: &str) -> Writers {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let handles = (0..n)
+            .map(|t| {
+                let stop = stop.clone();
+                let server = server.to_string();
+                let prefix = prefix.to_string();
+                std::thread::spawn(move || {
+                    let mut log = WriterLog::default();
+                    let opts = ClientOptions {
+                        op_timeout: Duration::from_secs(3),
+                        ..Default::default()
+                    };
+                    let mut cl = None;
+                    let mut i = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                        if cl.is_none() {
+                            cl = Client::with_options(&server, opts.clone()).ok();
+                            if cl.is_none() {
+                                std::thread::sleep(Duration::from_millis(20));
+                                continue;
+                            }
+                        }
+                        i += 1;
+                        let k = format!("{prefix}-{t}-{i}");
+                        let v = format!("v{i}");
+                        match cl.as_mut().unwrap().put(k.as_bytes(), v.as_bytes()) {
+                            Ok(()) => log.acked.push((k, v)),
+                            Err(dkv::Error::Indeterminate(_)) => log.unknown += 1,
+                            Err(_) => log.failed += 1,
+                        }
+                    }
+                    log
+                })
+            })
+            .collect();
+        Writers { stop, handles }
+    }
+
+    /// Total acknowledged so far is not tracked live; wait for `n` more
+    /// acknowledged writes by polling a fresh client instead.
+    pub fn stop(self) -> WriterLog {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        let mut all = WriterLog::default();
+        for h in self.handles {
+            let l = h.join().unwrap();
+            all.acked.extend(l.acked);
+            all.failed += l.failed;
+            all.unknown += l.unknown;
+        }
+        all
+    }
+}
+
+/// Checks that every acknowledged write reads back through `server`.
+pub fn assert_all_read_back(server: &str, log: &WriterLog) {
+    let mut cl = Client::connect(server).unwrap();
+    let mut missing = Vec::new();
+    for (k, v) in &log.acked {
+        let got = cl.get(k.as_bytes()).unwrap();
+        if got.as_deref() != Some(v.as_bytes()) {
+            missing.push(k.clone());
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged writes lost, e.g. {:?}",
+        missing.len(),
+        log.acked.len(),
+        &missing[..missing.len().min(5)]
+    );
+}
+
+/// Waits until `n` writes with keys starting with `prefix` are visible:
+/// used to be sure writes succeed after an event, without sleeping.
+pub fn wait_for_progress(server: &str, probe_key: &str) {
+    let mut cl = Client::connect(server).unwrap();
+    wait_until("a write to succeed", || {
+        cl.put(probe_key.as_bytes(), b"x").is_ok()
+    });
 }
 
 pub fn node_status(addr: &str) -> dkv::Result<NodeStatus> {
