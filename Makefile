@@ -14,7 +14,7 @@ ifeq ($(SERVER),)
 SERVER  := 127.0.0.1:12345
 endif
 
-.PHONY: build run-server run-node run-client demo test clean failover-bench
+.PHONY: build run-server run-node run-client demo test clean failover-bench soak
 
 build:
 	$(CARGO) build --release --bins
@@ -47,3 +47,7 @@ clean:
 # Failover time over RUNS kill -9 runs with default settings.
 failover-bench: build
 	RUNS=$(or $(RUNS),10) bash scripts/failover-bench.sh
+
+# Saturating write load; fails on a false failover. DURATION in s, CLIENTS writers.
+soak: build
+	DURATION=$(or $(DURATION),60) CLIENTS=$(or $(CLIENTS),32) bash scripts/soak.sh

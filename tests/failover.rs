@@ -232,3 +232,60 @@ fn check_single_coordinator(c: &Cluster, max_epoch: &mut u64) {
         }
     }
 }
+
+#[test]
+fn below_min_in_sync_writes_are_refused_with_not_enough_replicas() {
+    let mut c = Cluster::start("min-isr", 2, json!({"min-in-sync": 2}));
+    let mut cl = c.client();
+    cl.put(b"k", b"1").unwrap();
+    let coord = c.coordinator();
+    let replica = 1 - coord;
+    let replica_id = c.nodes[replica].id;
+    c.nodes[replica].kill();
+    wait_until("the replica to leave the in-sync set", || {
+        !c.view().isr.contains(&replica_id)
+    });
+    match cl.put(b"k", b"2") {
+        Err(dkv::Error::NotEnoughReplicas(msg)) => assert!(msg.contains("2 required"), "{msg}"),
+        other => panic!("expected NotEnoughReplicas, got {other:?}"),
+    }
+    let (code, _, err) = client_proto(&c.server_addr(), &["W,k,3"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("not enough in-sync replicas"), "{err}");
+    // Nothing was written; reads still work.
+    assert_eq!(cl.get(b"k").unwrap(), Some(b"1".to_vec()));
+}
+
+#[test]
+fn restarting_the_coordinator_with_its_data_dir_hands_over_and_keeps_the_data() {
+    let mut c = Cluster::start("restart-coord", 0, json!({}));
+    for _ in 0..3 {
+        c.add_node_with_data_dir();
+    }
+    c.wait_for_isr(3);
+    let mut cl = c.client();
+    for i in 0..300 {
+        cl.put(format!("k{i}").as_bytes(), b"v").unwrap();
+    }
+    let old = c.coordinator();
+    let old_id = c.nodes[old].id;
+    c.restart_node(old);
+    assert_eq!(c.nodes[old].id, old_id);
+    // The restarted node holds nothing yet, so another in-sync node takes over.
+    let (_, new) = wait_for_new_epoch(&c, 1);
+    assert_ne!(c.nodes[new].id, old_id);
+    let mut cl = c.client();
+    for i in 0..300 {
+        assert_eq!(
+            cl.get(format!("k{i}").as_bytes()).unwrap(),
+            Some(b"v".to_vec()),
+            "k{i} lost"
+        );
+    }
+    wait_until("the restarted node to be back in sync", || {
+        c.view().isr.contains(&old_id)
+    });
+    let d = c.wait_converged(&[0, 1, 2]);
+    assert_eq!(c.status(old).unwrap().digest, d);
+    assert_eq!(c.status(old).unwrap().keys, 300);
+}

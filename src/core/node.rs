@@ -786,7 +786,9 @@ impl NodeCore {
             if self.role == Role::Coordinator {
                 self.step_down(now, out);
             }
-            if self.role == Role::Candidate || self.role == Role::Joining || epoch_changed {
+            // A candidate stays one while the view shows no new epoch: a view
+            // without a coordinator is exactly when an election must finish.
+            if self.role == Role::Joining || epoch_changed {
                 self.role = Role::Replica;
                 self.election = Election::Idle;
             }
