@@ -102,8 +102,40 @@ pub struct NodeSettings {
     /// a Timeout error (outcome unknown).
     #[serde(default = "d_write_timeout")]
     pub write_timeout: u64,
+    /// Directory for the node's identity, write-ahead log and snapshots;
+    /// `--data-dir` overrides it. None: data in memory only.
+    #[serde(default)]
+    pub data_dir: Option<String>,
+    /// When the write-ahead log reaches stable storage: `always` (before
+    /// every acknowledgement, group-committed), `interval` (every
+    /// `fsync-interval` ms in the background) or `never` (left to the OS).
+    #[serde(default = "d_fsync")]
+    pub fsync: String,
+    /// Background fsync period (ms) for `fsync: interval`.
+    #[serde(default = "d_fsync_interval")]
+    pub fsync_interval: u64,
+    /// Write-ahead log bytes after which a snapshot is written and the log
+    /// before it deleted.
+    #[serde(default = "d_snapshot_bytes")]
+    pub snapshot_threshold_bytes: u64,
+    /// Size at which a new log segment file is started.
+    #[serde(default = "d_segment_bytes")]
+    pub wal_segment_bytes: u64,
     #[serde(flatten)]
     pub unknown: BTreeMap<String, serde_json::Value>,
+}
+
+fn d_fsync() -> String {
+    "always".into()
+}
+fn d_fsync_interval() -> u64 {
+    100
+}
+fn d_snapshot_bytes() -> u64 {
+    256 << 20
+}
+fn d_segment_bytes() -> u64 {
+    64 << 20
 }
 
 fn default_server_addr() -> String {
@@ -193,6 +225,9 @@ impl NodeSettings {
     pub fn client_idle_timeout(&self) -> Duration {
         Duration::from_millis(self.client_idle_timeout)
     }
+    pub fn fsync_interval(&self) -> Duration {
+        Duration::from_millis(self.fsync_interval)
+    }
     pub fn write_timeout(&self) -> Duration {
         Duration::from_millis(self.write_timeout)
     }
@@ -275,6 +310,17 @@ impl Config {
         }
         if n.min_in_sync == 0 {
             return Err("node-settings.min-in-sync must be at least 1".into());
+        }
+        crate::storage::FsyncPolicy::parse(&n.fsync, n.fsync_interval())
+            .map_err(|e| format!("node-settings.{e}"))?;
+        if n.fsync_interval == 0 {
+            return Err("node-settings.fsync-interval must be at least 1 ms".into());
+        }
+        if n.wal_segment_bytes < 4096 || n.snapshot_threshold_bytes < n.wal_segment_bytes {
+            return Err(
+                "node-settings.wal-segment-bytes must be at least 4096 and at most snapshot-threshold-bytes"
+                    .into(),
+            );
         }
         if n.write_timeout == 0 || n.client_idle_timeout == 0 {
             return Err(

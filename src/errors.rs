@@ -24,6 +24,8 @@ pub enum Error {
     Protocol(String),
     #[error("invalid configuration: {0}")]
     Config(String),
+    #[error("storage: {0}")]
+    Storage(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -39,7 +41,8 @@ impl Error {
             | ErrorKind::ValueTooLarge
             | ErrorKind::BadRequest
             | ErrorKind::TooManyConnections
-            | ErrorKind::VersionMismatch => Error::Refused(message),
+            | ErrorKind::VersionMismatch
+            | ErrorKind::StorageFailed => Error::Refused(message),
         }
     }
 }

@@ -19,6 +19,7 @@ pub mod log;
 pub mod net;
 pub mod node;
 pub mod server;
+pub mod storage;
 pub mod store;
 pub mod types;
 pub mod wire;

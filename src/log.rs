@@ -27,6 +27,20 @@ pub enum AppendError {
     NotLeader,
     /// Fewer in-sync members than required.
     NotEnoughReplicas { in_sync: usize, required: usize },
+    /// The write-ahead log failed; this node accepts no more writes.
+    Storage(String),
+}
+
+/// Work for the write-ahead log thread, taken in log order.
+#[derive(Debug, Default)]
+pub struct WalBatch {
+    /// Entries after this position are gone (a divergent suffix).
+    pub truncate: Option<LogPos>,
+    pub entries: Vec<Arc<Entry>>,
+    /// A newer commit index to record.
+    pub commit: Option<u64>,
+    /// The log's last position once the batch is written.
+    pub last: LogPos,
 }
 
 /// What a replica-stream sender should do next.
@@ -82,6 +96,17 @@ struct Inner {
     generation: u64,
     retention: usize,
     shutdown: bool,
+    /// A write-ahead log persists this log (acks wait for it).
+    durable: bool,
+    /// Entries up to here were handed to the write-ahead log thread.
+    written: u64,
+    /// A truncation the write-ahead log has not recorded yet.
+    pending_truncate: Option<LogPos>,
+    /// Entries up to here are on stable storage (as the fsync policy defines).
+    persisted: u64,
+    /// Highest commit index handed to the write-ahead log.
+    commit_written: u64,
+    storage_error: Option<String>,
 }
 
 impl Inner {
@@ -115,11 +140,16 @@ pub struct ReplLog {
     changed: Condvar,
     /// The apply thread waits here for the commit to advance.
     committed: Condvar,
+    /// The write-ahead log thread waits here for work; followers wait here
+    /// for their entries to be persisted.
+    wal: Condvar,
+    persisted: Condvar,
     apply_lock: Mutex<()>,
 }
 
 impl ReplLog {
-    pub fn new(retention: usize) -> Self {
+    /// An empty log; `durable` when a write-ahead log thread persists it.
+    pub fn new(retention: usize, durable: bool) -> Self {
         ReplLog {
             inner: Mutex::new(Inner {
                 base: LogPos::ZERO,
@@ -131,9 +161,17 @@ impl ReplLog {
                 generation: 0,
                 retention: retention.max(1),
                 shutdown: false,
+                durable,
+                written: 0,
+                pending_truncate: None,
+                persisted: 0,
+                commit_written: 0,
+                storage_error: None,
             }),
             changed: Condvar::new(),
             committed: Condvar::new(),
+            wal: Condvar::new(),
+            persisted: Condvar::new(),
             apply_lock: Mutex::new(()),
         }
     }
@@ -159,6 +197,23 @@ impl ReplLog {
         g.generation += 1;
         self.changed.notify_all();
         self.committed.notify_all();
+        self.wal.notify_all();
+        self.persisted.notify_all();
+    }
+
+    /// Loads what recovery found: entries after `base`, committed (and
+    /// already applied to the store) through `commit`. All of it is on disk.
+    pub fn restore(&self, base: LogPos, entries: Vec<Entry>, commit: u64) {
+        let mut g = self.inner.lock();
+        g.base = base;
+        g.entries = entries.into_iter().map(Arc::new).collect();
+        let last = g.last().index;
+        g.epoch = g.epoch.max(g.last().epoch);
+        g.commit = commit;
+        g.applied = commit;
+        g.written = last;
+        g.persisted = last;
+        g.commit_written = commit;
     }
 
     /// Raises the known epoch; returns false if `epoch` is below it.
@@ -184,13 +239,14 @@ impl ReplLog {
     ) {
         let mut g = self.inner.lock();
         let last = g.last().index;
-        let mut progress = Progress::new(self_id, last, g.commit);
+        let own = if g.durable { g.persisted } else { last };
+        let mut progress = Progress::new(self_id, own, g.commit);
         for &id in in_sync {
             if id != self_id {
                 progress.add_to_commit_set(id);
             }
         }
-        if let Some(c) = progress.on_ack(self_id, last) {
+        if let Some(c) = progress.on_ack(self_id, own) {
             g.set_commit(c, &self.committed);
         }
         g.epoch = g.epoch.max(epoch);
@@ -234,7 +290,11 @@ impl ReplLog {
     pub fn append_leader(&self, op: Op) -> Result<(u64, Receiver<OpOutcome>), AppendError> {
         let (tx, rx) = bounded(1);
         let mut g = self.inner.lock();
+        if let Some(e) = &g.storage_error {
+            return Err(AppendError::Storage(e.clone()));
+        }
         let index = g.last().index + 1;
+        let durable = g.durable;
         let leader = g.leader.as_mut().ok_or(AppendError::NotLeader)?;
         let in_sync = leader.progress.commit_set().len();
         if in_sync < leader.required {
@@ -246,12 +306,20 @@ impl ReplLog {
         let pos = LogPos::new(leader.epoch, index);
         leader.waiters.insert(index, tx);
         let self_id = leader.self_id;
-        let advanced = leader.progress.on_ack(self_id, index);
+        // With a write-ahead log, the coordinator's own ack waits for it.
+        let advanced = if durable {
+            None
+        } else {
+            leader.progress.on_ack(self_id, index)
+        };
         g.entries.push_back(Arc::new(Entry { pos, op }));
         if let Some(c) = advanced {
             g.set_commit(c, &self.committed);
         }
         self.changed.notify_all();
+        if durable {
+            self.wal.notify_one();
+        }
         Ok((index, rx))
     }
 
@@ -397,6 +465,12 @@ impl ReplLog {
                     }
                     let keep = (next - g.base.index - 1) as usize;
                     g.entries.truncate(keep);
+                    if g.written >= next {
+                        let to = g.pos_at(next - 1).expect("retained");
+                        g.pending_truncate = Some(to);
+                        g.written = next - 1;
+                        g.persisted = g.persisted.min(next - 1);
+                    }
                     g.entries.push_back(e);
                 }
                 None => g.entries.push_back(e),
@@ -405,7 +479,105 @@ impl ReplLog {
         let last = g.last();
         let c = commit.min(last.index);
         g.set_commit(c, &self.committed);
+        if g.durable {
+            self.wal.notify_one();
+        } else {
+            g.persisted = last.index;
+        }
         Ok(last)
+    }
+
+    /// Waits until entries through `index` are persisted (for the replica's
+    /// acknowledgement). Errors on storage failure or shutdown.
+    pub fn wait_persisted(&self, index: u64) -> Result<(), String> {
+        let mut g = self.inner.lock();
+        loop {
+            if let Some(e) = &g.storage_error {
+                return Err(format!("storage failure: {e}"));
+            }
+            if g.shutdown {
+                return Err("shutting down".into());
+            }
+            if g.persisted >= index {
+                return Ok(());
+            }
+            self.persisted.wait_for(&mut g, Duration::from_millis(200));
+        }
+    }
+
+    // -- write-ahead log thread -------------------------------------------
+
+    /// Blocks until there is something to write; false on timeout/shutdown.
+    pub fn wait_unwritten(&self, timeout: Duration) -> bool {
+        let mut g = self.inner.lock();
+        loop {
+            if g.shutdown || g.storage_error.is_some() {
+                return false;
+            }
+            if g.written < g.last().index
+                || g.pending_truncate.is_some()
+                || g.commit > g.commit_written
+            {
+                return true;
+            }
+            if self.wal.wait_for(&mut g, timeout).timed_out() {
+                return false;
+            }
+        }
+    }
+
+    /// Takes everything the write-ahead log has not recorded yet.
+    pub fn take_unwritten(&self) -> WalBatch {
+        let mut g = self.inner.lock();
+        let start = (g.written.max(g.base.index) - g.base.index) as usize;
+        let entries: Vec<Arc<Entry>> = g.entries.range(start..).cloned().collect();
+        let last = g.last();
+        let commit = (g.commit > g.commit_written).then_some(g.commit);
+        let batch = WalBatch {
+            truncate: g.pending_truncate.take(),
+            entries,
+            commit,
+            last,
+        };
+        g.written = last.index;
+        if let Some(c) = commit {
+            g.commit_written = c;
+        }
+        batch
+    }
+
+    /// Records that the write-ahead log holds everything through `last`
+    /// (if the log still ends there).
+    pub fn set_persisted(&self, last: LogPos) {
+        let mut g = self.inner.lock();
+        if g.pos_at(last.index) != Some(last) || last.index <= g.persisted {
+            return; // truncated or reset meanwhile
+        }
+        g.persisted = last.index;
+        if let Some(l) = g.leader.as_mut() {
+            let id = l.self_id;
+            if let Some(c) = l.progress.on_ack(id, last.index) {
+                g.set_commit(c, &self.committed);
+                self.changed.notify_all();
+            }
+        }
+        self.persisted.notify_all();
+    }
+
+    /// The write-ahead log failed: no more writes are accepted here.
+    pub fn fail_storage(&self, error: String) {
+        let mut g = self.inner.lock();
+        g.storage_error = Some(error);
+        // Clients waiting on writes: their outcome is unknown.
+        if let Some(l) = g.leader.as_mut() {
+            l.waiters.clear();
+        }
+        self.persisted.notify_all();
+        self.changed.notify_all();
+    }
+
+    pub fn storage_error(&self) -> Option<String> {
+        self.inner.lock().storage_error.clone()
     }
 
     /// Drops everything: a snapshot taken at `pos` will be installed.
@@ -416,6 +588,10 @@ impl ReplLog {
         g.base = pos;
         g.commit = pos.index;
         g.applied = pos.index;
+        g.written = pos.index;
+        g.persisted = pos.index;
+        g.commit_written = pos.index;
+        g.pending_truncate = None;
         g.generation += 1;
         self.changed.notify_all();
     }
@@ -467,10 +643,13 @@ impl ReplLog {
             }
         }
         // Trim: keep `retention` entries, and everything a tracked replica needs.
-        let floor = match &g.leader {
+        let mut floor = match &g.leader {
             Some(l) => g.applied.min(l.progress.min_matched()),
             None => g.applied,
         };
+        if g.durable {
+            floor = floor.min(g.written); // the write-ahead log still needs them
+        }
         while g.entries.len() > g.retention {
             match g.entries.front() {
                 Some(e) if e.pos.index <= floor => {
@@ -496,7 +675,7 @@ mod tests {
 
     #[test]
     fn leader_alone_commits_immediately() {
-        let log = ReplLog::new(10);
+        let log = ReplLog::new(10, false);
         log.become_leader(1, 1, &[1], 1);
         let (i, _rx) = log.append_leader(put("a")).unwrap();
         assert_eq!(i, 1);
@@ -507,7 +686,7 @@ mod tests {
 
     #[test]
     fn not_leader_and_not_enough_replicas() {
-        let log = ReplLog::new(10);
+        let log = ReplLog::new(10, false);
         assert_eq!(
             log.append_leader(put("a")).unwrap_err(),
             AppendError::NotLeader
@@ -524,7 +703,7 @@ mod tests {
 
     #[test]
     fn commit_waits_for_in_sync_replica() {
-        let log = ReplLog::new(10);
+        let log = ReplLog::new(10, false);
         log.become_leader(1, 1, &[1, 2], 1);
         log.append_leader(put("a")).unwrap();
         log.append_leader(put("b")).unwrap();
@@ -537,7 +716,7 @@ mod tests {
 
     #[test]
     fn follower_appends_truncates_conflicts_and_refuses_old_epochs() {
-        let log = ReplLog::new(10);
+        let log = ReplLog::new(10, false);
         let e = |ep, i, k: &str| {
             Arc::new(Entry {
                 pos: LogPos::new(ep, i),
@@ -572,7 +751,7 @@ mod tests {
 
     #[test]
     fn fetch_reports_snapshot_need_after_trim() {
-        let log = ReplLog::new(2);
+        let log = ReplLog::new(2, false);
         log.become_leader(1, 1, &[1], 1);
         for k in ["a", "b", "c", "d"] {
             log.append_leader(put(k)).unwrap();

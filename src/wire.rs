@@ -225,6 +225,8 @@ pub enum ErrorKind {
     TooManyConnections,
     /// The peer speaks another protocol version.
     VersionMismatch,
+    /// The node's storage failed; it accepts no writes.
+    StorageFailed,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -26,15 +26,17 @@ fn wait_for_new_epoch(c: &Cluster, epoch: u64) -> (u64, usize) {
 fn killing_the_coordinator_under_load_loses_no_acknowledged_write() {
     let mut c = Cluster::start("kill-coord", 3, json!({}));
     let writers = Writers::start(&c.server_addr(), 4, "a");
-    wait_for_progress(&c.server_addr(), "before-kill");
+    writers.wait_acked(300);
     let old = c.coordinator();
     let old_id = c.nodes[old].id;
     c.nodes[old].kill();
     let (epoch, new) = wait_for_new_epoch(&c, 1);
     assert_eq!(epoch, 2);
     assert_ne!(c.nodes[new].id, old_id);
-    // Writes go on after the failover.
+    // Writes go on after the failover (the writers' own clients find the
+    // new coordinator).
     wait_for_progress(&c.server_addr(), "after-kill");
+    writers.wait_acked(600);
     let log = writers.stop();
     assert!(!log.acked.is_empty());
     assert_all_read_back(&c.server_addr(), &log);
@@ -55,7 +57,7 @@ fn killing_a_replica_shrinks_the_in_sync_set_and_a_restart_brings_it_back() {
     }
     c.wait_for_isr(3);
     let writers = Writers::start(&c.server_addr(), 4, "b");
-    wait_for_progress(&c.server_addr(), "p1");
+    writers.wait_acked(300);
     let coord = c.coordinator();
     let victim = (coord + 1) % 3;
     let victim_id = c.nodes[victim].id;

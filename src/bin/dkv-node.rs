@@ -21,9 +21,14 @@ struct Args {
     /// Address others use to reach this node, when it differs from --listen.
     #[arg(long, value_name = "HOST:PORT")]
     advertise: Option<String>,
-    /// Directory that keeps this node's identity across restarts.
+    /// Directory for the node's identity, write-ahead log and snapshots
+    /// (overrides the config's data-dir). Without one, data is in memory only.
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// When the write-ahead log is forced to disk: always, interval or never
+    /// (overrides the config's fsync).
+    #[arg(long, value_name = "POLICY")]
+    fsync: Option<String>,
     /// Config file; when absent, ./config.json is used if it exists.
     #[arg(short, long)]
     config: Option<PathBuf>,
@@ -47,6 +52,14 @@ fn main() -> ExitCode {
         }
     };
     cfg.log_warnings();
+    let mut cfg = cfg;
+    if let Some(p) = args.fsync {
+        cfg.node_settings.fsync = p;
+        if let Err(e) = cfg.validate() {
+            eprintln!("dkv-node: --fsync: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let listen = match dkv::net::resolve(&args.listen) {
         Ok(a) => a,
         Err(e) => {

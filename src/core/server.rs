@@ -158,9 +158,20 @@ impl ServerCore {
                 self.view.isr.remove(&id);
             }
         }
-        if self.view.epoch == 0 {
-            // The very first node: coordinator of epoch 1.
-            self.view.epoch = 1;
+        // Epochs only go up, also past what nodes already saw (a server that
+        // lost its state file must not grant an epoch a log already holds).
+        let first = self.view.epoch == 0;
+        if last.epoch > self.view.epoch {
+            log::warn!(
+                "node {id} holds entries of epoch {}, above this server's epoch {}: raising it",
+                last.epoch,
+                self.view.epoch
+            );
+            self.view.epoch = last.epoch;
+        }
+        if first {
+            // The very first node: coordinator of the next epoch.
+            self.view.epoch += 1;
             self.view.coordinator = Some(id);
             self.view.isr = BTreeSet::from([id]);
             self.lease_until = Some(now + self.lease);

@@ -134,6 +134,12 @@ fn write(sh: &Shared, op: Op) -> Response {
     let rx = match sh.log.append_leader(op) {
         Ok((_, rx)) => rx,
         Err(AppendError::NotLeader) => return not_coordinator(sh),
+        Err(AppendError::Storage(e)) => {
+            return error(
+                ErrorKind::StorageFailed,
+                format!("this node's storage failed ({e}); the write was not accepted"),
+            )
+        }
         Err(AppendError::NotEnoughReplicas { in_sync, required }) => {
             return error(
                 ErrorKind::NotEnoughReplicas,

@@ -14,6 +14,7 @@
 //! path publishes its position on a separate [`StatusBoard`].
 
 mod client_conn;
+mod persist;
 mod replication;
 
 use crate::config::NodeSettings;
@@ -21,6 +22,7 @@ use crate::core::node::{Action, Call, Input, LocalStatus, NodeCore, Serving};
 use crate::errors::{Error, Result};
 use crate::log::ReplLog;
 use crate::net::{self, ConnLimit};
+use crate::storage::Storage;
 use crate::store::{Delta, Store};
 use crate::types::{NodeId, Role};
 use crate::wire::{self, Beacon, ConnKind, ServerRequest, ServerResponse};
@@ -69,6 +71,7 @@ pub(crate) struct Shared {
     pub settings: NodeSettings,
     pub store: Store,
     pub log: ReplLog,
+    pub storage: Option<Arc<Storage>>,
     pub board: StatusBoard,
     pub serving: RwLock<Serving>,
     pub inbox: Sender<Input>,
@@ -139,18 +142,29 @@ impl Node {
             format!("{host}:{}", beacon_addr.port())
         };
 
-        let identity = opts
+        let store = Store::new();
+        let data_dir = opts
             .data_dir
-            .as_ref()
-            .map(|d| crate::identity::Identity::load_or_create(d))
-            .transpose()?;
-        if opts.data_dir.is_none() {
-            log::info!("no data directory: this node keeps its data in memory only");
-        }
-        let incarnation = identity.as_ref().map(|i| i.incarnation).unwrap_or_else(|| {
-            // Without a data dir, a fresh node is a new member each start.
-            1
+            .clone()
+            .or_else(|| opts.settings.data_dir.as_ref().map(PathBuf::from));
+        let (storage, recovered) = match &data_dir {
+            Some(dir) => {
+                let (st, rec) = Storage::open(dir, &opts.settings, &store)?;
+                (Some(Arc::new(st)), Some(rec))
+            }
+            None => {
+                log::info!("no data directory: this node keeps its data in memory only");
+                (None, None)
+            }
+        };
+        let log = ReplLog::new(opts.settings.log_retention_entries, storage.is_some());
+        let identity = recovered.map(|r| {
+            log.restore(r.base, r.entries, r.commit);
+            r.identity
         });
+        // Without a data dir, a fresh node is a new member at each start.
+        let incarnation = identity.as_ref().map(|i| i.incarnation).unwrap_or(1);
+        let last = log.state().last;
 
         let (id, view, registered_at) = register(
             &opts.server,
@@ -158,9 +172,10 @@ impl Node {
             incarnation,
             &advertise,
             &beacon_advertise,
+            last,
             &opts.settings,
         )?;
-        if let (Some(dir), Some(mut ident)) = (opts.data_dir.as_ref(), identity) {
+        if let (Some(dir), Some(mut ident)) = (data_dir.as_ref(), identity) {
             ident.node_id = Some(id);
             ident.save(dir)?;
         }
@@ -172,12 +187,20 @@ impl Node {
         let (inbox_tx, inbox_rx) = bounded(4096);
         let settings = opts.settings.clone();
         let (core, initial) = NodeCore::new(id, incarnation, &settings, view, registered_at);
+        let meta = store.meta();
+        let board = StatusBoard::default();
+        board.update(|b| {
+            b.last = last;
+            b.applied = meta.applied;
+            b.digest = meta.digest;
+        });
         let shared = Arc::new(Shared {
             id,
             incarnation,
-            store: Store::new(),
-            log: ReplLog::new(settings.log_retention_entries),
-            board: StatusBoard::default(),
+            store,
+            log,
+            storage: storage.clone(),
+            board,
             serving: RwLock::new(core.serving()),
             inbox: inbox_tx,
             shutdown: AtomicBool::new(false),
@@ -209,6 +232,26 @@ impl Node {
         {
             let sh = shared.clone();
             threads.push(spawn("apply", Box::new(move || apply_loop(sh))));
+        }
+        if let Some(st) = storage {
+            let (snap_tx, snap_rx) = bounded(1);
+            let (sh, st2) = (shared.clone(), st.clone());
+            threads.push(spawn(
+                "wal",
+                Box::new(move || persist::wal_loop(sh, st2, snap_tx)),
+            ));
+            let (sh, st2) = (shared.clone(), st.clone());
+            threads.push(spawn(
+                "snapshot",
+                Box::new(move || persist::snapshot_loop(sh, st2, snap_rx)),
+            ));
+            if matches!(st.policy, crate::storage::FsyncPolicy::Interval(_)) {
+                let sh = shared.clone();
+                threads.push(spawn(
+                    "fsync",
+                    Box::new(move || persist::fsync_loop(sh, st)),
+                ));
+            }
         }
         {
             let sh = shared.clone();
@@ -274,6 +317,7 @@ fn register(
     incarnation: u64,
     data_addr: &str,
     beacon_addr: &str,
+    last: crate::types::LogPos,
     settings: &NodeSettings,
 ) -> Result<(NodeId, crate::wire::ClusterView, Instant)> {
     let mut delay = Duration::from_millis(100);
@@ -292,7 +336,7 @@ fn register(
                     incarnation,
                     data_addr: data_addr.to_string(),
                     beacon_addr: beacon_addr.to_string(),
-                    last: crate::types::LogPos::ZERO,
+                    last,
                 },
                 wire::MAX_SERVER_FRAME,
             )

@@ -259,6 +259,9 @@ fn run_follower(
     slot: &Mutex<Option<TcpStream>>,
     refused: &mut bool,
 ) -> Result<(), String> {
+    if let Some(e) = sh.log.storage_error() {
+        return Err(format!("storage failed, not following: {e}"));
+    }
     if !sh.log.observe_epoch(epoch) {
         return Err(format!("epoch {epoch} is older than one already seen"));
     }
@@ -317,6 +320,12 @@ fn run_follower(
                     return Err("snapshot end outside a snapshot".into());
                 };
                 sh.store.commit(pos, delta);
+                if let Some(st) = &sh.storage {
+                    super::persist::persist_installed_snapshot(st, sh, pos).map_err(|e| {
+                        sh.log.fail_storage(e.to_string());
+                        format!("cannot store the snapshot: {e}")
+                    })?;
+                }
                 drop(guard);
                 let meta = sh.store.meta();
                 sh.board.update(|b| {
@@ -340,6 +349,8 @@ fn run_follower(
                     return Err("entries inside a snapshot".into());
                 }
                 let last = sh.log.append_follower(e, prev, entries, commit)?;
+                // Acknowledge only what is on stable storage (per fsync policy).
+                sh.log.wait_persisted(last.index)?;
                 sh.board.update(|b| b.last = last);
                 out.clear();
                 wire::encode_frame_into(&mut out, &ReplAck { epoch: e, last });

@@ -342,6 +342,7 @@ pub fn signal(pid: i32, sig: i32) {
 /// write that was acknowledged.
 pub struct Writers {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    acked: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     handles: Vec<std::thread::JoinHandle<WriterLog>>,
 }
 
@@ -355,9 +356,11 @@ pub struct WriterLog {
 impl Writers {
     pub fn start(server: &str, n: usize, prefix: &str) -> Writers {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let acked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let handles = (0..n)
             .map(|t| {
                 let stop = stop.clone();
+                let counter = acked.clone();
                 let server = server.to_string();
                 let prefix = prefix.to_string();
                 std::thread::spawn(move || {
@@ -380,7 +383,10 @@ impl Writers {
                         let k = format!("{prefix}-{t}-{i}");
                         let v = format!("v{i}");
                         match cl.as_mut().unwrap().put(k.as_bytes(), v.as_bytes()) {
-                            Ok(()) => log.acked.push((k, v)),
+                            Ok(()) => {
+                                log.acked.push((k, v));
+                                counter.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                            }
                             Err(dkv::Error::Indeterminate(_)) => log.unknown += 1,
                             Err(_) => log.failed += 1,
                         }
@@ -389,11 +395,21 @@ impl Writers {
                 })
             })
             .collect();
-        Writers { stop, handles }
+        Writers {
+            stop,
+            acked,
+            handles,
+        }
     }
 
-    /// Total acknowledged so far is not tracked live; wait for `n` more
-    /// acknowledged writes by polling a fresh client instead.
+    /// Waits until at least `n` writes have been acknowledged in total.
+    pub fn wait_acked(&self, n: usize) {
+        wait_until("writers to make progress", || {
+            self.acked.load(std::sync::atomic::Ordering::Acquire) >= n
+        });
+    }
+
+    /// Stops the writers and returns what they saw.
     pub fn stop(self) -> WriterLog {
         self.stop.store(true, std::sync::atomic::Ordering::Release);
         let mut all = WriterLog::default();
@@ -426,8 +442,8 @@ pub fn assert_all_read_back(server: &str, log: &WriterLog) {
     );
 }
 
-/// Waits until `n` writes with keys starting with `prefix` are visible:
-/// used to be sure writes succeed after an event, without sleeping.
+/// Waits until a write through a fresh client succeeds: proof that the
+/// cluster serves writes again after an event.
 pub fn wait_for_progress(server: &str, probe_key: &str) {
     let mut cl = Client::connect(server).unwrap();
     wait_until("a write to succeed", || {
