@@ -380,6 +380,26 @@ impl ReplLog {
         self.inner.lock().pos_at(pos.index) == Some(pos)
     }
 
+    /// The position of the entry at `index`, if retained.
+    pub fn pos_at(&self, index: u64) -> Option<LogPos> {
+        self.inner.lock().pos_at(index)
+    }
+
+    /// Where a replica whose log ends at `last`, committed through
+    /// `committed`, can resume: right after `last` if this log holds it,
+    /// else right after `committed` (the replica then drops its divergent
+    /// suffix as the entries arrive), else nowhere: it needs a snapshot.
+    pub fn resume_point(&self, last: LogPos, committed: LogPos) -> Option<LogPos> {
+        let g = self.inner.lock();
+        if g.pos_at(last.index) == Some(last) {
+            Some(last)
+        } else if g.pos_at(committed.index) == Some(committed) {
+            Some(committed)
+        } else {
+            None
+        }
+    }
+
     /// Blocks until there is something to send to a replica whose next entry
     /// is `next` and which last heard commit `sent_commit` (`None`: nothing
     /// sent yet, so answer at once, even with no entries).
@@ -747,6 +767,50 @@ mod tests {
         assert!(log
             .append_follower(2, LogPos::new(2, 9), vec![], 3)
             .is_err());
+    }
+
+    #[test]
+    fn a_divergent_replica_resumes_after_its_commit_and_drops_its_suffix() {
+        let e = |ep, i, k: &str| {
+            Arc::new(Entry {
+                pos: LogPos::new(ep, i),
+                op: put(k),
+            })
+        };
+        // The replica holds 1.1..1.4, committed through 1.2; 1.3 and 1.4 never
+        // committed. The new coordinator (epoch 2) holds 1.1, 1.2, 2.3.
+        let coord = ReplLog::new(10, false);
+        coord
+            .append_follower(1, LogPos::ZERO, vec![e(1, 1, "a"), e(1, 2, "b")], 2)
+            .unwrap();
+        coord.become_leader(9, 2, &[9], 1);
+        coord.append_leader(put("x")).unwrap();
+        let replica = ReplLog::new(10, false);
+        replica
+            .append_follower(
+                1,
+                LogPos::ZERO,
+                vec![e(1, 1, "a"), e(1, 2, "b"), e(1, 3, "c"), e(1, 4, "d")],
+                2,
+            )
+            .unwrap();
+        let start = coord.resume_point(LogPos::new(1, 4), LogPos::new(1, 2));
+        assert_eq!(start, Some(LogPos::new(1, 2)));
+        let Fetch::Entries {
+            prev,
+            entries,
+            commit,
+        } = coord.fetch(coord.state().generation, 3, None, 1 << 20, Duration::ZERO)
+        else {
+            panic!()
+        };
+        let last = replica.append_follower(2, prev, entries, commit).unwrap();
+        assert_eq!(last, LogPos::new(2, 3), "1.3 and 1.4 were dropped");
+        // Nothing in common beyond the base: a snapshot is needed.
+        assert_eq!(
+            coord.resume_point(LogPos::new(1, 4), LogPos::new(7, 2)),
+            None
+        );
     }
 
     #[test]

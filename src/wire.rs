@@ -258,6 +258,9 @@ pub struct FollowRequest {
     pub epoch: Epoch,
     /// The last entry of the replica's log.
     pub last: LogPos,
+    /// The replica's last committed entry: never divergent, so a stream can
+    /// always resume after it when the coordinator still holds it.
+    pub committed: LogPos,
 }
 
 /// Coordinator -> replica.

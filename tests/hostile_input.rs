@@ -131,6 +131,7 @@ fn garbage_on_every_port_is_dropped_and_changes_nothing() {
                 incarnation: 1,
                 epoch: 99,
                 last: dkv::types::LogPos::new(99, 99),
+                committed: dkv::types::LogPos::new(99, 9),
             }));
             for n in &c.nodes {
                 send_raw(&n.addr, &f);

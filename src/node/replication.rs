@@ -67,23 +67,21 @@ pub(super) fn feed(sh: &Arc<Shared>, stream: TcpStream, req: FollowRequest, peer
 
     // Pin the log before choosing the start, so nothing we need is trimmed.
     sh.log.track(id, 0);
-    let (snapshot_at, next) = if sh.log.contains(req.last) {
-        (None, req.last.index + 1)
-    } else {
-        let pos = sh.store.meta().applied;
-        (Some(pos), pos.index + 1)
+    let (snapshot_at, next, how) = match sh.log.resume_point(req.last, req.committed) {
+        Some(p) if p == req.last => (None, p.index + 1, "log suffix"),
+        Some(p) => (
+            None,
+            p.index + 1,
+            "log suffix after its commit; its divergent entries are dropped",
+        ),
+        None => {
+            let pos = sh.store.meta().applied;
+            (Some(pos), pos.index + 1, "snapshot")
+        }
     };
     sh.log.track(id, next - 1);
     sh.notify(Input::FollowerConnected(id));
-    log::info!(
-        "node {id} ({peer}) follows from {} ({})",
-        req.last,
-        if snapshot_at.is_some() {
-            "snapshot"
-        } else {
-            "log suffix"
-        }
-    );
+    log::info!("node {id} ({peer}) follows from {} ({how})", req.last);
 
     let reader = match stream.try_clone() {
         Ok(r) => r,
@@ -265,7 +263,9 @@ fn run_follower(
     if !sh.log.observe_epoch(epoch) {
         return Err(format!("epoch {epoch} is older than one already seen"));
     }
-    let last = sh.log.state().last;
+    let st = sh.log.state();
+    let last = st.last;
+    let committed = sh.log.pos_at(st.commit).unwrap_or(st.base);
     let stream = net::connect(
         addr,
         ConnKind::Follow(FollowRequest {
@@ -273,6 +273,7 @@ fn run_follower(
             incarnation: sh.incarnation,
             epoch,
             last,
+            committed,
         }),
         Duration::from_secs(2),
     )
