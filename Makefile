@@ -14,7 +14,7 @@ ifeq ($(SERVER),)
 SERVER  := 127.0.0.1:12345
 endif
 
-.PHONY: build run-server run-node run-client demo test clean failover-bench soak
+.PHONY: build run-server run-node run-client demo test clean failover-bench soak durability-bench
 
 build:
 	$(CARGO) build --release --bins
@@ -51,3 +51,7 @@ failover-bench: build
 # Saturating write load; fails on a false failover. DURATION in s, CLIENTS writers.
 soak: build
 	DURATION=$(or $(DURATION),60) CLIENTS=$(or $(CLIENTS),32) bash scripts/soak.sh
+
+# Restart / catch-up times for KEYS keys and write throughput per fsync policy.
+durability-bench: build
+	KEYS=$(or $(KEYS),1000000) bash scripts/durability-bench.sh

@@ -10,7 +10,8 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-trap 'echo; echo "interrupted: stopping the cluster"; exit 130' INT TERM
+trap 'echo; echo "interrupted (SIGINT): stopping the cluster"; exit 130' INT
+trap 'echo; echo "terminated (SIGTERM): stopping the cluster"; exit 143' TERM
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 run() { printf '$ %s\n' "$*"; "$@"; }
@@ -37,10 +38,12 @@ start_server() {
   SERVER=$(banner "$WORK/server.out" "$WORK/server.log" | awk '{print $4}')
 }
 
-# start_node N: starts node number N (a label), records its pid and address.
+# start_node N [ARGS...]: starts node number N (a label) with extra ARGS,
+# records its pid and address.
 start_node() {
   local n=$1
-  "$BIN/dkv-node" "$SERVER" -c "${CONFIG:-config.json}" >"$WORK/node$n.out" 2>"$WORK/node$n.log" &
+  shift
+  "$BIN/dkv-node" "$SERVER" -c "${CONFIG:-config.json}" "$@" >"$WORK/node$n.out" 2>>"$WORK/node$n.log" &
   PIDS+=($!)
   disown $!
   NODE_PID[$n]=$!

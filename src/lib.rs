@@ -9,6 +9,7 @@
 //! IO threads that drive them, `wire` every byte format, `log` and `store` the
 //! data path. See `docs/ARCHITECTURE.md`.
 
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;

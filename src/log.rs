@@ -507,22 +507,9 @@ impl ReplLog {
         Ok(last)
     }
 
-    /// Waits until entries through `index` are persisted (for the replica's
-    /// acknowledgement). Errors on storage failure or shutdown.
-    pub fn wait_persisted(&self, index: u64) -> Result<(), String> {
-        let mut g = self.inner.lock();
-        loop {
-            if let Some(e) = &g.storage_error {
-                return Err(format!("storage failure: {e}"));
-            }
-            if g.shutdown {
-                return Err("shutting down".into());
-            }
-            if g.persisted >= index {
-                return Ok(());
-            }
-            self.persisted.wait_for(&mut g, Duration::from_millis(200));
-        }
+    /// Whether entries through `index` are persisted.
+    pub fn is_persisted(&self, index: u64) -> bool {
+        self.inner.lock().persisted >= index
     }
 
     // -- write-ahead log thread -------------------------------------------

@@ -42,6 +42,39 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Closed-loop load: N clients doing reads and writes; prints throughput
+    /// and latency percentiles.
+    Bench {
+        /// The server's HOST:PORT.
+        server: String,
+        /// Concurrent clients, one connection and thread each.
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+        /// Seconds to measure (after warm-up).
+        #[arg(long, conflicts_with = "ops")]
+        duration: Option<f64>,
+        /// Total ops to measure instead of a duration.
+        #[arg(long)]
+        ops: Option<u64>,
+        /// Size of the key space.
+        #[arg(long, default_value_t = 100_000)]
+        keys: u64,
+        /// Bytes per value written.
+        #[arg(long, default_value_t = 16)]
+        value_size: usize,
+        /// Share of reads, from 0 (write-only) to 1 (read-only).
+        #[arg(long, default_value_t = 0.0)]
+        read_ratio: f64,
+        /// Seconds of load before measuring.
+        #[arg(long, default_value_t = 1.0)]
+        warmup: f64,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Load a dataset: write each of the --keys keys once, then stop.
+        #[arg(long)]
+        fill: bool,
+    },
     /// Print the cluster view: epoch, coordinator, and every member's role,
     /// in-sync flag, log position and digest (asked from each node directly).
     Status {
@@ -63,6 +96,48 @@ fn main() -> ExitCode {
             prefix,
         } => demo(&server, keys, &prefix),
         Cmd::Status { server, json } => status(&server, json),
+        Cmd::Bench {
+            server,
+            clients,
+            duration,
+            ops,
+            keys,
+            value_size,
+            read_ratio,
+            warmup,
+            json,
+            fill,
+        } => {
+            if !(0.0..=1.0).contains(&read_ratio) || clients == 0 {
+                eprintln!("dkv-client: --read-ratio must be in [0, 1] and --clients at least 1");
+                return ExitCode::from(exit::USAGE);
+            }
+            let cfg = dkv::bench::BenchConfig {
+                clients,
+                duration: Some(std::time::Duration::from_secs_f64(duration.unwrap_or(10.0)))
+                    .filter(|_| ops.is_none()),
+                ops,
+                keys,
+                value_size,
+                read_ratio,
+                warmup: std::time::Duration::from_secs_f64(warmup),
+                progress: !json,
+                fill,
+            };
+            match dkv::bench::run(&cfg, |_| {
+                dkv::bench::NativeTarget::connect(&server).map_err(|e| e.to_string())
+            }) {
+                Ok(r) => {
+                    if json {
+                        println!("{}", r.to_json());
+                    } else {
+                        r.print();
+                    }
+                    Ok(())
+                }
+                Err(e) => Err(Error::Unavailable(e)),
+            }
+        }
         Cmd::Probe {
             server,
             duration,

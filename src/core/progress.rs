@@ -20,6 +20,8 @@ pub struct Progress {
     matched: BTreeMap<NodeId, u64>,
     /// Members whose acknowledgement the commit waits for.
     commit_set: BTreeSet<NodeId>,
+    /// Replicas with a live stream.
+    connected: BTreeSet<NodeId>,
     commit: u64,
 }
 
@@ -33,6 +35,7 @@ impl Progress {
             self_id,
             matched,
             commit_set: BTreeSet::from([self_id]),
+            connected: BTreeSet::new(),
             commit,
         }
     }
@@ -57,12 +60,14 @@ impl Progress {
     /// Starts tracking a replica that holds the log up to `index`.
     pub fn track(&mut self, id: NodeId, index: u64) {
         self.matched.insert(id, index);
+        self.connected.insert(id);
     }
 
     /// Stops tracking a replica's acknowledgements (its link is gone). If it is
     /// in the commit set it stays there, holding the commit back, until
     /// [`Progress::remove_from_commit_set`].
     pub fn untrack(&mut self, id: NodeId) {
+        self.connected.remove(&id);
         if id != self.self_id && !self.commit_set.contains(&id) {
             self.matched.remove(&id);
         }
@@ -96,6 +101,10 @@ impl Progress {
             return None;
         }
         self.commit_set.remove(&id);
+        if !self.connected.contains(&id) {
+            // Nobody to wait for: it no longer pins the log either.
+            self.matched.remove(&id);
+        }
         self.recompute()
     }
 
@@ -150,7 +159,9 @@ mod tests {
         p.on_ack(1, 6);
         p.untrack(2);
         assert_eq!(p.commit(), 3, "a gone member still holds the commit");
+        assert_eq!(p.min_matched(), 3, "and pins the log");
         assert_eq!(p.remove_from_commit_set(2), Some(6));
+        assert_eq!(p.min_matched(), 6, "once removed, it pins nothing");
     }
 
     #[test]

@@ -72,6 +72,8 @@ pub(crate) struct Shared {
     pub store: Store,
     pub log: ReplLog,
     pub storage: Option<Arc<Storage>>,
+    /// The stream a replica acknowledges on (see `replication`).
+    pub acker: Mutex<Option<replication::Acker>>,
     pub board: StatusBoard,
     pub serving: RwLock<Serving>,
     pub inbox: Sender<Input>,
@@ -200,6 +202,7 @@ impl Node {
             store,
             log,
             storage: storage.clone(),
+            acker: Mutex::new(None),
             board,
             serving: RwLock::new(core.serving()),
             inbox: inbox_tx,

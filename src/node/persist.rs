@@ -52,7 +52,11 @@ pub(super) fn wal_loop(sh: Arc<Shared>, storage: Arc<Storage>, snap_tx: Sender<(
             Ok(batch.last)
         })();
         match res {
-            Ok(last) => sh.log.set_persisted(last),
+            Ok(last) => {
+                sh.log.set_persisted(last);
+                // A replica acknowledges what is now persisted.
+                sh.send_ack(last);
+            }
             Err(e) => {
                 log::error!("write-ahead log failed, this node accepts no more writes: {e}");
                 sh.log.fail_storage(e.to_string());

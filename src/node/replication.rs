@@ -20,6 +20,7 @@ use crate::net;
 use crate::store::Delta;
 use crate::types::{Epoch, LogPos, Op};
 use crate::wire::{self, ConnKind, FollowRequest, ReplAck, ReplMsg, WireError};
+pub(super) use acker::Acker;
 use parking_lot::Mutex;
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -191,7 +192,9 @@ fn send_stream(
                 );
                 w(&mut buf)?;
             }
-            Fetch::Idle => {}
+            // Nothing new: send an empty batch anyway. The replica's ack to it
+            // lets an idle coordinator notice that a returning replica caught up.
+            Fetch::Idle => sent_commit = None,
             Fetch::NeedSnapshot => return Err("replica fell behind the retained log".into()),
             Fetch::Stale => return Err("coordinator role changed".into()),
         }
@@ -282,6 +285,7 @@ fn run_follower(
         format!("cannot connect: {e}")
     })?;
     *slot.lock() = Some(stream.try_clone().map_err(|e| e.to_string())?);
+    let _acker = sh.set_acker(stream.try_clone().map_err(|e| e.to_string())?, epoch);
     if stop.load(Ordering::Acquire) {
         return Ok(());
     }
@@ -294,7 +298,6 @@ fn run_follower(
 
     let max = sh.settings.max_repl_frame();
     let mut snapshot: Option<(LogPos, Delta, parking_lot::MutexGuard<'_, ()>)> = None;
-    let mut out = Vec::with_capacity(64);
     loop {
         let msg: ReplMsg = wire::read_frame(&mut &stream, max).map_err(|e| e.to_string())?;
         match msg {
@@ -336,9 +339,7 @@ fn run_follower(
                 });
                 log::info!("node {}: snapshot installed ({} keys)", sh.id, meta.keys);
                 // Tell the coordinator where we stand even if no entry follows.
-                out.clear();
-                wire::encode_frame_into(&mut out, &ReplAck { epoch, last: pos });
-                std::io::Write::write_all(&mut &stream, &out).map_err(|e| e.to_string())?;
+                sh.send_ack(pos);
             }
             ReplMsg::Append {
                 epoch: e,
@@ -350,17 +351,68 @@ fn run_follower(
                     return Err("entries inside a snapshot".into());
                 }
                 let last = sh.log.append_follower(e, prev, entries, commit)?;
-                // Acknowledge only what is on stable storage (per fsync policy).
-                sh.log.wait_persisted(last.index)?;
                 sh.board.update(|b| b.last = last);
-                out.clear();
-                wire::encode_frame_into(&mut out, &ReplAck { epoch: e, last });
-                std::io::Write::write_all(&mut &stream, &out).map_err(|e| e.to_string())?;
+                if sh.storage.is_none() || sh.log.is_persisted(last.index) {
+                    // Nothing waits for the disk (or nothing new arrived).
+                    sh.send_ack(last);
+                }
+                // With a write-ahead log, its thread acknowledges once the
+                // entries are persisted, while this thread reads on: batches
+                // that arrive during an fsync share the next one.
             }
             ReplMsg::Refused { reason, .. } => return Err(format!("refused: {reason}")),
         }
         if stop.load(Ordering::Acquire) {
             return Ok(());
+        }
+    }
+}
+
+mod acker {
+    use super::super::Shared;
+    use crate::types::{Epoch, LogPos};
+    use crate::wire::{self, ReplAck};
+    use std::net::TcpStream;
+
+    /// Where a replica sends its acknowledgements: the stream to the
+    /// coordinator it follows. Shared by the follower thread and the
+    /// write-ahead log thread, which acknowledges once entries are persisted.
+    pub struct Acker {
+        pub stream: TcpStream,
+        pub epoch: Epoch,
+    }
+
+    /// Clears the acker when the follower stops.
+    pub struct AckerGuard<'a>(pub &'a Shared);
+
+    impl Drop for AckerGuard<'_> {
+        fn drop(&mut self) {
+            *self.0.acker.lock() = None;
+        }
+    }
+
+    impl Shared {
+        pub(crate) fn set_acker(&self, stream: TcpStream, epoch: Epoch) -> AckerGuard<'_> {
+            *self.acker.lock() = Some(Acker { stream, epoch });
+            AckerGuard(self)
+        }
+
+        /// Acknowledges `last` to the coordinator, if following one.
+        pub(crate) fn send_ack(&self, last: LogPos) {
+            let mut g = self.acker.lock();
+            if let Some(a) = g.as_ref() {
+                let mut buf = Vec::with_capacity(32);
+                wire::encode_frame_into(
+                    &mut buf,
+                    &ReplAck {
+                        epoch: a.epoch,
+                        last,
+                    },
+                );
+                if std::io::Write::write_all(&mut &a.stream, &buf).is_err() {
+                    *g = None; // the follower thread notices the broken stream
+                }
+            }
         }
     }
 }
