@@ -46,7 +46,7 @@ declare -A R
 
 # 1. Catch-up by log suffix: node 3 is down while the dataset is written.
 cluster $((KEYS * 2)) never
-kill -9 "${NODE_PID[3]}"
+kill_node 3
 echo "loading $KEYS keys of 100 bytes with node 3 down..." >&2
 fill >/dev/null
 start_node 3 --data-dir "$WORK/d3" --fsync never
@@ -56,7 +56,7 @@ grep -h "follows from" "$WORK/node1.log" | tail -n1 >&2
 echo "$(date +%T) catch-up by suffix: ${R[suffix]} ms" >&2
 
 # 2. Restart of a node holding the dataset (recovery from its own disk).
-kill -9 "${NODE_PID[2]}"
+kill_node 2
 t0=$(now_ms)
 start_node 2 --data-dir "$WORK/d2" --fsync never
 R[restart_serving]=$(( $(now_ms) - t0 ))
@@ -67,7 +67,7 @@ echo "$(date +%T) restart: recovery ${R[recovery]} ms" >&2
 
 # 3. Catch-up by snapshot: the log kept in memory is far shorter than the gap.
 cluster 10000 never
-kill -9 "${NODE_PID[3]}"
+kill_node 3
 echo "loading $KEYS keys again with node 3 down (short log retention)..." >&2
 fill >/dev/null
 rm -rf "$WORK/d3"

@@ -7,7 +7,7 @@ declare -A NODE_PID NODE_ADDR
 
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  rm -rf "$WORK"
+  [ -n "${KEEP:-}" ] || rm -rf "$WORK"
 }
 trap cleanup EXIT
 trap 'echo; echo "interrupted (SIGINT): stopping the cluster"; exit 130' INT
@@ -75,4 +75,15 @@ coordinator_label() {
     if [ "${NODE_ID[$n]}" = "$id" ]; then echo "$n"; return 0; fi
   done
   return 1
+}
+
+# kill_node N: kill -9 node N and wait until it has exited (a zombie or gone),
+# so its data directory lock is free again.
+kill_node() {
+  local pid=${NODE_PID[$1]}
+  kill -9 "$pid" 2>/dev/null || true
+  for _ in $(seq 1 500); do
+    grep -q '^State:[[:space:]]*[ZX]' "/proc/$pid/status" 2>/dev/null || [ ! -e "/proc/$pid" ] && return 0
+    sleep 0.01
+  done
 }

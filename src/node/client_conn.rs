@@ -5,11 +5,9 @@
 //! the coordinator applied them. Anything else gets NotCoordinator with the
 //! coordinator's address, or an error saying why.
 
-use super::{is_serving_coordinator, Shared};
-use crate::log::AppendError;
-use crate::types::{Op, OpOutcome};
+use super::requests::{finish, Begun, DataPath};
+use super::Shared;
 use crate::wire::{self, ErrorKind, NodeStatus, Request, Response, WireError};
-use crossbeam_channel::RecvTimeoutError;
 use std::net::TcpStream;
 use std::time::Instant;
 
@@ -55,111 +53,20 @@ pub(super) fn serve(sh: &Shared, stream: TcpStream, peer: &str) {
     }
 }
 
-fn error(kind: ErrorKind, message: impl Into<String>) -> Response {
-    Response::Error {
-        kind,
-        message: message.into(),
-    }
-}
-
-fn check_key(sh: &Shared, key: &[u8]) -> Result<(), Response> {
-    if key.is_empty() {
-        return Err(error(ErrorKind::BadRequest, "key must not be empty"));
-    }
-    let max = sh.settings.max_key_bytes;
-    if key.len() > max {
-        return Err(error(
-            ErrorKind::KeyTooLarge,
-            format!("key is {} bytes, above the limit of {max} bytes", key.len()),
-        ));
-    }
-    Ok(())
-}
-
-fn not_coordinator(sh: &Shared) -> Response {
-    let s = sh.serving.read();
-    Response::NotCoordinator {
-        epoch: s.epoch,
-        coordinator: s.coordinator_addr.clone(),
-    }
-}
-
 fn handle(sh: &Shared, req: Request) -> Response {
-    match req {
-        Request::Get { key } => {
-            if let Err(r) = check_key(sh, &key) {
-                return r;
-            }
-            if !is_serving_coordinator(&sh.serving.read(), Instant::now()) {
-                return not_coordinator(sh);
-            }
-            if !sh.log.read_ready() {
-                return error(
-                    ErrorKind::Unavailable,
-                    "the new coordinator is still applying its predecessor's writes; retry",
-                );
-            }
-            Response::Value(sh.store.get(&key))
-        }
-        Request::Put { key, value } => {
-            if let Err(r) = check_key(sh, &key) {
-                return r;
-            }
-            let max = sh.settings.max_value_bytes;
-            if value.len() > max {
-                return error(
-                    ErrorKind::ValueTooLarge,
-                    format!(
-                        "value is {} bytes, above the limit of {max} bytes",
-                        value.len()
-                    ),
-                );
-            }
-            write(sh, Op::Put { key, value })
-        }
-        Request::Delete { key } => {
-            if let Err(r) = check_key(sh, &key) {
-                return r;
-            }
-            write(sh, Op::Delete { key })
-        }
-        Request::Status => Response::Status(status(sh)),
+    if req == Request::Status {
+        return Response::Status(status(sh));
     }
-}
-
-fn write(sh: &Shared, op: Op) -> Response {
-    if !is_serving_coordinator(&sh.serving.read(), Instant::now()) {
-        return not_coordinator(sh);
-    }
-    let rx = match sh.log.append_leader(op) {
-        Ok((_, rx)) => rx,
-        Err(AppendError::NotLeader) => return not_coordinator(sh),
-        Err(AppendError::Storage(e)) => {
-            return error(
-                ErrorKind::StorageFailed,
-                format!("this node's storage failed ({e}); the write was not accepted"),
-            )
-        }
-        Err(AppendError::NotEnoughReplicas { in_sync, required }) => {
-            return error(
-                ErrorKind::NotEnoughReplicas,
-                format!(
-                    "{in_sync} node(s) in sync, {required} required; the write was not accepted"
-                ),
-            )
-        }
+    let serving = sh.serving.read().clone();
+    let parts = DataPath {
+        store: &sh.store,
+        log: &sh.log,
+        serving: &serving,
+        settings: &sh.settings,
     };
-    match rx.recv_timeout(sh.settings.write_timeout()) {
-        Ok(OpOutcome::Written) => Response::Written,
-        Ok(OpOutcome::Deleted(existed)) => Response::Deleted(existed),
-        Err(RecvTimeoutError::Timeout) => error(
-            ErrorKind::Timeout,
-            "the write was not replicated in time; it may or may not be applied",
-        ),
-        Err(RecvTimeoutError::Disconnected) => error(
-            ErrorKind::Timeout,
-            "the coordinator stepped down before the write committed; it may or may not be applied",
-        ),
+    match parts.begin(req, Instant::now()) {
+        Begun::Done(r) => r,
+        Begun::Wait(rx) => finish(rx.recv_timeout(sh.settings.write_timeout())),
     }
 }
 

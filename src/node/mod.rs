@@ -16,6 +16,7 @@
 mod client_conn;
 mod persist;
 mod replication;
+pub mod requests;
 
 use crate::config::NodeSettings;
 use crate::core::node::{Action, Call, Input, LocalStatus, NodeCore, Serving};
@@ -24,7 +25,7 @@ use crate::log::ReplLog;
 use crate::net::{self, ConnLimit};
 use crate::storage::Storage;
 use crate::store::{Delta, Store};
-use crate::types::{NodeId, Role};
+use crate::types::NodeId;
 use crate::wire::{self, Beacon, ConnKind, ServerRequest, ServerResponse};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use parking_lot::{Mutex, RwLock};
@@ -597,8 +598,4 @@ fn serve_connection(sh: Arc<Shared>, stream: TcpStream) {
         ConnKind::Client => client_conn::serve(&sh, stream, &peer),
         ConnKind::Follow(req) => replication::feed(&sh, stream, req, &peer),
     }
-}
-
-pub(crate) fn is_serving_coordinator(s: &Serving, now: Instant) -> bool {
-    s.role == Role::Coordinator && s.lease_until.is_some_and(|t| now < t)
 }
