@@ -14,7 +14,7 @@ ifeq ($(SERVER),)
 SERVER  := 127.0.0.1:12345
 endif
 
-.PHONY: build run-server run-node run-client demo test clean failover-bench soak durability-bench
+.PHONY: build run-server run-node run-client demo test clean failover-bench soak durability-bench sim
 
 build:
 	$(CARGO) build --release --bins
@@ -55,3 +55,9 @@ soak: build
 # Restart / catch-up times for KEYS keys and write throughput per fsync policy.
 durability-bench: build
 	KEYS=$(or $(KEYS),1000000) bash scripts/durability-bench.sh
+
+# Deterministic simulation: SEED=n replays one seed (with TRACE=1 printing
+# every event); SEEDS=N runs seeds 1..N. make test runs 40.
+sim:
+	DKV_SIM_SEED=$(SEED) DKV_SIM_SEEDS=$(or $(SEEDS),200) DKV_SIM_TRACE=$(TRACE) \
+		$(CARGO) test --release --lib sim::tests::simulated -- --nocapture

@@ -20,6 +20,8 @@ pub mod log;
 pub mod net;
 pub mod node;
 pub mod server;
+#[cfg(test)]
+pub mod sim;
 pub mod storage;
 pub mod store;
 pub mod types;

@@ -106,7 +106,13 @@ struct Inner {
     persisted: u64,
     /// Highest commit index handed to the write-ahead log.
     commit_written: u64,
+    /// Replica: the last position the current stream confirmed this log
+    /// shares with the coordinator's. Entries after it may be a divergent
+    /// suffix: they are never acknowledged or committed on its word.
+    confirmed: LogPos,
     storage_error: Option<String>,
+    #[cfg(test)]
+    bug_ack_early: bool,
 }
 
 impl Inner {
@@ -166,7 +172,10 @@ impl ReplLog {
                 pending_truncate: None,
                 persisted: 0,
                 commit_written: 0,
+                confirmed: LogPos::ZERO,
                 storage_error: None,
+                #[cfg(test)]
+                bug_ack_early: false,
             }),
             changed: Condvar::new(),
             committed: Condvar::new(),
@@ -313,6 +322,12 @@ impl ReplLog {
             leader.progress.on_ack(self_id, index)
         };
         g.entries.push_back(Arc::new(Entry { pos, op }));
+        #[cfg(test)]
+        let advanced = if g.bug_ack_early {
+            Some(index)
+        } else {
+            advanced
+        };
         if let Some(c) = advanced {
             g.set_commit(c, &self.committed);
         }
@@ -336,14 +351,19 @@ impl ReplLog {
         }
     }
 
-    /// Records a replica's acknowledgement. Returns true when the replica
-    /// holds every committed entry but is not yet in the commit set.
-    pub fn on_ack(&self, id: NodeId, index: u64) -> bool {
+    /// Records a replica's acknowledgement that its log matches ours through
+    /// `pos`. Returns true when the replica holds every committed entry but
+    /// is not yet in the commit set. An ack for a position this log does not
+    /// hold (a replica's divergent entry) counts for nothing.
+    pub fn on_ack(&self, id: NodeId, pos: LogPos) -> bool {
         let mut g = self.inner.lock();
+        if g.pos_at(pos.index).is_some_and(|p| p != pos) || pos.index > g.last().index {
+            return false;
+        }
         let Some(l) = g.leader.as_mut() else {
             return false;
         };
-        let advanced = l.progress.on_ack(id, index);
+        let advanced = l.progress.on_ack(id, pos.index);
         let ready = l.progress.caught_up(id) && !l.progress.commit_set().contains(&id);
         if let Some(c) = advanced {
             g.set_commit(c, &self.committed);
@@ -378,6 +398,24 @@ impl ReplLog {
     /// Whether the log holds exactly `pos` (or `pos` is the base).
     pub fn contains(&self, pos: LogPos) -> bool {
         self.inner.lock().pos_at(pos.index) == Some(pos)
+    }
+
+    /// A copy of the entry at `index`, if retained.
+    pub fn entry_at(&self, index: u64) -> Option<Entry> {
+        let g = self.inner.lock();
+        if index <= g.base.index {
+            return None;
+        }
+        g.entries
+            .get((index - g.base.index - 1) as usize)
+            .map(|e| (**e).clone())
+    }
+
+    /// Test-only protocol bug: the coordinator commits on its own copy,
+    /// acknowledging writes the in-sync replicas do not hold yet.
+    #[cfg(test)]
+    pub fn inject_ack_before_replication(&self) {
+        self.inner.lock().bug_ack_early = true;
     }
 
     /// The position of the entry at `index`, if retained.
@@ -470,6 +508,7 @@ impl ReplLog {
                 g.last()
             ));
         }
+        let end = prev.index + entries.len() as u64;
         for (next, e) in (prev.index + 1..).zip(entries) {
             if e.pos.index != next {
                 return Err(format!(
@@ -496,15 +535,30 @@ impl ReplLog {
                 None => g.entries.push_back(e),
             }
         }
-        let last = g.last();
-        let c = commit.min(last.index);
+        // What this batch proves we share with the coordinator: through its
+        // last entry. Anything after that may still be ours alone.
+        let confirmed = g.pos_at(end).expect("just checked or appended");
+        g.confirmed = g.confirmed.max(confirmed);
+        let c = commit.min(confirmed.index);
         g.set_commit(c, &self.committed);
         if g.durable {
             self.wal.notify_one();
         } else {
-            g.persisted = last.index;
+            g.persisted = g.last().index;
         }
-        Ok(last)
+        Ok(confirmed)
+    }
+
+    /// A new stream starts: nothing beyond the base is confirmed yet.
+    pub fn begin_stream(&self) {
+        let mut g = self.inner.lock();
+        g.confirmed = g.base;
+    }
+
+    /// What a replica may acknowledge: confirmed by its stream and persisted.
+    pub fn ack_position(&self) -> Option<LogPos> {
+        let g = self.inner.lock();
+        g.pos_at(g.confirmed.index.min(g.persisted))
     }
 
     /// Whether entries through `index` are persisted.
@@ -598,6 +652,7 @@ impl ReplLog {
         g.written = pos.index;
         g.persisted = pos.index;
         g.commit_written = pos.index;
+        g.confirmed = pos;
         g.pending_truncate = None;
         g.generation += 1;
         self.changed.notify_all();
@@ -715,9 +770,9 @@ mod tests {
         log.append_leader(put("a")).unwrap();
         log.append_leader(put("b")).unwrap();
         assert_eq!(log.state().commit, 0);
-        assert!(!log.on_ack(2, 1));
+        assert!(!log.on_ack(2, LogPos::new(1, 1)));
         assert_eq!(log.state().commit, 1);
-        log.on_ack(2, 2);
+        log.on_ack(2, LogPos::new(1, 2));
         assert_eq!(log.state().commit, 2);
     }
 

@@ -380,6 +380,8 @@ pub struct ClusterView {
     pub epoch: Epoch,
     pub coordinator: Option<NodeId>,
     pub isr: Vec<NodeId>,
+    /// Version of `isr` at the server; grows with every change.
+    pub isr_version: u64,
     pub members: Vec<MemberInfo>,
 }
 

@@ -194,6 +194,8 @@ pub struct NodeCore {
     next_server: Instant,
     // coordinator
     isr: BTreeSet<NodeId>,
+    /// The server's version of `isr` when we last took it over.
+    isr_version: u64,
     isr_pending: Option<BTreeSet<NodeId>>,
     want_in: BTreeSet<NodeId>,
     gone: BTreeSet<NodeId>,
@@ -231,6 +233,7 @@ impl NodeCore {
             next_beacon: registered_at,
             next_server: registered_at,
             isr: BTreeSet::new(),
+            isr_version: 0,
             isr_pending: None,
             want_in: BTreeSet::new(),
             gone: BTreeSet::new(),
@@ -634,6 +637,7 @@ impl NodeCore {
                         self.want_in.remove(id);
                     }
                     self.isr = pending;
+                    self.isr_version = self.isr_version.max(view.isr_version);
                 }
                 self.adopt_view(now, view, sent, out);
                 self.reconcile_isr(out);
@@ -734,8 +738,10 @@ impl NodeCore {
         }
         if self.role == Role::Coordinator && !epoch_changed && coordinator == Some(self.id) {
             // The server may have dropped a member on its own (it restarted):
-            // follow it, never the other way round.
-            if self.isr_pending.is_none() {
+            // follow it, never the other way round. Only a view newer than
+            // our own last change counts: a reply can be older than it.
+            if self.isr_pending.is_none() && self.view.isr_version > self.isr_version {
+                self.isr_version = self.view.isr_version;
                 let recorded: BTreeSet<NodeId> = self.view.isr.iter().copied().collect();
                 for &id in self.isr.difference(&recorded) {
                     out.push(Action::RemoveFromCommitSet(id));
@@ -760,6 +766,7 @@ impl NodeCore {
                 self.role = Role::Coordinator;
                 self.election = Election::Idle;
                 self.isr = self.view.isr.iter().copied().collect();
+                self.isr_version = self.view.isr_version;
                 self.isr_pending = None;
                 self.want_in.clear();
                 self.gone.clear();
@@ -921,6 +928,7 @@ mod tests {
             epoch,
             coordinator: Some(coord),
             isr: isr.to_vec(),
+            isr_version: 0,
             members: ids.iter().map(|&i| member(i)).collect(),
         }
     }

@@ -64,6 +64,7 @@ fn view(epoch: Epoch, coordinator: NodeId, isr: &[NodeId], ids: &[NodeId]) -> Cl
         epoch,
         coordinator: Some(coordinator),
         isr: isr.to_vec(),
+        isr_version: 0,
         members: ids
             .iter()
             .map(|&id| MemberInfo {

@@ -23,6 +23,10 @@ pub struct DurableView {
     pub epoch: Epoch,
     pub coordinator: Option<NodeId>,
     pub isr: BTreeSet<NodeId>,
+    /// Grows with every change of `isr`, so a coordinator can tell a view
+    /// older than its own last change from a newer one.
+    #[serde(default)]
+    pub isr_version: u64,
     pub members: BTreeMap<NodeId, MemberRecord>,
     pub next_id: NodeId,
 }
@@ -154,8 +158,8 @@ impl ServerCore {
                 self.view.coordinator = None;
                 self.lease_until = None;
             }
-            if self.view.isr.len() > 1 {
-                self.view.isr.remove(&id);
+            if self.view.isr.len() > 1 && self.view.isr.remove(&id) {
+                self.view.isr_version += 1;
             }
         }
         // Epochs only go up, also past what nodes already saw (a server that
@@ -174,6 +178,7 @@ impl ServerCore {
             self.view.epoch += 1;
             self.view.coordinator = Some(id);
             self.view.isr = BTreeSet::from([id]);
+            self.view.isr_version += 1;
             self.lease_until = Some(now + self.lease);
         }
         (
@@ -268,7 +273,10 @@ impl ServerCore {
             );
         }
         let changed = isr != self.view.isr;
-        self.view.isr = isr;
+        if changed {
+            self.view.isr = isr;
+            self.view.isr_version += 1;
+        }
         (ServerResponse::Ok(self.view(now)), changed)
     }
 
@@ -317,6 +325,7 @@ impl ServerCore {
         self.view.coordinator = Some(candidate);
         if let Some(o) = old.filter(|&o| o != candidate) {
             self.view.isr.remove(&o);
+            self.view.isr_version += 1;
         }
         self.lease_until = Some(now + self.lease);
         if let Some(rep) = self.reports.get_mut(&candidate) {
@@ -365,6 +374,7 @@ impl ServerCore {
             epoch: self.view.epoch,
             coordinator: self.view.coordinator,
             isr: self.view.isr.iter().copied().collect(),
+            isr_version: self.view.isr_version,
             members,
         }
     }

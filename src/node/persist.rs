@@ -54,8 +54,10 @@ pub(super) fn wal_loop(sh: Arc<Shared>, storage: Arc<Storage>, snap_tx: Sender<(
         match res {
             Ok(last) => {
                 sh.log.set_persisted(last);
-                // A replica acknowledges what is now persisted.
-                sh.send_ack(last);
+                // A replica acknowledges what is now persisted and confirmed.
+                if let Some(p) = sh.log.ack_position() {
+                    sh.send_ack(p);
+                }
             }
             Err(e) => {
                 log::error!("write-ahead log failed, this node accepts no more writes: {e}");

@@ -100,7 +100,7 @@ pub(super) fn feed(sh: &Arc<Shared>, stream: TcpStream, req: FollowRequest, peer
             loop {
                 match wire::read_frame::<_, ReplAck>(&mut &reader, max_ack) {
                     Ok(ack) => {
-                        if sh2.log.on_ack(id, ack.last.index) {
+                        if sh2.log.on_ack(id, ack.last) {
                             sh2.notify(Input::FollowerCaughtUp(id));
                         }
                     }
@@ -266,6 +266,7 @@ fn run_follower(
     if !sh.log.observe_epoch(epoch) {
         return Err(format!("epoch {epoch} is older than one already seen"));
     }
+    sh.log.begin_stream();
     let st = sh.log.state();
     let last = st.last;
     let committed = sh.log.pos_at(st.commit).unwrap_or(st.base);
@@ -350,11 +351,12 @@ fn run_follower(
                 if snapshot.is_some() {
                     return Err("entries inside a snapshot".into());
                 }
-                let last = sh.log.append_follower(e, prev, entries, commit)?;
+                let confirmed = sh.log.append_follower(e, prev, entries, commit)?;
+                let last = sh.log.state().last;
                 sh.board.update(|b| b.last = last);
-                if sh.storage.is_none() || sh.log.is_persisted(last.index) {
+                if sh.storage.is_none() || sh.log.is_persisted(confirmed.index) {
                     // Nothing waits for the disk (or nothing new arrived).
-                    sh.send_ack(last);
+                    sh.send_ack(confirmed);
                 }
                 // With a write-ahead log, its thread acknowledges once the
                 // entries are persisted, while this thread reads on: batches
