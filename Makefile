@@ -14,7 +14,7 @@ ifeq ($(SERVER),)
 SERVER  := 127.0.0.1:12345
 endif
 
-.PHONY: build run-server run-node run-client demo test clean failover-bench soak durability-bench sim
+.PHONY: build run-server run-node run-client demo test clean failover-bench soak durability-bench sim chaos
 
 build:
 	$(CARGO) build --release --bins
@@ -61,3 +61,12 @@ durability-bench: build
 sim:
 	DKV_SIM_SEED=$(SEED) DKV_SIM_SEEDS=$(or $(SEEDS),200) DKV_SIM_TRACE=$(TRACE) \
 		$(CARGO) test --release --lib sim::tests::simulated -- --nocapture
+
+# Chaos against real processes in network namespaces (root). DURATION in s;
+# SEED picks the nemesis schedule. Namespaces are removed on exit and Ctrl-C.
+chaos:
+	@tag=$$(( $$$$ % 10000 )); \
+	trap 'for ns in $$(ip netns list | grep -o "^dkv$${tag}[a-z0-9]*"); do ip netns del $$ns; done; \
+	      for l in $$(ip -o link | grep -o "dkv$${tag}[a-z0-9]*" | sort -u); do ip link del $$l 2>/dev/null; done' EXIT INT TERM; \
+	DKV_CHAOS_TAG=$$tag DKV_CHAOS_SECONDS=$(or $(DURATION),60) DKV_CHAOS_SEED=$(SEED) \
+		$(CARGO) test --release --test chaos -- --nocapture

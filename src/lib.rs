@@ -15,6 +15,7 @@ pub mod client;
 pub mod config;
 pub mod core;
 pub mod errors;
+pub mod history;
 pub mod identity;
 pub mod log;
 pub mod net;

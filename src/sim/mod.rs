@@ -19,19 +19,18 @@
 //! `LinearizabilityTester`) and that every in-sync node holds the same data.
 //! A failure names its seed; the same seed replays the same run.
 
-mod history;
 mod net;
 
 use crate::config::NodeSettings;
 use crate::core::node::{Action, Input, LocalStatus, NodeCore, Serving};
 use crate::core::server::{DurableView, ServerCore};
+use crate::history::{self, History, KvOp};
 use crate::log::{Fetch, ReplLog};
 use crate::node::requests::{finish, Begun, DataPath};
 use crate::store::{Delta, Store};
 use crate::types::{Entry, Epoch, LogPos, NodeId, Op, OpOutcome, Role};
 use crate::wire::{FollowRequest, ReplMsg, Request, Response, ServerRequest, ServerResponse};
 use crossbeam_channel::{Receiver, TryRecvError};
-use history::{History, KvOp};
 use net::{Net, Rng};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};

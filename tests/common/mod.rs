@@ -92,10 +92,25 @@ fn rand_u64() -> u64 {
     h.finish()
 }
 
+/// Makes the child get SIGKILL if the test process dies without cleaning
+/// up (an abort skips every Drop).
+pub fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
 /// Spawns `bin args`, waits for its first stdout line, and returns it.
 fn spawn(bin: &str, args: &[&str], log: &Path) -> (Child, String) {
     let logf = std::fs::File::create(log).unwrap();
-    let mut child = Command::new(bin)
+    let mut cmd = Command::new(bin);
+    die_with_parent(&mut cmd);
+    let mut child = cmd
         .args(args)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())

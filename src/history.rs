@@ -1,7 +1,8 @@
-//! The clients' history, checked for linearizability per key with
-//! `consistency_model`'s `LinearizabilityTester` (the checker extracted from
-//! stateright). An op whose outcome is unknown stays "in flight" forever:
-//! the checker may place it anywhere after its start, or nowhere.
+//! A history of client operations on keys, checked for linearizability per
+//! key with `consistency_model`'s `LinearizabilityTester` (the checker
+//! extracted from stateright). Used by the simulator and the chaos runs.
+//! An op whose outcome is unknown stays "in flight" forever: the checker may
+//! place it anywhere after its start, or nowhere.
 
 use consistency_model::{ConsistencyTester, LinearizabilityTester, SequentialSpec};
 use std::collections::BTreeMap;
@@ -56,6 +57,8 @@ struct Call {
     cancelled: bool,
 }
 
+/// Checking recurses once per op of a key: call [`History::check`] on a
+/// thread with a large stack for long histories.
 #[derive(Default)]
 pub struct History {
     calls: Vec<Call>,
