@@ -689,6 +689,22 @@ impl ReplLog {
         g.entries.range(start..start + n).cloned().collect()
     }
 
+    /// Applies up to `max` committed entries to `store` and answers their
+    /// waiting writers; returns the last position applied, if any. Call with
+    /// the apply guard held.
+    pub fn apply_committed(&self, store: &crate::store::Store, max: usize) -> Option<LogPos> {
+        let batch = self.committed_unapplied(max);
+        let last = batch.last()?.pos;
+        let mut delta = crate::store::Delta::default();
+        let outcomes: Vec<_> = batch
+            .iter()
+            .map(|e| (e.pos.index, store.apply(&e.op, &mut delta)))
+            .collect();
+        store.commit(last, delta);
+        self.finish_apply(last, &outcomes);
+        Some(last)
+    }
+
     /// Records that entries up to `pos` are applied, hands outcomes to waiting
     /// clients, and trims the retained tail.
     pub fn finish_apply(&self, pos: LogPos, outcomes: &[(u64, OpOutcome)]) {

@@ -55,12 +55,7 @@ impl Server {
                 view.isr
             );
         }
-        let listener = TcpListener::bind(opts.listen).map_err(|e| {
-            Error::Io(std::io::Error::new(
-                e.kind(),
-                format!("cannot listen on {}: {e}", opts.listen),
-            ))
-        })?;
+        let listener = net::listen(opts.listen)?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             core: Mutex::new(ServerCore::new(

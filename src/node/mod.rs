@@ -24,7 +24,7 @@ use crate::errors::{Error, Result};
 use crate::log::ReplLog;
 use crate::net::{self, ConnLimit};
 use crate::storage::Storage;
-use crate::store::{Delta, Store};
+use crate::store::Store;
 use crate::types::NodeId;
 use crate::wire::{self, Beacon, ConnKind, ServerRequest, ServerResponse};
 use crossbeam_channel::{bounded, Receiver, Sender};
@@ -119,12 +119,7 @@ impl Node {
 
     /// Binds, registers with the server and starts every thread.
     pub fn start(opts: NodeOptions) -> Result<Node> {
-        let listener = TcpListener::bind(opts.listen).map_err(|e| {
-            Error::Io(std::io::Error::new(
-                e.kind(),
-                format!("cannot listen on {}: {e}", opts.listen),
-            ))
-        })?;
+        let listener = net::listen(opts.listen)?;
         let data_addr = listener.local_addr()?;
         let udp = bind_udp(data_addr)?;
         let beacon_addr = udp.local_addr()?;
@@ -522,17 +517,9 @@ fn apply_loop(sh: Arc<Shared>) {
             continue;
         }
         let _guard = sh.log.apply_guard();
-        let batch = sh.log.committed_unapplied(4096);
-        let Some(last) = batch.last().map(|e| e.pos) else {
+        if sh.log.apply_committed(&sh.store, 4096).is_none() {
             continue;
-        };
-        let mut delta = Delta::default();
-        let outcomes: Vec<_> = batch
-            .iter()
-            .map(|e| (e.pos.index, sh.store.apply(&e.op, &mut delta)))
-            .collect();
-        sh.store.commit(last, delta);
-        sh.log.finish_apply(last, &outcomes);
+        }
         let meta = sh.store.meta();
         let last_pos = sh.log.state().last;
         sh.board.update(|b| {

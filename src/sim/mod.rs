@@ -705,19 +705,7 @@ impl Sim {
 
     fn apply(&mut self, i: usize) {
         let n = &mut self.nodes[i];
-        loop {
-            let batch = n.log.committed_unapplied(64);
-            let Some(last) = batch.last().map(|e| e.pos) else {
-                break;
-            };
-            let mut delta = Delta::default();
-            let outcomes: Vec<_> = batch
-                .iter()
-                .map(|e| (e.pos.index, n.store.apply(&e.op, &mut delta)))
-                .collect();
-            n.store.commit(last, delta);
-            n.log.finish_apply(last, &outcomes);
-        }
+        while n.log.apply_committed(&n.store, 64).is_some() {}
         let mut done = Vec::new();
         n.pending
             .retain(|(client, attempt, rx, pos)| match rx.try_recv() {
