@@ -20,6 +20,7 @@ pub mod identity;
 pub mod log;
 pub mod net;
 pub mod node;
+pub mod resp;
 pub mod server;
 #[cfg(test)]
 pub mod sim;

@@ -1,0 +1,261 @@
+//! RESP2, the Redis serialization protocol: a bounded, incremental command
+//! parser and a reply encoder, without IO.
+//!
+//! A connection appends what it reads to a buffer and calls
+//! [`parse_command`] until it returns `Ok(None)` (need more bytes), so many
+//! pipelined commands in one read are handled in order. Every length is
+//! bounded by [`Limits`]; anything malformed is a [`RespError`] whose text is
+//! sent back as `-ERR Protocol error: ...` before the connection is closed.
+
+/// A reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    Simple(String),
+    Error(String),
+    Int(i64),
+    Bulk(Vec<u8>),
+    Nil,
+    Array(Vec<Reply>),
+}
+
+impl Reply {
+    pub fn ok() -> Reply {
+        Reply::Simple("OK".into())
+    }
+
+    pub fn err(msg: impl Into<String>) -> Reply {
+        Reply::Error(msg.into())
+    }
+
+    /// Appends the RESP2 encoding of this reply to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            Reply::Simple(s) => line(out, b'+', s.as_bytes()),
+            Reply::Error(s) => line(out, b'-', s.as_bytes()),
+            Reply::Int(i) => line(out, b':', i.to_string().as_bytes()),
+            Reply::Bulk(b) => {
+                line(out, b'$', b.len().to_string().as_bytes());
+                out.extend_from_slice(b);
+                out.extend_from_slice(b"\r\n");
+            }
+            Reply::Nil => out.extend_from_slice(b"$-1\r\n"),
+            Reply::Array(items) => {
+                line(out, b'*', items.len().to_string().as_bytes());
+                for i in items {
+                    i.encode(out);
+                }
+            }
+        }
+    }
+}
+
+fn line(out: &mut Vec<u8>, tag: u8, body: &[u8]) {
+    out.push(tag);
+    // Simple strings and errors must not carry CR or LF.
+    out.extend(
+        body.iter()
+            .map(|&b| if b == b'\r' || b == b'\n' { b' ' } else { b }),
+    );
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Bounds on what a client may send.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Largest bulk string (a key or a value).
+    pub max_bulk: usize,
+    /// Most arguments in one command.
+    pub max_args: usize,
+    /// Longest inline command line.
+    pub max_inline: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_bulk: 1024 * 1024 + 4096,
+            max_args: 64 * 1024,
+            max_inline: 64 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct RespError(pub String);
+
+/// Parses one command from the front of `buf`: `Ok(Some((args, consumed)))`,
+/// `Ok(None)` when more bytes are needed, or an error for malformed input.
+pub fn parse_command(
+    buf: &[u8],
+    limits: Limits,
+) -> Result<Option<(Vec<Vec<u8>>, usize)>, RespError> {
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    if buf[0] != b'*' {
+        return parse_inline(buf, limits);
+    }
+    let Some((n, mut pos)) = read_int_line(buf, 1, limits.max_inline)? else {
+        return Ok(None);
+    };
+    if n < 0 {
+        return Err(RespError("invalid multibulk length".into()));
+    }
+    let n = n as usize;
+    if n > limits.max_args {
+        return Err(RespError(format!(
+            "too many arguments ({n}, limit {})",
+            limits.max_args
+        )));
+    }
+    let mut args = Vec::with_capacity(n.min(1024));
+    for _ in 0..n {
+        if pos >= buf.len() {
+            return Ok(None);
+        }
+        if buf[pos] != b'$' {
+            return Err(RespError(format!(
+                "expected '$', got '{}'",
+                (buf[pos] as char).escape_default()
+            )));
+        }
+        let Some((len, start)) = read_int_line(buf, pos + 1, limits.max_inline)? else {
+            return Ok(None);
+        };
+        if len < 0 {
+            return Err(RespError("invalid bulk length".into()));
+        }
+        let len = len as usize;
+        if len > limits.max_bulk {
+            return Err(RespError(format!(
+                "bulk length {len} exceeds the limit of {} bytes",
+                limits.max_bulk
+            )));
+        }
+        if buf.len() < start + len + 2 {
+            return Ok(None);
+        }
+        if &buf[start + len..start + len + 2] != b"\r\n" {
+            return Err(RespError("bulk string not terminated by CRLF".into()));
+        }
+        args.push(buf[start..start + len].to_vec());
+        pos = start + len + 2;
+    }
+    Ok(Some((args, pos)))
+}
+
+/// `<digits>\r\n` starting at `from`; returns the number and the index after it.
+fn read_int_line(buf: &[u8], from: usize, max: usize) -> Result<Option<(i64, usize)>, RespError> {
+    let rest = &buf[from.min(buf.len())..];
+    let Some(nl) = rest.iter().position(|&b| b == b'\n') else {
+        if rest.len() > 32.min(max) {
+            return Err(RespError("length line too long".into()));
+        }
+        return Ok(None);
+    };
+    if nl == 0 || rest[nl - 1] != b'\r' {
+        return Err(RespError("length not terminated by CRLF".into()));
+    }
+    let digits = &rest[..nl - 1];
+    let s = std::str::from_utf8(digits).map_err(|_| RespError("invalid length".into()))?;
+    let n: i64 = s
+        .parse()
+        .map_err(|_| RespError(format!("invalid length '{}'", s.escape_default())))?;
+    Ok(Some((n, from + nl + 1)))
+}
+
+fn parse_inline(buf: &[u8], limits: Limits) -> Result<Option<(Vec<Vec<u8>>, usize)>, RespError> {
+    let Some(nl) = buf.iter().position(|&b| b == b'\n') else {
+        if buf.len() > limits.max_inline {
+            return Err(RespError(format!(
+                "inline command longer than {} bytes",
+                limits.max_inline
+            )));
+        }
+        return Ok(None);
+    };
+    if nl > limits.max_inline {
+        return Err(RespError(format!(
+            "inline command longer than {} bytes",
+            limits.max_inline
+        )));
+    }
+    let line = buf[..nl].strip_suffix(b"\r").unwrap_or(&buf[..nl]);
+    let args: Vec<Vec<u8>> = line
+        .split(|b| b.is_ascii_whitespace())
+        .filter(|a| !a.is_empty())
+        .map(|a| a.to_vec())
+        .collect();
+    if args.len() > limits.max_args {
+        return Err(RespError("too many arguments".into()));
+    }
+    Ok(Some((args, nl + 1)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(b: &[u8]) -> Result<Option<(Vec<Vec<u8>>, usize)>, RespError> {
+        parse_command(b, Limits::default())
+    }
+
+    #[test]
+    fn parses_arrays_inline_and_pipelines() {
+        let b = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\nPING\r\n*1\r\n$4\r\nPING\r\n";
+        let (a, n) = parse(b).unwrap().unwrap();
+        assert_eq!(a, vec![b"GET".to_vec(), b"k".to_vec()]);
+        let (a, m) = parse(&b[n..]).unwrap().unwrap();
+        assert_eq!(a, vec![b"PING".to_vec()]);
+        let (a, _) = parse(&b[n + m..]).unwrap().unwrap();
+        assert_eq!(a, vec![b"PING".to_vec()]);
+    }
+
+    #[test]
+    fn every_prefix_of_a_command_asks_for_more() {
+        let b = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nv\r\nxy\r\n";
+        for cut in 0..b.len() {
+            assert_eq!(parse(&b[..cut]), Ok(None), "cut at {cut}");
+        }
+        let (a, n) = parse(b).unwrap().unwrap();
+        assert_eq!(a[2], b"v\r\nxy".to_vec(), "binary-safe bulk");
+        assert_eq!(n, b.len());
+    }
+
+    #[test]
+    fn malformed_input_is_an_error() {
+        for bad in [
+            &b"*-2\r\n"[..],
+            b"*1\r\n$-5\r\n",
+            b"*1\r\n$99999999999\r\n",
+            b"*1\r\n$3\r\nGETxx",
+            b"*1\r\n:3\r\n",
+            b"*abc\r\n",
+            b"*1\n",
+            b"*9999999\r\n",
+        ] {
+            assert!(parse(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+        // A megabyte of '*' never ends a length line: refused, not buffered.
+        assert!(parse(&vec![b'*'; 1 << 20]).is_err());
+        // An endless inline command is refused past the limit.
+        assert!(parse(&vec![b'a'; 100 * 1024]).is_err());
+    }
+
+    #[test]
+    fn replies_encode_as_redis_does() {
+        let mut out = Vec::new();
+        Reply::Array(vec![
+            Reply::ok(),
+            Reply::err("ERR x\r\ny"),
+            Reply::Int(-3),
+            Reply::Bulk(b"a\r\nb".to_vec()),
+            Reply::Nil,
+        ])
+        .encode(&mut out);
+        assert_eq!(
+            out,
+            b"*5\r\n+OK\r\n-ERR x  y\r\n:-3\r\n$4\r\na\r\nb\r\n$-1\r\n".to_vec()
+        );
+    }
+}
