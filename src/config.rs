@@ -102,6 +102,11 @@ pub struct NodeSettings {
     /// a Timeout error (outcome unknown).
     #[serde(default = "d_write_timeout")]
     pub write_timeout: u64,
+    /// Where nodes serve RESP (the Redis protocol); `--resp-listen`
+    /// overrides it. Default: the node's listen address with an ephemeral
+    /// port. "off" turns it off.
+    #[serde(default)]
+    pub resp_listen: Option<String>,
     /// Directory for the node's identity, write-ahead log and snapshots;
     /// `--data-dir` overrides it. None: data in memory only.
     #[serde(default)]

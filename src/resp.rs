@@ -83,12 +83,15 @@ impl Default for Limits {
 #[derive(Debug, PartialEq, Eq)]
 pub struct RespError(pub String);
 
+/// A parsed command's arguments and the bytes it used; `None`: need more.
+pub type Parsed = Option<(Vec<Vec<u8>>, usize)>;
+
 /// Parses one command from the front of `buf`: `Ok(Some((args, consumed)))`,
 /// `Ok(None)` when more bytes are needed, or an error for malformed input.
 pub fn parse_command(
     buf: &[u8],
     limits: Limits,
-) -> Result<Option<(Vec<Vec<u8>>, usize)>, RespError> {
+) -> Result<Parsed, RespError> {
     if buf.is_empty() {
         return Ok(None);
     }
@@ -164,7 +167,7 @@ fn read_int_line(buf: &[u8], from: usize, max: usize) -> Result<Option<(i64, usi
     Ok(Some((n, from + nl + 1)))
 }
 
-fn parse_inline(buf: &[u8], limits: Limits) -> Result<Option<(Vec<Vec<u8>>, usize)>, RespError> {
+fn parse_inline(buf: &[u8], limits: Limits) -> Result<Parsed, RespError> {
     let Some(nl) = buf.iter().position(|&b| b == b'\n') else {
         if buf.len() > limits.max_inline {
             return Err(RespError(format!(
@@ -196,7 +199,7 @@ fn parse_inline(buf: &[u8], limits: Limits) -> Result<Option<(Vec<Vec<u8>>, usiz
 mod tests {
     use super::*;
 
-    fn parse(b: &[u8]) -> Result<Option<(Vec<Vec<u8>>, usize)>, RespError> {
+    fn parse(b: &[u8]) -> Result<Parsed, RespError> {
         parse_command(b, Limits::default())
     }
 

@@ -312,6 +312,8 @@ pub enum ServerRequest {
         data_addr: String,
         beacon_addr: String,
         last: LogPos,
+        /// Where the node serves RESP (Redis protocol), if it does.
+        resp_addr: Option<String>,
     },
     /// Who is the coordinator?
     WhoIsCoordinator,
@@ -403,6 +405,8 @@ pub struct MemberInfo {
     pub incarnation: u64,
     pub data_addr: String,
     pub beacon_addr: String,
+    /// The node's RESP (Redis protocol) address, if it serves one.
+    pub resp_addr: Option<String>,
     pub role: Role,
     pub in_sync: bool,
     pub log_position: LogPos,

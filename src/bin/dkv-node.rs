@@ -29,6 +29,11 @@ struct Args {
     /// (overrides the config's fsync).
     #[arg(long, value_name = "POLICY")]
     fsync: Option<String>,
+    /// Where to serve RESP, the Redis protocol (overrides the config's
+    /// resp-listen; "off" turns it off). Default: an ephemeral port on the
+    /// --listen address.
+    #[arg(long, value_name = "HOST:PORT")]
+    resp_listen: Option<String>,
     /// Config file; when absent, ./config.json is used if it exists.
     #[arg(short, long)]
     config: Option<PathBuf>,
@@ -67,7 +72,24 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let resp = args
+        .resp_listen
+        .clone()
+        .or_else(|| cfg.node_settings.resp_listen.clone())
+        .unwrap_or_else(|| format!("{}:0", listen.ip()));
+    let resp_listen = if resp == "off" {
+        None
+    } else {
+        match dkv::net::resolve(&resp) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                eprintln!("dkv-node: bad --resp-listen address '{resp}': {e}");
+                return ExitCode::from(2);
+            }
+        }
+    };
     let opts = NodeOptions {
+        resp_listen,
         server: args.server.unwrap_or_else(|| cfg.server_ip_port.clone()),
         listen,
         advertise: args.advertise,
@@ -78,10 +100,13 @@ fn main() -> ExitCode {
         Ok(node) => {
             // Scripts and tests read the node's addresses from this line.
             println!(
-                "dkv-node {} listening on {} beacons {}",
+                "dkv-node {} listening on {} beacons {} resp {}",
                 node.id(),
                 node.data_addr(),
-                node.beacon_addr()
+                node.beacon_addr(),
+                node.resp_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|| "off".into())
             );
             loop {
                 std::thread::park();

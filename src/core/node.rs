@@ -116,6 +116,8 @@ pub struct Serving {
     pub epoch: Epoch,
     pub coordinator: Option<NodeId>,
     pub coordinator_addr: Option<String>,
+    /// The coordinator's RESP address, if it serves one.
+    pub coordinator_resp_addr: Option<String>,
     /// The coordinator serves only before this instant.
     pub lease_until: Option<Instant>,
     /// Registered members; only they may follow the coordinator.
@@ -894,6 +896,9 @@ impl NodeCore {
             coordinator_addr: coordinator
                 .and_then(|c| self.view.member(c))
                 .map(|m| m.data_addr.clone()),
+            coordinator_resp_addr: coordinator
+                .and_then(|c| self.view.member(c))
+                .and_then(|m| m.resp_addr.clone()),
             lease_until: if self.role == Role::Coordinator {
                 self.lease_until
             } else {
@@ -915,6 +920,7 @@ mod tests {
             incarnation: 1,
             data_addr: format!("127.0.0.1:{}", 7000 + id),
             beacon_addr: format!("127.0.0.1:{}", 8000 + id),
+            resp_addr: None,
             role: Role::Replica,
             in_sync: false,
             log_position: LogPos::ZERO,

@@ -51,6 +51,7 @@ fn member(id: NodeId) -> MemberInfo {
         incarnation: 1,
         data_addr: data_addr(id),
         beacon_addr: beacon_addr(id),
+        resp_addr: None,
         role: Role::Replica,
         in_sync: false,
         log_position: LogPos::ZERO,
@@ -113,6 +114,7 @@ fn server_with(t0: Instant, ids: &[NodeId], isr: &[NodeId]) -> (ServerCore, Clus
                 data_addr: data_addr(id),
                 beacon_addr: beacon_addr(id),
                 last: LogPos::ZERO,
+                resp_addr: None,
             },
         );
         assert!(
@@ -1066,6 +1068,7 @@ fn replicas_elect_a_new_coordinator_after_the_old_one_restarted() {
             data_addr: data_addr(1),
             beacon_addr: beacon_addr(1),
             last: pos(1, 7),
+            resp_addr: None,
         },
     );
     let ServerResponse::Registered { view, .. } = resp else {

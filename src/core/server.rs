@@ -36,6 +36,8 @@ pub struct MemberRecord {
     pub incarnation: u64,
     pub data_addr: String,
     pub beacon_addr: String,
+    #[serde(default)]
+    pub resp_addr: Option<String>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -90,7 +92,19 @@ impl ServerCore {
                 data_addr,
                 beacon_addr,
                 last,
-            } => self.register(now, node_id, incarnation, data_addr, beacon_addr, last),
+                resp_addr,
+            } => self.register(
+                now,
+                node_id,
+                incarnation,
+                MemberRecord {
+                    incarnation,
+                    data_addr,
+                    beacon_addr,
+                    resp_addr,
+                },
+                last,
+            ),
             ServerRequest::WhoIsCoordinator => (self.who_is_coordinator(), false),
             ServerRequest::View => (ServerResponse::View(self.view(now)), false),
             ServerRequest::Status {
@@ -112,8 +126,7 @@ impl ServerCore {
         now: Instant,
         node_id: Option<NodeId>,
         incarnation: u64,
-        data_addr: String,
-        beacon_addr: String,
+        record: MemberRecord,
         last: LogPos,
     ) -> (ServerResponse, bool) {
         let mut restarted = false;
@@ -139,14 +152,7 @@ impl ServerCore {
             None => self.view.next_id.max(1),
         };
         self.view.next_id = self.view.next_id.max(id + 1);
-        self.view.members.insert(
-            id,
-            MemberRecord {
-                incarnation,
-                data_addr,
-                beacon_addr,
-            },
-        );
+        self.view.members.insert(id, record);
         let rep = self.reports.entry(id).or_default();
         rep.applied = last;
         rep.role = None;
@@ -360,6 +366,7 @@ impl ServerCore {
                     incarnation: m.incarnation,
                     data_addr: m.data_addr.clone(),
                     beacon_addr: m.beacon_addr.clone(),
+                    resp_addr: m.resp_addr.clone(),
                     role,
                     in_sync: self.view.isr.contains(&id),
                     log_position: rep.applied,
@@ -398,6 +405,7 @@ mod tests {
                 data_addr: format!("127.0.0.1:{}", 1000 + inc),
                 beacon_addr: "127.0.0.1:1".into(),
                 last: LogPos::ZERO,
+                resp_addr: None,
             },
         )
         .0

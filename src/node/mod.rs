@@ -17,6 +17,7 @@ mod client_conn;
 mod persist;
 mod replication;
 pub mod requests;
+mod resp_conn;
 
 use crate::config::NodeSettings;
 use crate::core::node::{Action, Call, Input, LocalStatus, NodeCore, Serving};
@@ -49,6 +50,8 @@ pub struct NodeOptions {
     pub advertise: Option<String>,
     /// Keeps the node's identity across restarts.
     pub data_dir: Option<PathBuf>,
+    /// Where to serve RESP (the Redis protocol); `None` turns it off.
+    pub resp_listen: Option<SocketAddr>,
     pub settings: NodeSettings,
 }
 
@@ -78,6 +81,8 @@ pub(crate) struct Shared {
     pub board: StatusBoard,
     pub serving: RwLock<Serving>,
     pub inbox: Sender<Input>,
+    /// The server's address (RESP connections on replicas forward through it).
+    pub server: String,
     pub shutdown: AtomicBool,
     pub conns: ConnLimit,
 }
@@ -101,6 +106,7 @@ pub struct Node {
     shared: Arc<Shared>,
     data_addr: SocketAddr,
     beacon_addr: SocketAddr,
+    resp_addr: Option<SocketAddr>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -115,6 +121,10 @@ impl Node {
 
     pub fn beacon_addr(&self) -> SocketAddr {
         self.beacon_addr
+    }
+
+    pub fn resp_addr(&self) -> Option<SocketAddr> {
+        self.resp_addr
     }
 
     /// Binds, registers with the server and starts every thread.
@@ -164,12 +174,22 @@ impl Node {
         let incarnation = identity.as_ref().map(|i| i.incarnation).unwrap_or(1);
         let last = log.state().last;
 
+        let resp_listener = opts.resp_listen.map(net::listen).transpose()?;
+        let resp_addr = resp_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+        let resp_advertise = resp_addr.map(|a| {
+            let host = advertise
+                .rsplit_once(':')
+                .map(|(h, _)| h)
+                .unwrap_or("127.0.0.1");
+            format!("{host}:{}", a.port())
+        });
         let (id, view, registered_at) = register(
             &opts.server,
             identity.as_ref().and_then(|i| i.node_id),
             incarnation,
             &advertise,
             &beacon_advertise,
+            resp_advertise.clone(),
             last,
             &opts.settings,
         )?;
@@ -202,6 +222,7 @@ impl Node {
             board,
             serving: RwLock::new(core.serving()),
             inbox: inbox_tx,
+            server: opts.server.clone(),
             shutdown: AtomicBool::new(false),
             conns: ConnLimit::new(settings.max_connections),
             settings,
@@ -256,6 +277,13 @@ impl Node {
             let sh = shared.clone();
             threads.push(spawn("accept", Box::new(move || accept_loop(sh, listener))));
         }
+        if let Some(l) = resp_listener {
+            let sh = shared.clone();
+            threads.push(spawn(
+                "resp-accept",
+                Box::new(move || resp_conn::accept_loop(sh, l)),
+            ));
+        }
         {
             let sh = shared.clone();
             threads.push(spawn(
@@ -277,6 +305,7 @@ impl Node {
             shared,
             data_addr,
             beacon_addr,
+            resp_addr,
             threads,
         })
     }
@@ -310,12 +339,14 @@ fn bind_udp(data_addr: SocketAddr) -> Result<UdpSocket> {
 }
 
 /// Registers with the server, retrying `reconnection-attempts` times.
+#[allow(clippy::too_many_arguments)]
 fn register(
     server: &str,
     node_id: Option<NodeId>,
     incarnation: u64,
     data_addr: &str,
     beacon_addr: &str,
+    resp_addr: Option<String>,
     last: crate::types::LogPos,
     settings: &NodeSettings,
 ) -> Result<(NodeId, crate::wire::ClusterView, Instant)> {
@@ -336,6 +367,7 @@ fn register(
                     data_addr: data_addr.to_string(),
                     beacon_addr: beacon_addr.to_string(),
                     last,
+                    resp_addr: resp_addr.clone(),
                 },
                 wire::MAX_SERVER_FRAME,
             )

@@ -363,6 +363,7 @@ impl Sim {
             data_addr: format!("n{i}"),
             beacon_addr: format!("n{i}"),
             last,
+            resp_addr: None,
         };
         // Registration is synchronous at start, as in the real node.
         let Some(server) = self.server.as_mut() else {
@@ -1435,6 +1436,7 @@ fn idle_serving() -> Serving {
         epoch: 0,
         coordinator: None,
         coordinator_addr: None,
+        coordinator_resp_addr: None,
         lease_until: None,
         members: Vec::new(),
     }

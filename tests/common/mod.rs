@@ -26,6 +26,8 @@ pub struct Proc {
     pub args: Vec<String>,
     pub addr: String,
     pub beacon_addr: String,
+    /// RESP address ("off" when disabled).
+    pub resp_addr: String,
     pub id: u64,
     pub log: PathBuf,
 }
@@ -188,6 +190,7 @@ impl Cluster {
             args: vec![],
             addr,
             beacon_addr: String::new(),
+            resp_addr: String::new(),
             id: 0,
             log,
         }
@@ -227,7 +230,7 @@ impl Cluster {
         // "dkv-node ID listening on ADDR beacons ADDR"
         let parts: Vec<&str> = line.split_whitespace().collect();
         assert!(
-            parts.len() == 7 && parts[0] == "dkv-node",
+            parts.len() >= 7 && parts[0] == "dkv-node",
             "unexpected node banner: {line}"
         );
         Proc {
@@ -236,6 +239,7 @@ impl Cluster {
             id: parts[1].parse().unwrap(),
             addr: parts[4].to_string(),
             beacon_addr: parts[6].to_string(),
+            resp_addr: parts.get(8).map(|s| s.to_string()).unwrap_or_default(),
             log,
         }
     }

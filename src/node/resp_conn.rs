@@ -1,0 +1,390 @@
+//! RESP (Redis protocol) endpoint of a node: one thread per connection,
+//! bounded like the native port. Commands are answered in order; all the
+//! complete commands of one read are answered with one write, so pipelined
+//! clients (redis-benchmark -P 16) get their replies batched.
+//!
+//! Data commands keep DKV's rules: on the coordinator they go through the
+//! same request path as the native protocol (writes are answered after every
+//! in-sync node has them); on a replica they are forwarded to the
+//! coordinator, so any node is a usable endpoint. When no coordinator can be
+//! reached the reply is `-TRYAGAIN ...`, never a hang.
+
+use super::requests::{finish, Begun, DataPath};
+use super::Shared;
+use crate::resp::{parse_command, Limits, Reply};
+use crate::types::Role;
+use crate::wire::{ErrorKind, Request, Response};
+use crate::{Client, ClientOptions, Error};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub(super) fn accept_loop(sh: Arc<Shared>, listener: TcpListener) {
+    for stream in listener.incoming() {
+        if sh.stopping() {
+            break;
+        }
+        let Ok(stream) = stream else { continue };
+        let Some(slot) = sh.conns.try_acquire() else {
+            let _ = (&stream).write_all(b"-ERR max number of clients reached\r\n");
+            continue;
+        };
+        let sh2 = sh.clone();
+        let _ = std::thread::Builder::new()
+            .name(format!("resp-{}", sh.id))
+            .spawn(move || {
+                let _slot = slot;
+                Conn {
+                    sh: &sh2,
+                    forward: None,
+                    name: None,
+                }
+                .serve(stream);
+            });
+    }
+}
+
+struct Conn<'a> {
+    sh: &'a Shared,
+    /// Replica side: a client to the coordinator, opened on first use.
+    forward: Option<Client>,
+    name: Option<Vec<u8>>,
+}
+
+fn upper(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).to_ascii_uppercase()
+}
+
+fn wrong_args(cmd: &str) -> Reply {
+    Reply::err(format!(
+        "ERR wrong number of arguments for '{}' command",
+        cmd.to_ascii_lowercase()
+    ))
+}
+
+impl Conn<'_> {
+    fn serve(mut self, stream: TcpStream) {
+        let _ = stream.set_nodelay(true);
+        let _ = stream.set_read_timeout(Some(self.sh.settings.client_idle_timeout()));
+        let limits = Limits {
+            max_bulk: self
+                .sh
+                .settings
+                .max_value_bytes
+                .max(self.sh.settings.max_key_bytes),
+            ..Limits::default()
+        };
+        let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
+        let mut chunk = vec![0u8; 64 * 1024];
+        let mut out = Vec::with_capacity(16 * 1024);
+        loop {
+            let n = match (&stream).read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            buf.extend_from_slice(&chunk[..n]);
+            let mut used = 0;
+            let mut quit = false;
+            loop {
+                match parse_command(&buf[used..], limits) {
+                    Ok(Some((args, len))) => {
+                        used += len;
+                        if args.is_empty() {
+                            continue;
+                        }
+                        let (reply, close) = self.handle(&args);
+                        reply.encode(&mut out);
+                        if close {
+                            quit = true;
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        log::warn!("RESP client: protocol error: {}; closing", e.0);
+                        Reply::err(format!("ERR Protocol error: {}", e.0)).encode(&mut out);
+                        let _ = (&stream).write_all(&out);
+                        return;
+                    }
+                }
+            }
+            buf.drain(..used);
+            if !out.is_empty() {
+                if (&stream).write_all(&out).is_err() {
+                    return;
+                }
+                out.clear();
+            }
+            if quit || self.sh.stopping() {
+                return;
+            }
+        }
+    }
+
+    /// One command; the flag closes the connection after the reply.
+    fn handle(&mut self, args: &[Vec<u8>]) -> (Reply, bool) {
+        let cmd = upper(&args[0]);
+        let n = args.len();
+        let reply = match cmd.as_str() {
+            "PING" => match n {
+                1 => Reply::Simple("PONG".into()),
+                2 => Reply::Bulk(args[1].clone()),
+                _ => wrong_args(&cmd),
+            },
+            "ECHO" if n == 2 => Reply::Bulk(args[1].clone()),
+            "QUIT" => return (Reply::ok(), true),
+            "SELECT" if n == 2 => {
+                if args[1] == b"0" {
+                    Reply::ok()
+                } else {
+                    Reply::err("ERR DB index is out of range")
+                }
+            }
+            "CLIENT" if n >= 2 => match upper(&args[1]).as_str() {
+                "SETNAME" if n == 3 => {
+                    self.name = Some(args[2].clone());
+                    Reply::ok()
+                }
+                "GETNAME" => self.name.clone().map(Reply::Bulk).unwrap_or(Reply::Nil),
+                "SETINFO" => Reply::ok(),
+                "ID" => Reply::Int(1),
+                other => Reply::err(format!(
+                    "ERR unknown subcommand '{}'",
+                    other.to_ascii_lowercase()
+                )),
+            },
+            "HELLO" => {
+                if n >= 2 && args[1] != b"2" {
+                    Reply::err(
+                        "NOPROTO this server does not support the requested protocol version",
+                    )
+                } else {
+                    let role = if self.role() == Role::Coordinator {
+                        "master"
+                    } else {
+                        "replica"
+                    };
+                    Reply::Array(vec![
+                        Reply::Bulk(b"server".to_vec()),
+                        Reply::Bulk(b"dkv".to_vec()),
+                        Reply::Bulk(b"version".to_vec()),
+                        Reply::Bulk(env!("CARGO_PKG_VERSION").as_bytes().to_vec()),
+                        Reply::Bulk(b"proto".to_vec()),
+                        Reply::Int(2),
+                        Reply::Bulk(b"id".to_vec()),
+                        Reply::Int(1),
+                        Reply::Bulk(b"mode".to_vec()),
+                        Reply::Bulk(b"standalone".to_vec()),
+                        Reply::Bulk(b"role".to_vec()),
+                        Reply::Bulk(role.as_bytes().to_vec()),
+                        Reply::Bulk(b"modules".to_vec()),
+                        Reply::Array(vec![]),
+                    ])
+                }
+            }
+            // redis-cli asks for command docs at start; an empty answer is valid.
+            "COMMAND" => match args.get(1).map(|a| upper(a)).as_deref() {
+                None | Some("DOCS") | Some("INFO") => Reply::Array(vec![]),
+                Some("COUNT") => Reply::Int(0),
+                Some(other) => Reply::err(format!(
+                    "ERR unknown subcommand '{}'",
+                    other.to_ascii_lowercase()
+                )),
+            },
+            "INFO" => Reply::Bulk(self.info().into_bytes()),
+            "DBSIZE" if n == 1 => Reply::Int(self.sh.store.meta().keys as i64),
+            "GET" if n == 2 => self.data(Request::Get {
+                key: args[1].clone(),
+            }),
+            "SET" if n >= 3 => {
+                if let Some(opt) = args.get(3) {
+                    let o = upper(opt);
+                    return (
+                        Reply::err(format!(
+                            "ERR SET option '{o}' is not supported by DKV (no expiry and no conditional writes)"
+                        )),
+                        false,
+                    );
+                }
+                self.data(Request::Put {
+                    key: args[1].clone(),
+                    value: args[2].clone(),
+                })
+            }
+            "DEL" if n >= 2 => {
+                let mut count = 0;
+                for k in &args[1..] {
+                    match self.data(Request::Delete { key: k.clone() }) {
+                        Reply::Int(c) => count += c,
+                        err => return (err, false),
+                    }
+                }
+                Reply::Int(count)
+            }
+            "EXISTS" if n >= 2 => {
+                let mut count = 0;
+                for k in &args[1..] {
+                    match self.data(Request::Get { key: k.clone() }) {
+                        Reply::Bulk(_) => count += 1,
+                        Reply::Nil => {}
+                        err => return (err, false),
+                    }
+                }
+                Reply::Int(count)
+            }
+            "MGET" if n >= 2 => {
+                let mut items = Vec::with_capacity(n - 1);
+                for k in &args[1..] {
+                    match self.data(Request::Get { key: k.clone() }) {
+                        r @ (Reply::Bulk(_) | Reply::Nil) => items.push(r),
+                        err => return (err, false),
+                    }
+                }
+                Reply::Array(items)
+            }
+            "MSET" if n >= 3 && n % 2 == 1 => {
+                for kv in args[1..].chunks(2) {
+                    match self.data(Request::Put {
+                        key: kv[0].clone(),
+                        value: kv[1].clone(),
+                    }) {
+                        Reply::Simple(_) => {}
+                        err => return (err, false),
+                    }
+                }
+                Reply::ok()
+            }
+            "ECHO" | "SELECT" | "CLIENT" | "DBSIZE" | "GET" | "SET" | "DEL" | "EXISTS" | "MGET"
+            | "MSET" => wrong_args(&cmd),
+            _ => {
+                let shown: String = String::from_utf8_lossy(&args[0]).chars().take(64).collect();
+                Reply::err(format!("ERR unknown command '{shown}'"))
+            }
+        };
+        (reply, false)
+    }
+
+    fn role(&self) -> Role {
+        self.sh.serving.read().role
+    }
+
+    /// A data request: locally when this node is the serving coordinator,
+    /// forwarded to the coordinator otherwise.
+    fn data(&mut self, req: Request) -> Reply {
+        let serving = self.sh.serving.read().clone();
+        let dp = DataPath {
+            store: &self.sh.store,
+            log: &self.sh.log,
+            serving: &serving,
+            settings: &self.sh.settings,
+        };
+        let resp = match dp.begin(req.clone(), Instant::now()) {
+            Begun::Done(Response::NotCoordinator { .. }) => return self.forward(req),
+            Begun::Done(r) => r,
+            Begun::Wait(rx) => finish(rx.recv_timeout(self.sh.settings.write_timeout())),
+        };
+        to_reply(resp)
+    }
+
+    fn forward(&mut self, req: Request) -> Reply {
+        if self.forward.is_none() {
+            let opts = ClientOptions {
+                op_timeout: Duration::from_secs(3),
+                io_timeout: Duration::from_secs(3),
+                max_key_bytes: self.sh.settings.max_key_bytes,
+                max_value_bytes: self.sh.settings.max_value_bytes,
+            };
+            match Client::with_options(&self.sh.server, opts) {
+                Ok(c) => self.forward = Some(c),
+                Err(e) => return client_error(&e),
+            }
+        }
+        let c = self.forward.as_mut().expect("client");
+        let res = match req {
+            Request::Get { key } => c
+                .get(&key)
+                .map(|v| v.map(Reply::Bulk).unwrap_or(Reply::Nil)),
+            Request::Put { key, value } => c.put(&key, &value).map(|()| Reply::ok()),
+            Request::Delete { key } => c.delete(&key).map(|e| Reply::Int(e as i64)),
+            Request::Status => Ok(Reply::err("ERR not a data request")),
+        };
+        res.unwrap_or_else(|e| client_error(&e))
+    }
+
+    fn info(&self) -> String {
+        let s = self.sh.serving.read().clone();
+        let meta = self.sh.store.meta();
+        let st = self.sh.log.state();
+        let mut out = String::new();
+        out += "# Server\r\n";
+        out += &format!("redis_version:7.0.0-dkv-{}\r\n", env!("CARGO_PKG_VERSION"));
+        out += "redis_mode:standalone\r\n";
+        out += &format!("dkv_node_id:{}\r\n", self.sh.id);
+        out += &format!("dkv_epoch:{}\r\n", s.epoch);
+        out += "\r\n# Replication\r\n";
+        if s.role == Role::Coordinator {
+            let replicas: Vec<_> = self
+                .sh
+                .log
+                .commit_set()
+                .into_iter()
+                .filter(|&id| id != self.sh.id)
+                .collect();
+            out += "role:master\r\n";
+            out += &format!("connected_slaves:{}\r\n", replicas.len());
+            for (i, id) in replicas.iter().enumerate() {
+                out += &format!("slave{i}:id={id},state=online,offset={}\r\n", st.commit);
+            }
+            out += &format!("master_repl_offset:{}\r\n", st.last.index);
+        } else {
+            out += "role:slave\r\n";
+            let (host, port) = s
+                .coordinator_resp_addr
+                .as_deref()
+                .and_then(|a| a.rsplit_once(':'))
+                .unwrap_or(("", "0"));
+            out += &format!("master_host:{host}\r\nmaster_port:{port}\r\n");
+            out += &format!(
+                "master_link_status:{}\r\n",
+                if s.role == Role::Replica {
+                    "up"
+                } else {
+                    "down"
+                }
+            );
+            out += &format!("slave_repl_offset:{}\r\n", meta.applied.index);
+        }
+        out += "\r\n# Keyspace\r\n";
+        if meta.keys > 0 {
+            out += &format!("db0:keys={},expires=0,avg_ttl=0\r\n", meta.keys);
+        }
+        out
+    }
+}
+
+fn to_reply(r: Response) -> Reply {
+    match r {
+        Response::Value(Some(v)) => Reply::Bulk(v),
+        Response::Value(None) => Reply::Nil,
+        Response::Written => Reply::ok(),
+        Response::Deleted(e) => Reply::Int(e as i64),
+        Response::NotCoordinator { .. } => {
+            Reply::err("TRYAGAIN no coordinator could serve the request; retry")
+        }
+        Response::Status(_) => Reply::err("ERR not a data request"),
+        Response::Error { kind, message } => Reply::err(match kind {
+            ErrorKind::Unavailable => format!("TRYAGAIN {message}"),
+            ErrorKind::NotEnoughReplicas => format!("NOREPLICAS {message}"),
+            _ => format!("ERR {message}"),
+        }),
+    }
+}
+
+fn client_error(e: &Error) -> Reply {
+    match e {
+        Error::Unavailable(m) => Reply::err(format!("TRYAGAIN no coordinator reachable: {m}")),
+        Error::NotEnoughReplicas(m) => Reply::err(format!("NOREPLICAS {m}")),
+        other => Reply::err(format!("ERR {other}")),
+    }
+}
