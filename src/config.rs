@@ -25,6 +25,13 @@ pub struct Config {
     /// Relative paths are relative to the server's working directory.
     #[serde(default)]
     pub server_state_file: Option<String>,
+    /// Where the server answers Sentinel commands (RESP); `--sentinel-listen`
+    /// overrides it. None: off.
+    #[serde(default)]
+    pub sentinel_listen: Option<String>,
+    /// The cluster's name for Sentinel clients.
+    #[serde(default = "default_cluster_name")]
+    pub cluster_name: String,
     #[serde(default)]
     pub node_settings: NodeSettings,
     #[serde(flatten)]
@@ -141,6 +148,10 @@ fn d_snapshot_bytes() -> u64 {
 }
 fn d_segment_bytes() -> u64 {
     64 << 20
+}
+
+fn default_cluster_name() -> String {
+    "dkv".into()
 }
 
 fn default_server_addr() -> String {

@@ -21,6 +21,7 @@ pub mod log;
 pub mod net;
 pub mod node;
 pub mod resp;
+pub mod sentinel;
 pub mod server;
 #[cfg(test)]
 pub mod sim;

@@ -59,6 +59,31 @@ fn line(out: &mut Vec<u8>, tag: u8, body: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// The answer to `HELLO [2]` (RESP2 only: `HELLO 3` gets `-NOPROTO`).
+pub fn hello(args: &[Vec<u8>], role: &str, mode: &str) -> Reply {
+    if args.len() >= 2 && args[1] != b"2" {
+        return Reply::err("NOPROTO this server does not support the requested protocol version");
+    }
+    let kv = |k: &str, v: Reply| [Reply::Bulk(k.as_bytes().to_vec()), v];
+    Reply::Array(
+        [
+            kv("server", Reply::Bulk(b"dkv".to_vec())),
+            kv(
+                "version",
+                Reply::Bulk(env!("CARGO_PKG_VERSION").as_bytes().to_vec()),
+            ),
+            kv("proto", Reply::Int(2)),
+            kv("id", Reply::Int(1)),
+            kv("mode", Reply::Bulk(mode.as_bytes().to_vec())),
+            kv("role", Reply::Bulk(role.as_bytes().to_vec())),
+            kv("modules", Reply::Array(vec![])),
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
+    )
+}
+
 /// Bounds on what a client may send.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -88,10 +113,7 @@ pub type Parsed = Option<(Vec<Vec<u8>>, usize)>;
 
 /// Parses one command from the front of `buf`: `Ok(Some((args, consumed)))`,
 /// `Ok(None)` when more bytes are needed, or an error for malformed input.
-pub fn parse_command(
-    buf: &[u8],
-    limits: Limits,
-) -> Result<Parsed, RespError> {
+pub fn parse_command(buf: &[u8], limits: Limits) -> Result<Parsed, RespError> {
     if buf.is_empty() {
         return Ok(None);
     }

@@ -25,10 +25,14 @@ pub struct ServerOptions {
     /// Where the view is kept across restarts; `None` keeps it in memory.
     pub state_file: Option<PathBuf>,
     pub max_connections: usize,
+    /// Where to answer Sentinel commands (RESP); `None` turns it off.
+    pub sentinel_listen: Option<SocketAddr>,
+    /// The name Sentinel clients ask for (`master_for('dkv')`).
+    pub cluster_name: String,
 }
 
 struct Shared {
-    core: Mutex<ServerCore>,
+    core: Arc<Mutex<ServerCore>>,
     state_file: Option<PathBuf>,
     shutdown: AtomicBool,
     conns: ConnLimit,
@@ -37,6 +41,7 @@ struct Shared {
 pub struct Server {
     shared: Arc<Shared>,
     addr: SocketAddr,
+    sentinel_addr: Option<SocketAddr>,
     accept: Option<JoinHandle<()>>,
 }
 
@@ -58,11 +63,11 @@ impl Server {
         let listener = net::listen(opts.listen)?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
-            core: Mutex::new(ServerCore::new(
+            core: Arc::new(Mutex::new(ServerCore::new(
                 view,
                 opts.settings.lease_at_server(),
                 Instant::now(),
-            )),
+            ))),
             state_file: opts.state_file.clone(),
             shutdown: AtomicBool::new(false),
             conns: ConnLimit::new(opts.max_connections),
@@ -73,15 +78,41 @@ impl Server {
             .spawn(move || accept_loop(sh, listener))
             .expect("spawn accept");
         log::info!("server listening on {addr}");
+        let sentinel_addr = match opts.sentinel_listen {
+            Some(a) => {
+                let l = net::listen(a)?;
+                let sa = l.local_addr()?;
+                let (core, name, stop) = (
+                    shared.core.clone(),
+                    opts.cluster_name.clone(),
+                    Arc::new(AtomicBool::new(false)),
+                );
+                std::thread::Builder::new()
+                    .name("sentinel-accept".into())
+                    .spawn(move || crate::sentinel::accept_loop(core, name, l, stop))
+                    .expect("spawn sentinel");
+                log::info!(
+                    "sentinel discovery on {sa} for cluster '{}'",
+                    opts.cluster_name
+                );
+                Some(sa)
+            }
+            None => None,
+        };
         Ok(Server {
             shared,
             addr,
+            sentinel_addr,
             accept: Some(accept),
         })
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    pub fn sentinel_addr(&self) -> Option<SocketAddr> {
+        self.sentinel_addr
     }
 
     /// Stops accepting and waits for the accept thread. Connection threads

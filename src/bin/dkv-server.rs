@@ -21,6 +21,10 @@ struct Args {
     /// config's server-state-file, else the view is kept in memory only.
     #[arg(long, value_name = "PATH")]
     state_file: Option<PathBuf>,
+    /// Where to answer Sentinel discovery commands (RESP), e.g.
+    /// 127.0.0.1:26379; defaults to the config's sentinel-listen, else off.
+    #[arg(long, value_name = "HOST:PORT")]
+    sentinel_listen: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -48,7 +52,17 @@ fn main() -> ExitCode {
     if state_file.is_none() {
         log::warn!("no state file: the cluster view is kept in memory only");
     }
+    let sentinel = args.sentinel_listen.or_else(|| cfg.sentinel_listen.clone());
+    let sentinel_listen = match sentinel.as_deref().map(dkv::net::resolve).transpose() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("dkv-server: bad sentinel address: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let opts = ServerOptions {
+        sentinel_listen,
+        cluster_name: cfg.cluster_name.clone(),
         listen,
         settings: cfg.node_settings.clone(),
         state_file,
@@ -57,7 +71,10 @@ fn main() -> ExitCode {
     match Server::start(opts) {
         Ok(server) => {
             // Scripts read the bound address from this line.
-            println!("dkv-server listening on {}", server.addr());
+            match server.sentinel_addr() {
+                Some(s) => println!("dkv-server listening on {} sentinel {s}", server.addr()),
+                None => println!("dkv-server listening on {}", server.addr()),
+            }
             server.wait();
             ExitCode::SUCCESS
         }

@@ -155,33 +155,12 @@ impl Conn<'_> {
                 )),
             },
             "HELLO" => {
-                if n >= 2 && args[1] != b"2" {
-                    Reply::err(
-                        "NOPROTO this server does not support the requested protocol version",
-                    )
+                let role = if self.role() == Role::Coordinator {
+                    "master"
                 } else {
-                    let role = if self.role() == Role::Coordinator {
-                        "master"
-                    } else {
-                        "replica"
-                    };
-                    Reply::Array(vec![
-                        Reply::Bulk(b"server".to_vec()),
-                        Reply::Bulk(b"dkv".to_vec()),
-                        Reply::Bulk(b"version".to_vec()),
-                        Reply::Bulk(env!("CARGO_PKG_VERSION").as_bytes().to_vec()),
-                        Reply::Bulk(b"proto".to_vec()),
-                        Reply::Int(2),
-                        Reply::Bulk(b"id".to_vec()),
-                        Reply::Int(1),
-                        Reply::Bulk(b"mode".to_vec()),
-                        Reply::Bulk(b"standalone".to_vec()),
-                        Reply::Bulk(b"role".to_vec()),
-                        Reply::Bulk(role.as_bytes().to_vec()),
-                        Reply::Bulk(b"modules".to_vec()),
-                        Reply::Array(vec![]),
-                    ])
-                }
+                    "replica"
+                };
+                crate::resp::hello(args, role, "standalone")
             }
             // redis-cli asks for command docs at start; an empty answer is valid.
             "COMMAND" => match args.get(1).map(|a| upper(a)).as_deref() {

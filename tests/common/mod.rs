@@ -178,19 +178,25 @@ impl Cluster {
                 listen,
                 "--state-file",
                 state.to_str().unwrap(),
+                "--sentinel-listen",
+                "127.0.0.1:0",
             ],
             &log,
         );
-        let addr = line
+        // "dkv-server listening on ADDR [sentinel ADDR]"
+        let rest = line
             .strip_prefix("dkv-server listening on ")
-            .unwrap_or_else(|| panic!("unexpected server banner: {line}"))
-            .to_string();
+            .unwrap_or_else(|| panic!("unexpected server banner: {line}"));
+        let mut words = rest.split_whitespace();
+        let addr = words.next().unwrap_or_default().to_string();
+        let sentinel = words.nth(1).unwrap_or_default().to_string();
         Proc {
             child,
             args: vec![],
             addr,
             beacon_addr: String::new(),
-            resp_addr: String::new(),
+            // The server's RESP endpoint is its Sentinel port.
+            resp_addr: sentinel,
             id: 0,
             log,
         }
