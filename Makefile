@@ -14,7 +14,7 @@ ifeq ($(SERVER),)
 SERVER  := 127.0.0.1:12345
 endif
 
-.PHONY: build run-server run-node run-client demo test clean failover-bench soak durability-bench sim chaos
+.PHONY: build run-server run-node run-client demo test clean failover-bench soak durability-bench sim chaos bench-compare
 
 build:
 	$(CARGO) build --release --bins
@@ -70,3 +70,7 @@ chaos:
 	      for l in $$(ip -o link | grep -o "dkv$${tag}[a-z0-9]*" | sort -u); do ip link del $$l 2>/dev/null; done' EXIT INT TERM; \
 	DKV_CHAOS_TAG=$$tag DKV_CHAOS_SECONDS=$(or $(DURATION),60) DKV_CHAOS_SEED=$(SEED) \
 		$(CARGO) test --release --test chaos -- --nocapture
+
+# DKV, Redis (primary + 2 replicas) and etcd (3 members) side by side.
+bench-compare: build
+	DURATION=$(or $(DURATION),5) MEMKEYS=$(or $(MEMKEYS),1000000) bash scripts/bench-compare.sh

@@ -52,6 +52,195 @@ impl Target for NativeTarget {
     }
 }
 
+/// Any RESP endpoint (a DKV node or a Redis server), one connection.
+/// With `wait_replicas`, every SET is followed by `WAIT n timeout`, which is
+/// how Redis is made to wait for its replicas (synchronous replication).
+pub struct RespTarget {
+    stream: std::io::BufReader<std::net::TcpStream>,
+    out: Vec<u8>,
+    wait_replicas: Option<u32>,
+}
+
+impl RespTarget {
+    pub fn connect(addr: &str, wait_replicas: Option<u32>) -> Result<Self, String> {
+        let s = std::net::TcpStream::connect(addr).map_err(|e| format!("{addr}: {e}"))?;
+        s.set_nodelay(true).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| e.to_string())?;
+        Ok(RespTarget {
+            stream: std::io::BufReader::new(s),
+            out: Vec::with_capacity(256),
+            wait_replicas,
+        })
+    }
+
+    fn command(&mut self, args: &[&[u8]]) -> Result<(), String> {
+        use std::io::Write;
+        self.out.clear();
+        self.out
+            .extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+        for a in args {
+            self.out
+                .extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            self.out.extend_from_slice(a);
+            self.out.extend_from_slice(b"\r\n");
+        }
+        self.stream
+            .get_mut()
+            .write_all(&self.out)
+            .map_err(|_| "connection".to_string())?;
+        self.read_reply()
+    }
+
+    /// Reads one reply; an error reply becomes `Err(its first word)`.
+    fn read_reply(&mut self) -> Result<(), String> {
+        use std::io::{BufRead, Read};
+        let mut line = Vec::new();
+        self.stream
+            .read_until(b'\n', &mut line)
+            .map_err(|_| "connection".to_string())?;
+        if line.len() < 3 {
+            return Err("connection".into());
+        }
+        let body = &line[1..line.len() - 2];
+        match line[0] {
+            b'+' | b':' => Ok(()),
+            b'-' => Err(String::from_utf8_lossy(body)
+                .split_whitespace()
+                .next()
+                .unwrap_or("ERR")
+                .to_string()),
+            b'$' => {
+                let n: i64 = std::str::from_utf8(body)
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .ok_or("protocol")?;
+                if n >= 0 {
+                    let mut data = vec![0u8; n as usize + 2];
+                    self.stream
+                        .read_exact(&mut data)
+                        .map_err(|_| "connection".to_string())?;
+                }
+                Ok(())
+            }
+            _ => Err("protocol".into()),
+        }
+    }
+}
+
+impl Target for RespTarget {
+    fn get(&mut self, key: &[u8]) -> Result<(), String> {
+        self.command(&[b"GET", key])
+    }
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), String> {
+        self.command(&[b"SET", key, value])?;
+        if let Some(n) = self.wait_replicas {
+            let n = n.to_string();
+            self.command(&[b"WAIT", n.as_bytes(), b"1000"])?;
+        }
+        Ok(())
+    }
+}
+
+/// etcd v3 through its JSON gateway (`POST /v3/kv/put`, `/v3/kv/range`) on
+/// one keep-alive HTTP/1.1 connection: no client library, no gRPC stack, so
+/// the client's own overhead is a few microseconds per request.
+pub struct EtcdTarget {
+    stream: std::io::BufReader<std::net::TcpStream>,
+    host: String,
+    out: Vec<u8>,
+}
+
+fn base64(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut s = String::with_capacity(data.len().div_ceil(3) * 4);
+    for c in data.chunks(3) {
+        let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
+        let n = ((b[0] as u32) << 16) | ((b[1] as u32) << 8) | b[2] as u32;
+        for i in 0..4 {
+            if i <= c.len() {
+                s.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                s.push('=');
+            }
+        }
+    }
+    s
+}
+
+impl EtcdTarget {
+    pub fn connect(addr: &str) -> Result<Self, String> {
+        let s = std::net::TcpStream::connect(addr).map_err(|e| format!("{addr}: {e}"))?;
+        s.set_nodelay(true).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| e.to_string())?;
+        Ok(EtcdTarget {
+            stream: std::io::BufReader::new(s),
+            host: addr.to_string(),
+            out: Vec::with_capacity(512),
+        })
+    }
+
+    fn post(&mut self, path: &str, body: &str) -> Result<(), String> {
+        use std::io::{BufRead, Read, Write};
+        self.out.clear();
+        self.out.extend_from_slice(
+            format!(
+                "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                self.host,
+                body.len()
+            )
+            .as_bytes(),
+        );
+        self.stream
+            .get_mut()
+            .write_all(&self.out)
+            .map_err(|_| "connection".to_string())?;
+        let mut line = String::new();
+        self.stream
+            .read_line(&mut line)
+            .map_err(|_| "connection".to_string())?;
+        let ok = line.split_whitespace().nth(1) == Some("200");
+        let mut len = 0usize;
+        loop {
+            line.clear();
+            self.stream
+                .read_line(&mut line)
+                .map_err(|_| "connection".to_string())?;
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0u8; len];
+        self.stream
+            .read_exact(&mut body)
+            .map_err(|_| "connection".to_string())?;
+        if ok {
+            Ok(())
+        } else {
+            Err("http error".into())
+        }
+    }
+}
+
+impl Target for EtcdTarget {
+    fn get(&mut self, key: &[u8]) -> Result<(), String> {
+        let body = format!("{{\"key\":\"{}\"}}", base64(key));
+        self.post("/v3/kv/range", &body)
+    }
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), String> {
+        let body = format!(
+            "{{\"key\":\"{}\",\"value\":\"{}\"}}",
+            base64(key),
+            base64(value)
+        );
+        self.post("/v3/kv/put", &body)
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct BenchConfig {
     pub clients: usize,
@@ -116,6 +305,18 @@ impl BenchResult {
                 .collect();
             println!("errors: {}", e.join(", "));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64_matches_rfc_4648() {
+        assert_eq!(super::base64(b""), "");
+        assert_eq!(super::base64(b"f"), "Zg==");
+        assert_eq!(super::base64(b"fo"), "Zm8=");
+        assert_eq!(super::base64(b"foo"), "Zm9v");
+        assert_eq!(super::base64(b"foobar"), "Zm9vYmFy");
     }
 }
 

@@ -45,8 +45,16 @@ enum Cmd {
     /// Closed-loop load: N clients doing reads and writes; prints throughput
     /// and latency percentiles.
     Bench {
-        /// The server's HOST:PORT.
+        /// The server's HOST:PORT (native), or a RESP endpoint (resp, resp-wait).
         server: String,
+        /// What to drive: native (DKV through the server), resp (any RESP
+        /// endpoint: a DKV node or Redis), resp-wait (SET then WAIT N: Redis
+        /// with synchronous replication), etcd (an etcd v3 JSON gateway).
+        #[arg(long, default_value = "native")]
+        target: String,
+        /// For resp-wait: how many replicas WAIT waits for.
+        #[arg(long, default_value_t = 2)]
+        wait: u32,
         /// Concurrent clients, one connection and thread each.
         #[arg(long, default_value_t = 32)]
         clients: usize,
@@ -98,6 +106,8 @@ fn main() -> ExitCode {
         Cmd::Status { server, json } => status(&server, json),
         Cmd::Bench {
             server,
+            target,
+            wait,
             clients,
             duration,
             ops,
@@ -124,9 +134,23 @@ fn main() -> ExitCode {
                 progress: !json,
                 fill,
             };
-            match dkv::bench::run(&cfg, |_| {
-                dkv::bench::NativeTarget::connect(&server).map_err(|e| e.to_string())
-            }) {
+            let res = match target.as_str() {
+                "native" => dkv::bench::run(&cfg, |_| {
+                    dkv::bench::NativeTarget::connect(&server).map_err(|e| e.to_string())
+                }),
+                "resp" => dkv::bench::run(&cfg, |_| dkv::bench::RespTarget::connect(&server, None)),
+                "resp-wait" => dkv::bench::run(&cfg, |_| {
+                    dkv::bench::RespTarget::connect(&server, Some(wait))
+                }),
+                "etcd" => dkv::bench::run(&cfg, |_| dkv::bench::EtcdTarget::connect(&server)),
+                other => {
+                    eprintln!(
+                        "dkv-client: --target must be native, resp, resp-wait or etcd, not '{other}'"
+                    );
+                    return ExitCode::from(exit::USAGE);
+                }
+            };
+            match res {
                 Ok(r) => {
                     if json {
                         println!("{}", r.to_json());
