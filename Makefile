@@ -14,7 +14,7 @@ ifeq ($(SERVER),)
 SERVER  := 127.0.0.1:12345
 endif
 
-.PHONY: build run-server run-node run-client demo test clean failover-bench soak durability-bench sim chaos bench-compare
+.PHONY: build run-server run-node run-client demo test clean failover-bench soak durability-bench sim chaos bench-compare bench
 
 build:
 	$(CARGO) build --release --bins
@@ -74,3 +74,7 @@ chaos:
 # DKV, Redis (primary + 2 replicas) and etcd (3 members) side by side.
 bench-compare: build
 	DURATION=$(or $(DURATION),5) MEMKEYS=$(or $(MEMKEYS),1000000) bash scripts/bench-compare.sh
+
+# The standard matrix on a local 3-node cluster; writes bench/results-<date>.json.
+bench: build
+	DURATION=$(or $(DURATION),5) bash scripts/bench.sh
