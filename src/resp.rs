@@ -7,6 +7,60 @@
 //! bounded by [`Limits`]; anything malformed is a [`RespError`] whose text is
 //! sent back as `-ERR Protocol error: ...` before the connection is closed.
 
+/// Serves one RESP connection: reads, answers every complete command with
+/// `handle` (the reply, and whether to close after it), and writes all the
+/// replies of one read at once, so pipelined clients get them batched.
+/// Returns at end of stream, on an IO error, when asked to close, when
+/// `stop()` says so, or after answering a protocol error (returned).
+pub fn serve(
+    stream: &std::net::TcpStream,
+    limits: Limits,
+    mut handle: impl FnMut(&[Vec<u8>]) -> (Reply, bool),
+    stop: impl Fn() -> bool,
+) -> Result<(), RespError> {
+    use std::io::{Read, Write};
+    let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut out = Vec::with_capacity(16 * 1024);
+    loop {
+        let n = match (&*stream).read(&mut chunk) {
+            Ok(0) | Err(_) => return Ok(()),
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let mut used = 0;
+        let mut close = false;
+        while !close {
+            match parse_command(&buf[used..], limits) {
+                Ok(Some((args, len))) => {
+                    used += len;
+                    if !args.is_empty() {
+                        let (reply, c) = handle(&args);
+                        reply.encode(&mut out);
+                        close = c;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    Reply::err(format!("ERR Protocol error: {}", e.0)).encode(&mut out);
+                    let _ = (&*stream).write_all(&out);
+                    return Err(e);
+                }
+            }
+        }
+        buf.drain(..used);
+        if !out.is_empty() {
+            if (&*stream).write_all(&out).is_err() {
+                return Ok(());
+            }
+            out.clear();
+        }
+        if close || stop() {
+            return Ok(());
+        }
+    }
+}
+
 /// A reply.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reply {

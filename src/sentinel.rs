@@ -8,11 +8,10 @@
 //! out (a failover is under way), which makes clients ask again.
 
 use crate::core::server::ServerCore;
-use crate::resp::{parse_command, Limits, Reply};
+use crate::resp::{Limits, Reply};
 use crate::types::Role;
 use crate::wire::{ClusterView, MemberInfo};
 use parking_lot::Mutex;
-use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -43,43 +42,15 @@ fn serve(core: &Mutex<ServerCore>, name: &str, stream: TcpStream) {
         max_args: 64,
         max_inline: 4096,
     };
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let mut out = Vec::new();
-    loop {
-        let n = match (&stream).read(&mut chunk) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
+    let answer = |args: &[Vec<u8>]| {
+        let (view, down) = {
+            let c = core.lock();
+            let now = Instant::now();
+            (c.view(now), c.lease_expired(now))
         };
-        buf.extend_from_slice(&chunk[..n]);
-        let mut used = 0;
-        loop {
-            match parse_command(&buf[used..], limits) {
-                Ok(Some((args, len))) => {
-                    used += len;
-                    if !args.is_empty() {
-                        let (view, down) = {
-                            let c = core.lock();
-                            let now = Instant::now();
-                            (c.view(now), c.lease_expired(now))
-                        };
-                        handle(&args, name, &view, down).encode(&mut out);
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    Reply::err(format!("ERR Protocol error: {}", e.0)).encode(&mut out);
-                    let _ = (&stream).write_all(&out);
-                    return;
-                }
-            }
-        }
-        buf.drain(..used);
-        if (&stream).write_all(&out).is_err() {
-            return;
-        }
-        out.clear();
-    }
+        (handle(args, name, &view, down), false)
+    };
+    let _ = crate::resp::serve(&stream, limits, answer, || false);
 }
 
 fn split(addr: &str) -> (String, String) {

@@ -11,11 +11,11 @@
 
 use super::requests::{finish, Begun, DataPath};
 use super::Shared;
-use crate::resp::{parse_command, Limits, Reply};
+use crate::resp::{Limits, Reply};
 use crate::types::Role;
 use crate::wire::{ErrorKind, Request, Response};
 use crate::{Client, ClientOptions, Error};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -75,50 +75,11 @@ impl Conn<'_> {
                 .max(self.sh.settings.max_key_bytes),
             ..Limits::default()
         };
-        let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
-        let mut chunk = vec![0u8; 64 * 1024];
-        let mut out = Vec::with_capacity(16 * 1024);
-        loop {
-            let n = match (&stream).read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => n,
-            };
-            buf.extend_from_slice(&chunk[..n]);
-            let mut used = 0;
-            let mut quit = false;
-            loop {
-                match parse_command(&buf[used..], limits) {
-                    Ok(Some((args, len))) => {
-                        used += len;
-                        if args.is_empty() {
-                            continue;
-                        }
-                        let (reply, close) = self.handle(&args);
-                        reply.encode(&mut out);
-                        if close {
-                            quit = true;
-                            break;
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        log::warn!("RESP client: protocol error: {}; closing", e.0);
-                        Reply::err(format!("ERR Protocol error: {}", e.0)).encode(&mut out);
-                        let _ = (&stream).write_all(&out);
-                        return;
-                    }
-                }
-            }
-            buf.drain(..used);
-            if !out.is_empty() {
-                if (&stream).write_all(&out).is_err() {
-                    return;
-                }
-                out.clear();
-            }
-            if quit || self.sh.stopping() {
-                return;
-            }
+        let sh = self.sh;
+        if let Err(e) =
+            crate::resp::serve(&stream, limits, |args| self.handle(args), || sh.stopping())
+        {
+            log::warn!("RESP client: protocol error: {}; closing", e.0);
         }
     }
 
