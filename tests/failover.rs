@@ -92,7 +92,7 @@ fn a_paused_coordinator_is_replaced_and_fenced_after_it_resumes() {
     // A client connection to the old coordinator, opened before the pause.
     let stale = raw_client(&old_addr);
 
-    signal(c.nodes[old].pid(), libc::SIGSTOP);
+    stop_process(c.nodes[old].pid());
     // Sent while it is paused: sits in the socket buffer.
     let put = Request::Put {
         key: b"ghost".to_vec(),

@@ -7,11 +7,11 @@
 
 use crate::config::NodeSettings;
 use crate::core::node::Serving;
-use crate::log::{AppendError, ReplLog};
+use crate::log::{AppendError, Outcome, ReplLog};
 use crate::store::Store;
 use crate::types::{Op, OpOutcome, Role};
 use crate::wire::{ErrorKind, Request, Response};
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::RecvTimeoutError;
 use std::time::Instant;
 
 /// The parts of a node a request touches.
@@ -25,7 +25,7 @@ pub struct DataPath<'a> {
 /// A request either answered at once, or a write waiting for its commit.
 pub enum Begun {
     Done(Response),
-    Wait(Receiver<OpOutcome>),
+    Wait(Outcome),
 }
 
 /// Whether this node may serve as coordinator at `now` (role and lease).

@@ -28,9 +28,9 @@ use crate::history::{self, History, KvOp};
 use crate::log::{Fetch, ReplLog};
 use crate::node::requests::{finish, Begun, DataPath};
 use crate::store::{Delta, Store};
-use crate::types::{Entry, Epoch, LogPos, NodeId, Op, OpOutcome, Role};
+use crate::types::{Entry, Epoch, LogPos, NodeId, Op, Role};
 use crate::wire::{FollowRequest, ReplMsg, Request, Response, ServerRequest, ServerResponse};
-use crossbeam_channel::{Receiver, TryRecvError};
+use crossbeam_channel::TryRecvError;
 use net::{Net, Rng};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
@@ -170,7 +170,7 @@ struct SimNode {
     rate: f64,
     follower: Option<StreamId>,
     snapshot: Option<(LogPos, Delta)>,
-    pending: Vec<(usize, u64, Receiver<OpOutcome>, LogPos)>,
+    pending: Vec<(usize, u64, crate::log::Outcome, LogPos)>,
     durable: bool,
     max_epoch: Epoch,
 }

@@ -363,6 +363,18 @@ pub fn signal(pid: i32, sig: i32) {
     assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
 }
 
+/// SIGSTOPs a process and waits until the kernel shows it stopped (the
+/// signal is delivered asynchronously).
+pub fn stop_process(pid: i32) {
+    signal(pid, libc::SIGSTOP);
+    wait_until("the process to be stopped", || {
+        std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
+            s.lines()
+                .any(|l| l.starts_with("State:") && l.contains("T (stopped)"))
+        })
+    });
+}
+
 /// Writer threads that write unique keys until stopped and remember every
 /// write that was acknowledged.
 pub struct Writers {
