@@ -91,8 +91,9 @@ impl ConnLimit {
         Some(ConnSlot(self.live.clone()))
     }
 
-    pub fn live(&self) -> usize {
-        self.live.load(Ordering::Acquire)
+    /// The limit this counter enforces.
+    pub fn max(&self) -> usize {
+        self.max
     }
 }
 

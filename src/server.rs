@@ -173,7 +173,7 @@ fn accept_loop(sh: Arc<Shared>, listener: TcpListener) {
         }
         let Ok(stream) = stream else { continue };
         let Some(slot) = sh.conns.try_acquire() else {
-            let (kind, message) = net::too_many(sh.conns.live());
+            let (kind, message) = net::too_many(sh.conns.max());
             let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
             let _ = wire::write_frame(&mut &stream, &ServerResponse::Error { kind, message });
             continue;
