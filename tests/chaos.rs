@@ -214,58 +214,52 @@ impl Cluster {
         format!("{}:{PORT}", self.net.ip(0))
     }
 
-    fn start_server(&mut self) {
+    /// Starts `bin args` inside host `i`'s namespace, logging to `log`.
+    fn spawn_in(&self, i: usize, bin: &str, args: &[String], log: &str) -> Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.join("server.log"))
+            .open(self.dir.join(log))
             .unwrap();
         let mut cmd = Command::new("ip");
         die_with_parent(&mut cmd);
-        let child = cmd
-            .args([
-                "netns",
-                "exec",
-                &self.net.ns(0),
-                env!("CARGO_BIN_EXE_dkv-server"),
-            ])
-            .arg("-c")
-            .arg(&self.config)
-            .args(["--listen", &self.server_addr()])
-            .arg("--state-file")
-            .arg(self.dir.join("server-state.json"))
+        cmd.args(["netns", "exec", &self.net.ns(i), bin])
+            .args(args)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .unwrap();
+            .unwrap()
+    }
+
+    fn start_server(&mut self) {
+        let args = [
+            "-c".to_string(),
+            self.config.display().to_string(),
+            "--listen".into(),
+            self.server_addr(),
+            "--state-file".into(),
+            self.dir.join("server-state.json").display().to_string(),
+        ];
+        let child = self.spawn_in(0, env!("CARGO_BIN_EXE_dkv-server"), &args, "server.log");
         self.server = Some(child);
     }
 
     fn start_node(&mut self, i: usize) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join(format!("node{i}.log")))
-            .unwrap();
-        let mut cmd = Command::new("ip");
-        die_with_parent(&mut cmd);
-        let child = cmd
-            .args([
-                "netns",
-                "exec",
-                &self.net.ns(i),
-                env!("CARGO_BIN_EXE_dkv-node"),
-            ])
-            .arg(self.server_addr())
-            .arg("-c")
-            .arg(&self.config)
-            .args(["--listen", &format!("{}:{PORT}", self.net.ip(i))])
-            .arg("--data-dir")
-            .arg(self.dir.join(format!("data{i}")))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let args = [
+            self.server_addr(),
+            "-c".into(),
+            self.config.display().to_string(),
+            "--listen".into(),
+            format!("{}:{PORT}", self.net.ip(i)),
+            "--data-dir".into(),
+            self.dir.join(format!("data{i}")).display().to_string(),
+        ];
+        let child = self.spawn_in(
+            i,
+            env!("CARGO_BIN_EXE_dkv-node"),
+            &args,
+            &format!("node{i}.log"),
+        );
         self.nodes[i - 1] = Some(child);
         self.paused[i - 1] = false;
     }

@@ -108,7 +108,15 @@ pub(super) fn fsync_loop(sh: Arc<Shared>, storage: Arc<Storage>) {
     };
     while !sh.stopping() {
         std::thread::sleep(every);
-        if let Err(e) = storage.wal.lock().sync() {
+        // Take a handle under the lock, force it outside: the wal thread keeps
+        // appending during the fsync. (After a rotation the old segment was
+        // already forced by the rotation itself.)
+        let handle = storage.wal.lock().file_handle();
+        let res = handle.and_then(|f| {
+            f.sync_data()
+                .map_err(|e| crate::Error::Storage(format!("fsync: {e}")))
+        });
+        if let Err(e) = res {
             log::error!("background fsync failed, this node accepts no more writes: {e}");
             sh.log.fail_storage(e.to_string());
             return;

@@ -1122,16 +1122,25 @@ impl Sim {
         );
     }
 
+    /// Tries the op again at a coordinator asked anew from the server.
     fn client_retry(&mut self, c: usize) {
+        self.client_resend(c, Duration::from_millis(20), true);
+    }
+
+    /// Sends the op again after `delay` (a marked attempt, so the timeout
+    /// event resends instead of timing out), unless its deadline passed.
+    fn client_resend(&mut self, c: usize, delay: Duration, forget_target: bool) {
         if self.now >= self.clients[c].deadline {
             self.client_done(c, None, false);
             return;
         }
-        self.clients[c].target = None;
+        if forget_target {
+            self.clients[c].target = None;
+        }
         self.clients[c].attempt += 1;
         let attempt = self.clients[c].attempt;
         self.at(
-            Duration::from_millis(20),
+            delay,
             Ev::ClientTimeout {
                 client: c,
                 attempt: attempt | (1 << 63),
@@ -1186,7 +1195,7 @@ impl Sim {
                     self.clients[c].target = None;
                 }
                 self.clients[c].sent = false;
-                self.client_retry_soon(c);
+                self.client_resend(c, Duration::from_millis(10), false);
             }
             Response::Error {
                 kind: crate::wire::ErrorKind::Timeout,
@@ -1198,25 +1207,9 @@ impl Sim {
             Response::Error { .. } | Response::Status(_) => {
                 self.clients[c].sent = false;
                 self.clients[c].target = None;
-                self.client_retry_soon(c);
+                self.client_resend(c, Duration::from_millis(10), false);
             }
         }
-    }
-
-    fn client_retry_soon(&mut self, c: usize) {
-        if self.now >= self.clients[c].deadline {
-            self.client_done(c, None, false);
-            return;
-        }
-        self.clients[c].attempt += 1;
-        let attempt = self.clients[c].attempt;
-        self.at(
-            Duration::from_millis(10),
-            Ev::ClientTimeout {
-                client: c,
-                attempt: attempt | (1 << 63),
-            },
-        );
     }
 
     /// Ends the client's op: `ret` when answered, `unknown` when a write's

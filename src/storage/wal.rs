@@ -301,10 +301,6 @@ impl Wal {
         }
         Ok(n)
     }
-
-    pub fn segment_count(&self) -> usize {
-        self.segments.len()
-    }
 }
 
 fn create_segment(seg: &Segment) -> Result<(File, u64)> {
