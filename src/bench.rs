@@ -23,9 +23,10 @@ pub trait Target: Send {
 pub struct NativeTarget(Client);
 
 impl NativeTarget {
-    pub fn connect(server: &str) -> Result<Self, Error> {
+    pub fn connect(server: &str, password: Option<Vec<u8>>) -> Result<Self, Error> {
         let opts = ClientOptions {
             op_timeout: Duration::from_secs(10),
+            password,
             ..Default::default()
         };
         Ok(NativeTarget(Client::with_options(server, opts)?))

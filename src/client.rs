@@ -20,7 +20,7 @@
 use crate::errors::{Error, Result};
 use crate::net;
 use crate::wire::{
-    self, ClusterView, ConnKind, NodeStatus, Request, Response, ServerRequest, ServerResponse,
+    self, ClusterView, ErrorKind, NodeStatus, Request, Response, ServerRequest, ServerResponse,
 };
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
@@ -34,6 +34,8 @@ pub struct ClientOptions {
     /// Checked before sending; the node checks its own limits again.
     pub max_key_bytes: usize,
     pub max_value_bytes: usize,
+    /// Sent first on every connection when set (the cluster's client password).
+    pub password: Option<Vec<u8>>,
 }
 
 impl Default for ClientOptions {
@@ -43,6 +45,7 @@ impl Default for ClientOptions {
             io_timeout: Duration::from_secs(6),
             max_key_bytes: 4 * 1024,
             max_value_bytes: 1024 * 1024,
+            password: None,
         }
     }
 }
@@ -129,7 +132,7 @@ impl Client {
 
     /// Asks one node directly for its own status.
     pub fn node_status(&self, addr: &str) -> Result<NodeStatus> {
-        let s = net::connect(addr, ConnKind::Client, self.opts.io_timeout)?;
+        let s = self.connect_node(addr)?;
         match net::call::<_, Response>(&s, &Request::Status, self.max_reply())? {
             Response::Status(st) => Ok(st),
             other => Err(unexpected(other)),
@@ -154,11 +157,51 @@ impl Client {
     }
 
     fn server_call(&self, req: &ServerRequest) -> Result<ServerResponse> {
-        let s =
-            net::connect(&self.server, ConnKind::Client, self.opts.io_timeout).map_err(|e| {
-                Error::Unavailable(format!("cannot reach the server at {}: {e}", self.server))
-            })?;
-        Ok(net::call(&s, req, wire::MAX_SERVER_FRAME)?)
+        let s = net::connect(&self.server, self.opts.io_timeout).map_err(|e| {
+            Error::Unavailable(format!("cannot reach the server at {}: {e}", self.server))
+        })?;
+        if let Some(p) = &self.opts.password {
+            let auth = ServerRequest::Auth {
+                password: p.clone(),
+            };
+            match net::call(&s, &auth, wire::MAX_SERVER_FRAME)? {
+                ServerResponse::Authenticated => {}
+                ServerResponse::Error { kind, message } => {
+                    return Err(Error::from_reply(kind, format!("server: {message}")))
+                }
+                other => {
+                    return Err(Error::Protocol(format!(
+                        "unexpected server reply {other:?}"
+                    )))
+                }
+            }
+        }
+        match net::call(&s, req, wire::MAX_SERVER_FRAME)? {
+            ServerResponse::Error {
+                kind: ErrorKind::AuthRequired | ErrorKind::AuthFailed,
+                message,
+            } => Err(Error::Auth(format!("server: {message}"))),
+            r => Ok(r),
+        }
+    }
+
+    /// Opens a connection to a node and authenticates it when a password is set.
+    fn connect_node(&self, addr: &str) -> Result<TcpStream> {
+        let s = net::connect(addr, self.opts.io_timeout)
+            .map_err(|e| Error::Unavailable(format!("cannot reach {addr}: {e}")))?;
+        if let Some(p) = &self.opts.password {
+            let auth = Request::Auth {
+                password: p.clone(),
+            };
+            match net::call(&s, &auth, 64 * 1024)? {
+                Response::Authenticated => {}
+                Response::Error { kind, message } => {
+                    return Err(Error::from_reply(kind, format!("{addr}: {message}")))
+                }
+                other => return Err(unexpected(other)),
+            }
+        }
+        Ok(s)
     }
 
     /// The coordinator's address according to the server.
@@ -176,8 +219,7 @@ impl Client {
 
     fn open(&mut self, addr: String) -> Result<()> {
         self.conn = None;
-        let stream = net::connect(&addr, ConnKind::Client, self.opts.io_timeout)
-            .map_err(|e| Error::Unavailable(format!("cannot reach {addr}: {e}")))?;
+        let stream = self.connect_node(&addr)?;
         self.conn = Some(Conn {
             addr,
             stream,

@@ -32,6 +32,15 @@ pub struct Config {
     /// The cluster's name for Sentinel clients.
     #[serde(default = "default_cluster_name")]
     pub cluster_name: String,
+    /// File holding the cluster secret shared by the server and every node
+    /// (at least 16 bytes; mode 600). `DKV_CLUSTER_SECRET` overrides it.
+    /// None: the cluster runs open (see README, Security).
+    #[serde(default)]
+    pub cluster_secret_file: Option<String>,
+    /// File holding the password clients must send (AUTH) before anything
+    /// else, at the server and at every node. `DKV_PASSWORD` overrides it.
+    #[serde(default)]
+    pub client_password_file: Option<String>,
     #[serde(default)]
     pub node_settings: NodeSettings,
     #[serde(flatten)]
@@ -105,6 +114,16 @@ pub struct NodeSettings {
     /// A client connection idle (ms) this long is closed.
     #[serde(default = "d_idle_timeout")]
     pub client_idle_timeout: u64,
+    /// Once the first byte of a request (or of a connection's handshake)
+    /// arrived, the whole of it must arrive within this many ms, or the
+    /// connection is closed: a client trickling bytes cannot hold a thread.
+    #[serde(default = "d_read_timeout")]
+    pub read_timeout: u64,
+    /// Bytes of keys and values (plus 64 bytes per key) the coordinator
+    /// holds before it refuses writes that add data with an out-of-memory
+    /// error (deletes still work). 0: no limit.
+    #[serde(default)]
+    pub max_memory: u64,
     /// How long (ms) a write may wait for replication before the client gets
     /// a Timeout error (outcome unknown).
     #[serde(default = "d_write_timeout")]
@@ -179,7 +198,7 @@ fn d_max_value() -> usize {
     1024 * 1024
 }
 fn d_max_connections() -> usize {
-    1024
+    10_000
 }
 fn d_log_retention() -> usize {
     100_000
@@ -189,6 +208,9 @@ fn d_batch_bytes() -> usize {
 }
 fn d_idle_timeout() -> u64 {
     300_000
+}
+fn d_read_timeout() -> u64 {
+    10_000
 }
 fn d_write_timeout() -> u64 {
     5_000
@@ -240,6 +262,13 @@ impl NodeSettings {
     }
     pub fn client_idle_timeout(&self) -> Duration {
         Duration::from_millis(self.client_idle_timeout)
+    }
+    /// Deadlines of a client connection.
+    pub fn client_deadlines(&self) -> crate::net::Deadlines {
+        crate::net::Deadlines {
+            idle: self.client_idle_timeout(),
+            request: Duration::from_millis(self.read_timeout),
+        }
     }
     pub fn fsync_interval(&self) -> Duration {
         Duration::from_millis(self.fsync_interval)
@@ -338,9 +367,10 @@ impl Config {
                     .into(),
             );
         }
-        if n.write_timeout == 0 || n.client_idle_timeout == 0 {
+        if n.write_timeout == 0 || n.client_idle_timeout == 0 || n.read_timeout == 0 {
             return Err(
-                "node-settings.write-timeout and client-idle-timeout must be positive".into(),
+                "node-settings.write-timeout, client-idle-timeout and read-timeout must be positive"
+                    .into(),
             );
         }
         Ok(())

@@ -20,6 +20,10 @@ pub enum Error {
     Indeterminate(String),
     #[error("the node refused the request: {0}")]
     Refused(String),
+    #[error("authentication failed: {0}")]
+    Auth(String),
+    #[error("{0}")]
+    OutOfMemory(String),
     #[error("protocol error: {0}")]
     Protocol(String),
     #[error("invalid configuration: {0}")]
@@ -43,6 +47,8 @@ impl Error {
             | ErrorKind::TooManyConnections
             | ErrorKind::VersionMismatch
             | ErrorKind::StorageFailed => Error::Refused(message),
+            ErrorKind::AuthRequired | ErrorKind::AuthFailed => Error::Auth(message),
+            ErrorKind::OutOfMemory => Error::OutOfMemory(message),
         }
     }
 }

@@ -2,14 +2,41 @@
 //! connect with a timeout, the handshake, one request/response call, and the
 //! per-process connection limit.
 
-use crate::wire::{self, ConnKind, ErrorKind, Hello, WireError};
+use crate::auth::{self, ClusterKey};
+use crate::wire::{self, ConnKind, ErrorKind, Hello, HelloReply, Opener, Sealer, WireError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use std::io;
+use std::io::{self, Read};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// Raises this process's open-file limit to its hard limit: every connection
+/// is a descriptor, and `max-connections` means nothing if the soft limit
+/// (often 1024) refuses them first. Returns the limit now in force.
+pub fn raise_fd_limit() -> u64 {
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let want = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                return want.rlim_cur;
+            }
+        }
+        lim.rlim_cur
+    }
+}
 
 /// Binds a TCP listener; the error names the address.
 pub fn listen(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
@@ -27,19 +54,25 @@ pub fn resolve(addr: &str) -> io::Result<SocketAddr> {
     })
 }
 
-/// Connects with a timeout, sets TCP_NODELAY and read/write timeouts, and
-/// sends the handshake.
-pub fn connect(addr: &str, kind: ConnKind, timeout: Duration) -> io::Result<TcpStream> {
+fn open(addr: &str, timeout: Duration) -> io::Result<TcpStream> {
     let sa = resolve(addr)?;
     let s = TcpStream::connect_timeout(&sa, timeout)?;
     s.set_nodelay(true)?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
-    wire::write_frame(&mut &s, &Hello::new(kind))?;
     Ok(s)
 }
 
-/// One request/response exchange on an open connection.
+/// Opens a client connection: connects with a timeout, sets TCP_NODELAY and
+/// read/write timeouts, and sends the handshake. Client connections carry
+/// plain frames; the client password, if any, is the first request.
+pub fn connect(addr: &str, timeout: Duration) -> io::Result<TcpStream> {
+    let s = open(addr, timeout)?;
+    wire::write_frame(&mut &s, &Hello::new(ConnKind::Client, auth::nonce()))?;
+    Ok(s)
+}
+
+/// One request/response exchange on a client connection (plain frames).
 pub fn call<Req: Serialize, Resp: DeserializeOwned>(
     s: &TcpStream,
     req: &Req,
@@ -49,12 +82,253 @@ pub fn call<Req: Serialize, Resp: DeserializeOwned>(
     wire::read_frame(&mut &*s, max_reply)
 }
 
-/// Reads and checks the handshake of an accepted connection.
-pub fn accept_hello(s: &TcpStream) -> Result<ConnKind, String> {
+/// An authenticated connection between cluster members.
+pub struct PeerConn {
+    pub stream: TcpStream,
+    pub tx: Sealer,
+    pub rx: Opener,
+}
+
+impl PeerConn {
+    /// One request/response exchange.
+    pub fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &mut self,
+        req: &Req,
+        max_reply: usize,
+    ) -> Result<Resp, WireError> {
+        self.tx.write(&mut &self.stream, req)?;
+        self.rx.read(&mut &self.stream, max_reply)
+    }
+}
+
+fn denied(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::PermissionDenied, msg)
+}
+
+/// Opens a peer connection (`kind` is not `Client`) and runs the handshake
+/// of [`crate::auth`]: the acceptor must prove it knows our cluster secret,
+/// and our frames prove that we do. Errors of kind `PermissionDenied` name a
+/// secret mismatch; they do not heal by retrying.
+pub fn connect_peer(
+    addr: &str,
+    kind: ConnKind,
+    timeout: Duration,
+    key: Option<&ClusterKey>,
+) -> io::Result<PeerConn> {
+    debug_assert!(kind.is_peer());
+    let s = open(addr, timeout)?;
+    let mine = auth::nonce();
+    let hello = Hello::new(kind, mine);
+    wire::write_frame(&mut &s, &hello)?;
+    let reply: HelloReply = wire::read_frame(&mut &s, wire::MAX_HELLO_FRAME)
+        .map_err(|e| io::Error::other(format!("handshake with {addr}: {e}")))?;
+    let theirs = match reply {
+        HelloReply::Refused { message, .. } => {
+            return Err(denied(format!("{addr} refused the connection: {message}")))
+        }
+        HelloReply::Accept { nonce, proof } => match (key, proof) {
+            (Some(k), Some(p)) if k.accept_proof_ok(&mine, &nonce, &p) => nonce,
+            (Some(_), Some(_)) => {
+                return Err(denied(format!(
+                    "{addr} does not know this cluster's secret (cluster secret mismatch)"
+                )))
+            }
+            (Some(_), None) => {
+                return Err(denied(format!(
+                    "{addr} runs without a cluster secret but this process has one"
+                )))
+            }
+            (None, Some(_)) => {
+                return Err(denied(format!(
+                "{addr} requires the cluster secret: set cluster-secret-file in the config or {}",
+                auth::SECRET_ENV
+            )))
+            }
+            (None, None) => nonce,
+        },
+    };
+    let (mut tx, rx) = match key {
+        Some(k) => {
+            let (to_acceptor, to_connector) = k.session(&mine, &theirs);
+            (
+                Sealer::new(Some(to_acceptor)),
+                Opener::new(Some(to_connector)),
+            )
+        }
+        None => (Sealer::plain(), Opener::plain()),
+    };
+    tx.write(&mut &s, &hello)?;
+    Ok(PeerConn { stream: s, tx, rx })
+}
+
+/// Why an accepted connection's handshake failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    /// The peer does not know the cluster secret (or tampered with the handshake).
+    #[error("peer failed cluster authentication (wrong or missing cluster secret)")]
+    AuthFailed,
+    #[error("{0}")]
+    Bad(String),
+}
+
+/// An accepted connection after its handshake.
+pub struct Accepted {
+    pub kind: ConnKind,
+    pub tx: Sealer,
+    pub rx: Opener,
+}
+
+/// Reads and checks the handshake of an accepted connection and, for a peer
+/// connection, answers it (see [`connect_peer`]).
+/// The handshake must complete within `r`'s request deadline.
+pub fn accept_hello(
+    s: &TcpStream,
+    r: &mut TimedStream<'_>,
+    key: Option<&ClusterKey>,
+) -> Result<Accepted, HandshakeError> {
+    use HandshakeError::{AuthFailed, Bad};
+    r.start_request();
     let hello: Hello =
-        wire::read_frame(&mut &*s, wire::MAX_HELLO_FRAME).map_err(|e| e.to_string())?;
-    hello.check()?;
-    Ok(hello.kind)
+        wire::read_frame(r, wire::MAX_HELLO_FRAME).map_err(|e| Bad(e.to_string()))?;
+    hello.check().map_err(Bad)?;
+    if !hello.kind.is_peer() {
+        return Ok(Accepted {
+            kind: hello.kind,
+            tx: Sealer::plain(),
+            rx: Opener::plain(),
+        });
+    }
+    let mine = auth::nonce();
+    let proof = key.map(|k| k.accept_proof(&hello.nonce, &mine));
+    wire::write_frame(&mut &*s, &HelloReply::Accept { nonce: mine, proof })
+        .map_err(|e| Bad(e.to_string()))?;
+    let (tx, mut rx) = match key {
+        Some(k) => {
+            let (to_acceptor, to_connector) = k.session(&hello.nonce, &mine);
+            (
+                Sealer::new(Some(to_connector)),
+                Opener::new(Some(to_acceptor)),
+            )
+        }
+        None => (Sealer::plain(), Opener::plain()),
+    };
+    // The connector proves it knows the secret, and that the Hello we read
+    // is the one it sent, before anything else happens on this connection.
+    let confirm: Hello = rx.read(r, wire::MAX_HELLO_FRAME).map_err(|e| match e {
+        WireError::Forged => AuthFailed,
+        e => Bad(e.to_string()),
+    })?;
+    if confirm != hello {
+        return Err(AuthFailed);
+    }
+    r.request_done();
+    Ok(Accepted {
+        kind: hello.kind,
+        tx,
+        rx,
+    })
+}
+
+/// How long a connection may stay silent between requests, and how long one
+/// request (or the handshake) may take to arrive once its first byte did.
+#[derive(Clone, Copy, Debug)]
+pub struct Deadlines {
+    pub idle: Duration,
+    pub request: Duration,
+}
+
+/// The reading side of an accepted connection, enforcing [`Deadlines`]: a
+/// client that trickles a request byte by byte (slowloris) is cut off once the
+/// request took longer than `request`, whatever its pace; one that says
+/// nothing is cut off after `idle`. The socket's own timeout stays fixed at
+/// the shorter of the two, so the common case costs no extra system call;
+/// limits are enforced with that granularity (at most one `request` late).
+pub struct TimedStream<'a> {
+    stream: &'a TcpStream,
+    deadlines: Deadlines,
+    /// When the first byte of the request being read arrived.
+    pending_since: Option<Instant>,
+    last_byte: Instant,
+}
+
+impl<'a> TimedStream<'a> {
+    pub fn new(stream: &'a TcpStream, deadlines: Deadlines) -> TimedStream<'a> {
+        let _ = stream.set_read_timeout(Some(deadlines.idle.min(deadlines.request)));
+        TimedStream {
+            stream,
+            deadlines,
+            pending_since: None,
+            last_byte: Instant::now(),
+        }
+    }
+
+    /// Starts the request deadline now, if no byte of a request is pending.
+    pub fn start_request(&mut self) {
+        self.pending_since.get_or_insert_with(Instant::now);
+    }
+
+    /// The request read so far was complete: the next byte starts a new one.
+    pub fn request_done(&mut self) {
+        self.pending_since = None;
+    }
+
+    pub fn set_idle(&mut self, idle: Duration) {
+        self.deadlines.idle = idle;
+        let _ = self
+            .stream
+            .set_read_timeout(Some(idle.min(self.deadlines.request)));
+    }
+
+    fn slow(&self) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "request not complete after read-timeout ({} ms); closing",
+                self.deadlines.request.as_millis()
+            ),
+        )
+    }
+}
+
+impl Read for TimedStream<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.stream.read(buf) {
+                Ok(n) => {
+                    let now = Instant::now();
+                    if n > 0 {
+                        self.last_byte = now;
+                        match self.pending_since {
+                            None => self.pending_since = Some(now),
+                            Some(t) if now - t > self.deadlines.request => return Err(self.slow()),
+                            Some(_) => {}
+                        }
+                    }
+                    return Ok(n);
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    match self.pending_since {
+                        Some(t) if t.elapsed() >= self.deadlines.request => return Err(self.slow()),
+                        Some(_) => {}
+                        None if self.last_byte.elapsed() >= self.deadlines.idle => {
+                            return Err(io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                format!("idle for {} ms; closing", self.deadlines.idle.as_millis()),
+                            ))
+                        }
+                        None => {}
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
 }
 
 /// Counts live connections against a limit.

@@ -12,19 +12,29 @@
 /// replies of one read at once, so pipelined clients get them batched.
 /// Returns at end of stream, on an IO error, when asked to close, when
 /// `stop()` says so, or after answering a protocol error (returned).
+/// A connection silent for `deadlines.idle`, or whose command is not complete
+/// `deadlines.request` after its first byte, is closed.
 pub fn serve(
     stream: &std::net::TcpStream,
     limits: Limits,
+    deadlines: crate::net::Deadlines,
     mut handle: impl FnMut(&[Vec<u8>]) -> (Reply, bool),
     stop: impl Fn() -> bool,
 ) -> Result<(), RespError> {
     use std::io::{Read, Write};
+    let mut reader = crate::net::TimedStream::new(stream, deadlines);
     let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut chunk = vec![0u8; 64 * 1024];
     let mut out = Vec::with_capacity(16 * 1024);
     loop {
-        let n = match (&*stream).read(&mut chunk) {
-            Ok(0) | Err(_) => return Ok(()),
+        let n = match reader.read(&mut chunk) {
+            Ok(0) => return Ok(()),
+            Err(e) => {
+                if e.kind() == std::io::ErrorKind::TimedOut {
+                    log::debug!("RESP client: {e}");
+                }
+                return Ok(());
+            }
             Ok(n) => n,
         };
         buf.extend_from_slice(&chunk[..n]);
@@ -49,6 +59,10 @@ pub fn serve(
             }
         }
         buf.drain(..used);
+        if buf.is_empty() {
+            // Nothing pending: the next byte starts a new command.
+            reader.request_done();
+        }
         if !out.is_empty() {
             if (&*stream).write_all(&out).is_err() {
                 return Ok(());
@@ -111,6 +125,43 @@ fn line(out: &mut Vec<u8>, tag: u8, body: &[u8]) {
             .map(|&b| if b == b'\r' || b == b'\n' { b' ' } else { b }),
     );
     out.extend_from_slice(b"\r\n");
+}
+
+/// The password in `AUTH [username] password` or in
+/// `HELLO protover AUTH username password`; `Err` holds the reply for a
+/// malformed command, `Ok(None)` means HELLO without AUTH. Only the user
+/// "default" exists.
+pub fn auth_password(args: &[Vec<u8>]) -> Result<Option<&[u8]>, Reply> {
+    let wrongpass = || Reply::err("WRONGPASS invalid username-password pair or user is disabled.");
+    let user_ok = |user: &[u8]| {
+        if user.eq_ignore_ascii_case(b"default") {
+            Ok(())
+        } else {
+            Err(wrongpass())
+        }
+    };
+    let is = |a: &[u8], b: &[u8]| a.eq_ignore_ascii_case(b);
+    if is(&args[0], b"AUTH") {
+        return match args.len() {
+            2 => Ok(Some(&args[1])),
+            3 => user_ok(&args[1]).map(|()| Some(args[2].as_slice())),
+            _ => Err(Reply::err(
+                "ERR wrong number of arguments for 'auth' command",
+            )),
+        };
+    }
+    // HELLO [protover [AUTH username password] [SETNAME clientname]]
+    let mut i = 2;
+    while i < args.len() {
+        if is(&args[i], b"AUTH") {
+            if i + 2 >= args.len() {
+                return Err(Reply::err("ERR Syntax error in HELLO option 'auth'"));
+            }
+            return user_ok(&args[i + 1]).map(|()| Some(args[i + 2].as_slice()));
+        }
+        i += if is(&args[i], b"SETNAME") { 2 } else { 1 };
+    }
+    Ok(None)
 }
 
 /// The answer to `HELLO [2]` (RESP2 only: `HELLO 3` gets `-NOPROTO`).

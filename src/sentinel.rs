@@ -22,21 +22,29 @@ pub(crate) fn accept_loop(
     name: String,
     listener: TcpListener,
     stop: Arc<AtomicBool>,
+    conns: crate::net::ConnLimit,
 ) {
     for stream in listener.incoming() {
         if stop.load(Ordering::Acquire) {
             break;
         }
         let Ok(stream) = stream else { continue };
+        let Some(slot) = conns.try_acquire() else {
+            let _ =
+                std::io::Write::write_all(&mut &stream, b"-ERR max number of clients reached\r\n");
+            continue;
+        };
         let (core, name) = (core.clone(), name.clone());
         let _ = std::thread::Builder::new()
             .name("sentinel-conn".into())
-            .spawn(move || serve(&core, &name, stream));
+            .spawn(move || {
+                let _slot = slot;
+                serve(&core, &name, stream)
+            });
     }
 }
 
 fn serve(core: &Mutex<ServerCore>, name: &str, stream: TcpStream) {
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(300)));
     let limits = Limits {
         max_bulk: 4096,
         max_args: 64,
@@ -50,7 +58,11 @@ fn serve(core: &Mutex<ServerCore>, name: &str, stream: TcpStream) {
         };
         (handle(args, name, &view, down), false)
     };
-    let _ = crate::resp::serve(&stream, limits, answer, || false);
+    let deadlines = crate::net::Deadlines {
+        idle: Duration::from_secs(300),
+        request: Duration::from_secs(10),
+    };
+    let _ = crate::resp::serve(&stream, limits, deadlines, answer, || false);
 }
 
 fn split(addr: &str) -> (String, String) {

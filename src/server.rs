@@ -4,12 +4,13 @@
 //! before the reply leaves, so nothing the server acknowledged is forgotten
 //! by a restart.
 
+use crate::auth::{AuthCounters, Security};
 use crate::config::NodeSettings;
 use crate::core::server::{DurableView, ServerCore};
 use crate::errors::{Error, Result};
 use crate::identity::write_atomic;
-use crate::net::{self, ConnLimit};
-use crate::wire::{self, ConnKind, ErrorKind, ServerRequest, ServerResponse, WireError};
+use crate::net::{self, ConnLimit, Deadlines, HandshakeError, TimedStream};
+use crate::wire::{self, AuthStats, ConnKind, ErrorKind, ServerRequest, ServerResponse, WireError};
 use parking_lot::Mutex;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -29,6 +30,8 @@ pub struct ServerOptions {
     pub sentinel_listen: Option<SocketAddr>,
     /// The name Sentinel clients ask for (`master_for('dkv')`).
     pub cluster_name: String,
+    /// Cluster secret and client password.
+    pub security: Security,
 }
 
 struct Shared {
@@ -36,6 +39,21 @@ struct Shared {
     state_file: Option<PathBuf>,
     shutdown: AtomicBool,
     conns: ConnLimit,
+    security: Security,
+    counters: AuthCounters,
+    deadlines: Deadlines,
+}
+
+impl Shared {
+    fn auth_stats(&self) -> AuthStats {
+        AuthStats {
+            cluster_secret: self.security.cluster_key.is_some(),
+            forged_beacons: 0,
+            replayed_beacons: 0,
+            rejected_peers: AuthCounters::get(&self.counters.rejected_peers),
+            failed_client_auth: AuthCounters::get(&self.counters.failed_auth),
+        }
+    }
 }
 
 pub struct Server {
@@ -71,7 +89,14 @@ impl Server {
             state_file: opts.state_file.clone(),
             shutdown: AtomicBool::new(false),
             conns: ConnLimit::new(opts.max_connections),
+            counters: AuthCounters::default(),
+            deadlines: Deadlines {
+                idle: Duration::from_secs(300),
+                request: Duration::from_millis(opts.settings.read_timeout),
+            },
+            security: opts.security.clone(),
         });
+        opts.security.warn_if_open("server");
         let sh = shared.clone();
         let accept = std::thread::Builder::new()
             .name("server-accept".into())
@@ -82,14 +107,15 @@ impl Server {
             Some(a) => {
                 let l = net::listen(a)?;
                 let sa = l.local_addr()?;
-                let (core, name, stop) = (
+                let (core, name, stop, conns) = (
                     shared.core.clone(),
                     opts.cluster_name.clone(),
                     Arc::new(AtomicBool::new(false)),
+                    shared.conns.clone(),
                 );
                 std::thread::Builder::new()
                     .name("sentinel-accept".into())
-                    .spawn(move || crate::sentinel::accept_loop(core, name, l, stop))
+                    .spawn(move || crate::sentinel::accept_loop(core, name, l, stop, conns))
                     .expect("spawn sentinel");
                 log::info!(
                     "sentinel discovery on {sa} for cluster '{}'",
@@ -194,11 +220,26 @@ fn serve(sh: &Shared, stream: TcpStream) {
         .map(|a| a.to_string())
         .unwrap_or_else(|_| "?".into());
     let _ = stream.set_nodelay(true);
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    match net::accept_hello(&stream) {
-        Ok(ConnKind::Client) => {}
-        Ok(other) => {
-            log::warn!("server connection from {peer}: unexpected kind {other:?}");
+    let mut reader = TimedStream::new(
+        &stream,
+        Deadlines {
+            idle: sh.deadlines.request,
+            ..sh.deadlines
+        },
+    );
+    let key = sh.security.cluster_key.as_ref();
+    let net::Accepted {
+        kind,
+        mut tx,
+        mut rx,
+    } = match net::accept_hello(&stream, &mut reader, key) {
+        Ok(a) => a,
+        Err(HandshakeError::AuthFailed) => {
+            AuthCounters::bump(&sh.counters.rejected_peers);
+            log::warn!(
+                "server connection from {peer} refused: {}",
+                HandshakeError::AuthFailed
+            );
             return;
         }
         Err(e) => {
@@ -207,15 +248,33 @@ fn serve(sh: &Shared, stream: TcpStream) {
             }
             return;
         }
-    }
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(300)));
+    };
+    let member = match kind {
+        ConnKind::Client => false,
+        ConnKind::Member => true,
+        other => {
+            log::warn!("server connection from {peer}: unexpected kind {other:?}");
+            return;
+        }
+    };
+    reader.set_idle(sh.deadlines.idle);
+    // A member proved the cluster secret; a client proves the password.
+    let mut authenticated = member || sh.security.password.is_none();
     loop {
-        let req: ServerRequest = match wire::read_frame(&mut &stream, wire::MAX_SERVER_FRAME) {
+        let req: ServerRequest = match rx.read(&mut reader, wire::MAX_SERVER_FRAME) {
             Ok(r) => r,
             Err(WireError::Closed) => return,
+            Err(WireError::Forged) => {
+                AuthCounters::bump(&sh.counters.rejected_peers);
+                log::warn!(
+                    "server connection from {peer}: {}; closing",
+                    WireError::Forged
+                );
+                return;
+            }
             Err(e @ (WireError::TooLarge { .. } | WireError::Malformed(_))) => {
                 log::warn!("server connection from {peer}: {e}; closing");
-                let _ = wire::write_frame(
+                let _ = tx.write(
                     &mut &stream,
                     &ServerResponse::Error {
                         kind: ErrorKind::BadRequest,
@@ -224,30 +283,73 @@ fn serve(sh: &Shared, stream: TcpStream) {
                 );
                 return;
             }
-            Err(_) => return,
-        };
-        let resp = {
-            let mut core = sh.core.lock();
-            let before = sh.state_file.as_ref().map(|_| core.durable().clone());
-            let (resp, changed) = core.handle(Instant::now(), req);
-            match (changed, before) {
-                (true, Some(before)) => match persist(sh, core.durable()) {
-                    Ok(()) => resp,
-                    Err(e) => {
-                        // Nothing the server could not store is acknowledged.
-                        log::error!("{e}");
-                        core.restore(before);
-                        ServerResponse::Error {
-                            kind: ErrorKind::Unavailable,
-                            message: format!("the server cannot store its state: {e}"),
-                        }
-                    }
-                },
-                _ => resp,
+            Err(e) => {
+                log::debug!("server connection from {peer}: {e}");
+                return;
             }
         };
-        if wire::write_frame(&mut &stream, &resp).is_err() {
+        reader.request_done();
+        let refusal = |kind, message: &str| ServerResponse::Error {
+            kind,
+            message: message.to_string(),
+        };
+        let resp = match req {
+            ServerRequest::Auth { password } => match &sh.security.password {
+                _ if member => ServerResponse::Authenticated,
+                None => refusal(
+                    ErrorKind::BadRequest,
+                    "AUTH sent but no client password is configured",
+                ),
+                Some(p) if p.matches(&password) => {
+                    authenticated = true;
+                    ServerResponse::Authenticated
+                }
+                Some(_) => {
+                    AuthCounters::bump(&sh.counters.failed_auth);
+                    log::warn!("server connection from {peer}: wrong client password");
+                    refusal(ErrorKind::AuthFailed, "invalid password")
+                }
+            },
+            req if req.is_member_only() && !member => refusal(
+                ErrorKind::AuthFailed,
+                "only cluster members may send this request (a Member connection, with the cluster secret when one is set)",
+            ),
+            _ if !authenticated => refusal(
+                ErrorKind::AuthRequired,
+                "authentication required: send the client password (AUTH) first",
+            ),
+            req => handle(sh, req),
+        };
+        if tx.write(&mut &stream, &resp).is_err() {
             return;
         }
+    }
+}
+
+fn handle(sh: &Shared, req: ServerRequest) -> ServerResponse {
+    let mut core = sh.core.lock();
+    let before = sh.state_file.as_ref().map(|_| core.durable().clone());
+    let (resp, changed) = core.handle(Instant::now(), req);
+    let resp = match (changed, before) {
+        (true, Some(before)) => match persist(sh, core.durable()) {
+            Ok(()) => resp,
+            Err(e) => {
+                // Nothing the server could not store is acknowledged.
+                log::error!("{e}");
+                core.restore(before);
+                ServerResponse::Error {
+                    kind: ErrorKind::Unavailable,
+                    message: format!("the server cannot store its state: {e}"),
+                }
+            }
+        },
+        _ => resp,
+    };
+    match resp {
+        ServerResponse::View(mut v) => {
+            v.auth = sh.auth_stats();
+            ServerResponse::View(v)
+        }
+        other => other,
     }
 }

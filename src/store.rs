@@ -22,6 +22,17 @@ pub struct StoreMeta {
     pub applied: LogPos,
     pub digest: u64,
     pub keys: u64,
+    /// Bytes of keys and values plus [`ENTRY_OVERHEAD`] per key: what
+    /// `max-memory` is checked against.
+    pub bytes: u64,
+}
+
+/// Bytes counted per key beyond its key and value: the map slot and the two
+/// buffers' headers and allocator rounding, roughly.
+pub const ENTRY_OVERHEAD: u64 = 64;
+
+fn pair_bytes(key: &[u8], value: &[u8]) -> i64 {
+    (key.len() + value.len()) as i64 + ENTRY_OVERHEAD as i64
 }
 
 pub struct Store {
@@ -49,6 +60,7 @@ pub fn pair_hash(key: &[u8], value: &[u8]) -> u64 {
 pub struct Delta {
     digest: u64,
     keys: i64,
+    bytes: i64,
 }
 
 impl Store {
@@ -83,6 +95,7 @@ impl Store {
                             .digest
                             .wrapping_sub(pair_hash(key, old))
                             .wrapping_add(h_new);
+                        delta.bytes += value.len() as i64 - old.len() as i64;
                         old.clear();
                         old.extend_from_slice(value);
                     }
@@ -90,6 +103,7 @@ impl Store {
                         shard.insert(key.clone(), value.clone());
                         delta.digest = delta.digest.wrapping_add(h_new);
                         delta.keys += 1;
+                        delta.bytes += pair_bytes(key, value);
                     }
                 }
                 OpOutcome::Written
@@ -99,6 +113,7 @@ impl Store {
                 if let Some(old) = &removed {
                     delta.digest = delta.digest.wrapping_sub(pair_hash(key, old));
                     delta.keys -= 1;
+                    delta.bytes -= pair_bytes(key, old);
                 }
                 OpOutcome::Deleted(removed.is_some())
             }
@@ -111,6 +126,7 @@ impl Store {
         m.applied = applied;
         m.digest = m.digest.wrapping_add(delta.digest);
         m.keys = (m.keys as i64 + delta.keys) as u64;
+        m.bytes = (m.bytes as i64 + delta.bytes) as u64;
     }
 
     /// Empties the map (before installing a snapshot).
@@ -122,6 +138,7 @@ impl Store {
             applied,
             digest: 0,
             keys: 0,
+            bytes: 0,
         };
     }
 

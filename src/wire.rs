@@ -11,6 +11,7 @@
 //! append-only: bincode encodes a variant by its index, so never reorder or
 //! remove a variant, only add new ones at the end.
 
+use crate::auth::{ClusterKey, Nonce, SessionKey, Tag, TAG_LEN};
 use crate::types::{Entry, Epoch, LogPos, NodeId, Role};
 use bincode::Options;
 use serde::de::DeserializeOwned;
@@ -21,7 +22,7 @@ use std::sync::Arc;
 /// "DKV1" — first field of every handshake and beacon.
 pub const MAGIC: u32 = 0x444B_5631;
 /// Bumped on any incompatible change of the messages below.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Largest beacon datagram we send or accept.
 pub const MAX_BEACON_BYTES: usize = 512;
 /// Largest frame on a server connection (views of large clusters fit easily).
@@ -37,6 +38,10 @@ pub enum WireError {
     TooLarge { len: usize, max: usize },
     #[error("malformed message: {0}")]
     Malformed(String),
+    /// The message's authentication tag is wrong: forged, replayed or
+    /// sent with another secret.
+    #[error("message authentication failed (wrong cluster secret, forged or replayed)")]
+    Forged,
     #[error("{0}")]
     Io(#[from] io::Error),
 }
@@ -124,6 +129,84 @@ pub fn read_frame<R: Read, T: DeserializeOwned>(r: &mut R, max: usize) -> Result
     decode(&body, max)
 }
 
+/// The sending half of a connection: frames carry an HMAC tag over a
+/// per-direction sequence number when the connection is authenticated
+/// (see [`crate::auth`]), and are plain frames otherwise.
+pub struct Sealer {
+    key: Option<SessionKey>,
+    seq: u64,
+}
+
+impl Sealer {
+    /// Plain frames, no tag.
+    pub fn plain() -> Sealer {
+        Sealer { key: None, seq: 0 }
+    }
+
+    pub fn new(key: Option<SessionKey>) -> Sealer {
+        Sealer { key, seq: 0 }
+    }
+
+    /// Appends one frame for `msg` to `buf`: length prefix, body, tag.
+    pub fn frame_into<T: Serialize + ?Sized>(&mut self, buf: &mut Vec<u8>, msg: &T) {
+        let start = buf.len();
+        encode_frame_into(buf, msg);
+        if let Some(k) = &self.key {
+            let tag = k.tag(self.seq, &buf[start + 4..]);
+            self.seq += 1;
+            buf.extend_from_slice(&tag);
+            let len = (buf.len() - start - 4) as u32;
+            buf[start..start + 4].copy_from_slice(&len.to_be_bytes());
+        }
+    }
+
+    /// Writes one frame with a single `write_all`.
+    pub fn write<W: Write, T: Serialize + ?Sized>(&mut self, w: &mut W, msg: &T) -> io::Result<()> {
+        let mut buf = Vec::with_capacity(64);
+        self.frame_into(&mut buf, msg);
+        w.write_all(&buf)?;
+        w.flush()
+    }
+}
+
+/// The receiving half matching [`Sealer`]: checks and strips the tag.
+pub struct Opener {
+    key: Option<SessionKey>,
+    seq: u64,
+}
+
+impl Opener {
+    pub fn plain() -> Opener {
+        Opener { key: None, seq: 0 }
+    }
+
+    pub fn new(key: Option<SessionKey>) -> Opener {
+        Opener { key, seq: 0 }
+    }
+
+    /// Reads, authenticates and decodes one frame whose body is at most `max` bytes.
+    pub fn read<R: Read, T: DeserializeOwned>(
+        &mut self,
+        r: &mut R,
+        max: usize,
+    ) -> Result<T, WireError> {
+        let Some(k) = &self.key else {
+            return read_frame(r, max);
+        };
+        let mut body = read_frame_bytes(r, max.saturating_add(TAG_LEN))?;
+        if body.len() < TAG_LEN {
+            return Err(WireError::Forged);
+        }
+        let tag: Tag = body[body.len() - TAG_LEN..].try_into().expect("tag length");
+        body.truncate(body.len() - TAG_LEN);
+        if !k.ok(self.seq, &body, &tag) {
+            return Err(WireError::Forged);
+        }
+        self.seq += 1;
+        decode(&body, max)
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Handshake
 // ---------------------------------------------------------------------------
@@ -134,14 +217,17 @@ pub struct Hello {
     pub magic: u32,
     pub version: u16,
     pub kind: ConnKind,
+    /// The connector's handshake nonce (used by peer connections).
+    pub nonce: Nonce,
 }
 
 impl Hello {
-    pub fn new(kind: ConnKind) -> Self {
+    pub fn new(kind: ConnKind, nonce: Nonce) -> Self {
         Hello {
             magic: MAGIC,
             version: PROTOCOL_VERSION,
             kind,
+            nonce,
         }
     }
 
@@ -167,6 +253,30 @@ pub enum ConnKind {
     Client,
     /// A replica asking the coordinator for the replication stream.
     Follow(FollowRequest),
+    /// A node talking to the server (registration, status, elections).
+    Member,
+}
+
+impl ConnKind {
+    /// Peer connections (node to node, node to server) are authenticated with
+    /// the cluster secret, and answered with a [`HelloReply`].
+    pub fn is_peer(&self) -> bool {
+        !matches!(self, ConnKind::Client)
+    }
+}
+
+/// The acceptor's answer to a peer connection's [`Hello`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HelloReply {
+    /// The acceptor's nonce and, when it has a cluster secret, its proof.
+    Accept {
+        nonce: Nonce,
+        proof: Option<Tag>,
+    },
+    Refused {
+        kind: ErrorKind,
+        message: String,
+    },
 }
 
 // ---------------------------------------------------------------------------
@@ -187,6 +297,10 @@ pub enum Request {
     },
     /// The node's own view of itself (role, epoch, log position, digest).
     Status,
+    /// The client password; required first when the node has one.
+    Auth {
+        password: Vec<u8>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -204,6 +318,8 @@ pub enum Response {
         kind: ErrorKind,
         message: String,
     },
+    /// The password was right; the connection may send anything now.
+    Authenticated,
 }
 
 /// Error classes a node or the server reports. Append-only.
@@ -227,6 +343,12 @@ pub enum ErrorKind {
     VersionMismatch,
     /// The node's storage failed; it accepts no writes.
     StorageFailed,
+    /// The connection must authenticate (client password) first.
+    AuthRequired,
+    /// Wrong password, or a peer without the right cluster secret.
+    AuthFailed,
+    /// The data reached `max-memory`; writes that add data are refused.
+    OutOfMemory,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -244,6 +366,21 @@ pub struct NodeStatus {
     pub applied: LogPos,
     pub digest: u64,
     pub keys: u64,
+    /// Bytes of data accounted against `max-memory` (0 in `max_memory`: no limit).
+    pub used_memory: u64,
+    pub max_memory: u64,
+    pub auth: AuthStats,
+}
+
+/// What the authentication layer refused since start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthStats {
+    /// True when a cluster secret is set.
+    pub cluster_secret: bool,
+    pub forged_beacons: u64,
+    pub replayed_beacons: u64,
+    pub rejected_peers: u64,
+    pub failed_client_auth: u64,
 }
 
 // ---------------------------------------------------------------------------
@@ -338,6 +475,21 @@ pub enum ServerRequest {
         epoch: Epoch,
         last: LogPos,
     },
+    /// The client password; required first when the server has one.
+    Auth { password: Vec<u8> },
+}
+
+impl ServerRequest {
+    /// Requests only a cluster member may send (on a `Member` connection).
+    pub fn is_member_only(&self) -> bool {
+        matches!(
+            self,
+            ServerRequest::Register { .. }
+                | ServerRequest::Status { .. }
+                | ServerRequest::SetIsr { .. }
+                | ServerRequest::RequestGrant { .. }
+        )
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -366,6 +518,7 @@ pub enum ServerResponse {
         kind: ErrorKind,
         message: String,
     },
+    Authenticated,
 }
 
 /// What the coordinator reports about one member.
@@ -385,6 +538,8 @@ pub struct ClusterView {
     /// Version of `isr` at the server; grows with every change.
     pub isr_version: u64,
     pub members: Vec<MemberInfo>,
+    /// What the server's authentication refused since it started.
+    pub auth: AuthStats,
 }
 
 impl ClusterView {
@@ -431,15 +586,38 @@ pub struct Beacon {
     pub last: LogPos,
     pub applied: LogPos,
     pub digest: u64,
+    /// Grows with every beacon `from` sends in this incarnation; with the
+    /// incarnation it lets receivers drop replayed beacons.
+    pub seq: u64,
 }
 
 impl Beacon {
-    pub fn encode(&self) -> Vec<u8> {
-        encode(self)
+    /// The datagram: the body, followed by its tag when there is a cluster key.
+    pub fn encode(&self, key: Option<&ClusterKey>) -> Vec<u8> {
+        let mut bytes = encode(self);
+        if let Some(k) = key {
+            let tag = k.beacon_tag(&bytes);
+            bytes.extend_from_slice(&tag);
+        }
+        bytes
     }
 
-    /// Parses a datagram; anything but a well-formed beacon of our version is an error.
-    pub fn decode(bytes: &[u8]) -> Result<Beacon, WireError> {
+    /// Parses a datagram; anything but a well-formed beacon of our version,
+    /// tagged with our cluster key when we have one, is an error.
+    pub fn decode(bytes: &[u8], key: Option<&ClusterKey>) -> Result<Beacon, WireError> {
+        let bytes = match key {
+            None => bytes,
+            Some(k) => {
+                if bytes.len() < TAG_LEN {
+                    return Err(WireError::Forged);
+                }
+                let (body, tag) = bytes.split_at(bytes.len() - TAG_LEN);
+                if !k.beacon_ok(body, tag) {
+                    return Err(WireError::Forged);
+                }
+                body
+            }
+        };
         let b: Beacon = decode(bytes, MAX_BEACON_BYTES)?;
         if b.magic != MAGIC || b.version != PROTOCOL_VERSION {
             return Err(WireError::Malformed(
@@ -523,7 +701,98 @@ mod tests {
 
     #[test]
     fn beacon_rejects_garbage() {
-        assert!(Beacon::decode(b"hello world").is_err());
-        assert!(Beacon::decode(&[0u8; 600]).is_err());
+        assert!(Beacon::decode(b"hello world", None).is_err());
+        assert!(Beacon::decode(&[0u8; 600], None).is_err());
+    }
+
+    fn beacon() -> Beacon {
+        Beacon {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            from: 3,
+            incarnation: 2,
+            epoch: 7,
+            role: Role::Replica,
+            last: LogPos::new(7, 10),
+            applied: LogPos::new(7, 9),
+            digest: 42,
+            seq: 5,
+        }
+    }
+
+    #[test]
+    fn beacon_tag_is_checked() {
+        let k = ClusterKey::new(b"0123456789abcdef");
+        let b = beacon();
+        let bytes = b.encode(Some(&k));
+        assert_eq!(Beacon::decode(&bytes, Some(&k)).unwrap(), b);
+        // Wrong secret, no tag, a flipped bit: all forged.
+        let other = ClusterKey::new(b"0123456789abcdeX");
+        assert!(matches!(
+            Beacon::decode(&bytes, Some(&other)),
+            Err(WireError::Forged)
+        ));
+        assert!(matches!(
+            Beacon::decode(&b.encode(None), Some(&k)),
+            Err(WireError::Forged)
+        ));
+        let mut flipped = bytes.clone();
+        flipped[4] ^= 1;
+        assert!(matches!(
+            Beacon::decode(&flipped, Some(&k)),
+            Err(WireError::Forged)
+        ));
+        // An open node refuses a tagged beacon (trailing bytes).
+        assert!(Beacon::decode(&bytes, None).is_err());
+    }
+
+    #[test]
+    fn sealed_frames_authenticate_order_and_content() {
+        let k = ClusterKey::new(b"0123456789abcdef");
+        let (c, a) = (crate::auth::nonce(), crate::auth::nonce());
+        let (to_acceptor, _) = k.session(&c, &a);
+        let mut tx = Sealer::new(Some(to_acceptor.clone()));
+        let mut buf = Vec::new();
+        tx.frame_into(&mut buf, &Request::Status);
+        let first = buf.len();
+        tx.frame_into(&mut buf, &Request::Get { key: b"k".to_vec() });
+
+        let mut rx = Opener::new(Some(to_acceptor.clone()));
+        let mut r = buf.as_slice();
+        assert_eq!(
+            rx.read::<_, Request>(&mut r, 1024).unwrap(),
+            Request::Status
+        );
+        assert!(matches!(
+            rx.read::<_, Request>(&mut r, 1024).unwrap(),
+            Request::Get { .. }
+        ));
+
+        // Replaying the first frame, or dropping it, fails the sequence.
+        let mut rx = Opener::new(Some(to_acceptor.clone()));
+        let mut replay = [&buf[..first], &buf[..first]].concat();
+        let mut r = replay.as_slice();
+        rx.read::<_, Request>(&mut r, 1024).unwrap();
+        assert!(matches!(
+            rx.read::<_, Request>(&mut r, 1024),
+            Err(WireError::Forged)
+        ));
+        let mut rx = Opener::new(Some(to_acceptor));
+        assert!(matches!(
+            rx.read::<_, Request>(&mut &buf[first..], 1024),
+            Err(WireError::Forged)
+        ));
+        // A flipped body bit.
+        replay[5] ^= 1;
+        let mut rx = Opener::new(Some(k.session(&c, &a).0));
+        assert!(matches!(
+            rx.read::<_, Request>(&mut replay.as_slice(), 1024),
+            Err(WireError::Forged)
+        ));
+        // A plain frame where a sealed one is expected.
+        let mut plain = Vec::new();
+        encode_frame_into(&mut plain, &Request::Status);
+        let mut rx = Opener::new(Some(k.session(&c, &a).0));
+        assert!(rx.read::<_, Request>(&mut plain.as_slice(), 1024).is_err());
     }
 }

@@ -37,7 +37,7 @@ fn send_raw(addr: &str, bytes: &[u8]) -> Vec<u8> {
 }
 
 fn hello(kind: ConnKind) -> Vec<u8> {
-    encode_frame(&wire_encode(&Hello::new(kind)))
+    encode_frame(&wire_encode(&Hello::new(kind, [7; 16])))
 }
 
 /// Every kind of bad TCP input we throw at a port that speaks the DKV framing.
@@ -55,12 +55,12 @@ fn tcp_attacks() -> Vec<(&'static str, Vec<u8>)> {
             h
         }),
         ("hello with bad magic", {
-            let mut h = Hello::new(ConnKind::Client);
+            let mut h = Hello::new(ConnKind::Client, [7; 16]);
             h.magic = 0x1234_5678;
             encode_frame(&wire_encode(&h))
         }),
         ("hello with future version", {
-            let mut h = Hello::new(ConnKind::Client);
+            let mut h = Hello::new(ConnKind::Client, [7; 16]);
             h.version = 999;
             encode_frame(&wire_encode(&h))
         }),
@@ -155,8 +155,9 @@ fn garbage_on_every_port_is_dropped_and_changes_nothing() {
             last: dkv::types::LogPos::new(1_000_000, 1),
             applied: dkv::types::LogPos::new(1_000_000, 1),
             digest: 0,
+            seq: 1,
         };
-        let _ = udp.send_to(&forged.encode(), &n.beacon_addr);
+        let _ = udp.send_to(&forged.encode(None), &n.beacon_addr);
     }
 
     // Still serving, same data, same epoch, no process died.

@@ -10,9 +10,10 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
-const USAGE: &str = "usage: client_proto [--timeout MS] SERVER_HOST:PORT CMD...
+const USAGE: &str = "usage: client_proto [--timeout MS] [--password PASS] SERVER_HOST:PORT CMD...
 commands:  R,key   read       W,key,value   write      D,key   delete      T,ms   sleep
-example:   client_proto 127.0.0.1:12345 W,colour,blue R,colour D,colour";
+example:   client_proto 127.0.0.1:12345 W,colour,blue R,colour D,colour
+password:  --password, or the DKV_PASSWORD environment variable (not shown by ps)";
 
 fn main() -> ExitCode {
     dkv::init_logging_quiet();
@@ -22,17 +23,29 @@ fn main() -> ExitCode {
         println!("{USAGE}");
         return ExitCode::SUCCESS;
     }
-    if args.first().is_some_and(|a| a == b"--timeout") {
-        let ms = args
-            .get(1)
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        match ms {
-            Some(ms) if ms > 0 => timeout = Duration::from_millis(ms),
-            _ => return usage("--timeout takes a positive number of milliseconds"),
+    let mut password = None;
+    loop {
+        if args.first().is_some_and(|a| a == b"--timeout") {
+            let ms = args
+                .get(1)
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            match ms {
+                Some(ms) if ms > 0 => timeout = Duration::from_millis(ms),
+                _ => return usage("--timeout takes a positive number of milliseconds"),
+            }
+            args.drain(..2);
+        } else if args.first().is_some_and(|a| a == b"--password") {
+            match args.get(1) {
+                Some(p) if !p.is_empty() => password = Some(p.clone()),
+                _ => return usage("--password takes the client password"),
+            }
+            args.drain(..2);
+        } else {
+            break;
         }
-        args.drain(..2);
     }
+    let password = password.or_else(|| dkv::auth::client_password(None));
     if args.is_empty() {
         return usage("no server address given");
     }
@@ -42,6 +55,7 @@ fn main() -> ExitCode {
     };
     let opts = ClientOptions {
         op_timeout: timeout,
+        password,
         ..ClientOptions::default()
     };
     let limits = Limits {

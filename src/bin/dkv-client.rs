@@ -10,8 +10,20 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(name = "dkv-client", version)]
 struct Args {
+    /// The cluster's client password, when it has one. Prefer the
+    /// DKV_PASSWORD environment variable: ps shows command lines.
+    #[arg(long, global = true, value_name = "PASS")]
+    password: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+/// Client options carrying the password from --password or DKV_PASSWORD.
+fn options(password: &Option<Vec<u8>>) -> dkv::ClientOptions {
+    dkv::ClientOptions {
+        password: password.clone(),
+        ..Default::default()
+    }
 }
 
 #[derive(Subcommand)]
@@ -97,13 +109,14 @@ enum Cmd {
 fn main() -> ExitCode {
     dkv::init_logging_quiet();
     let args = Args::parse();
+    let pw = dkv::auth::client_password(args.password);
     let res = match args.cmd {
         Cmd::Demo {
             server,
             keys,
             prefix,
-        } => demo(&server, keys, &prefix),
-        Cmd::Status { server, json } => status(&server, json),
+        } => demo(&server, &pw, keys, &prefix),
+        Cmd::Status { server, json } => status(&server, &pw, json),
         Cmd::Bench {
             server,
             target,
@@ -136,7 +149,8 @@ fn main() -> ExitCode {
             };
             let res = match target.as_str() {
                 "native" => dkv::bench::run(&cfg, |_| {
-                    dkv::bench::NativeTarget::connect(&server).map_err(|e| e.to_string())
+                    dkv::bench::NativeTarget::connect(&server, pw.clone())
+                        .map_err(|e| e.to_string())
                 }),
                 "resp" => dkv::bench::run(&cfg, |_| dkv::bench::RespTarget::connect(&server, None)),
                 "resp-wait" => dkv::bench::run(&cfg, |_| {
@@ -167,7 +181,7 @@ fn main() -> ExitCode {
             duration,
             key,
             json,
-        } => probe(&server, duration, &key, json),
+        } => probe(&server, &pw, duration, &key, json),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
@@ -181,8 +195,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn demo(server: &str, keys: usize, prefix: &str) -> Result<(), Error> {
-    let mut c = Client::connect(server)?;
+fn demo(server: &str, pw: &Option<Vec<u8>>, keys: usize, prefix: &str) -> Result<(), Error> {
+    let mut c = Client::with_options(server, options(pw))?;
     println!("writing {keys} keys");
     for i in 0..keys {
         let (k, v) = (format!("{prefix}-{i}"), format!("value-{i}"));
@@ -217,11 +231,17 @@ fn demo(server: &str, keys: usize, prefix: &str) -> Result<(), Error> {
     Ok(())
 }
 
-fn probe(server: &str, duration: f64, key: &str, json: bool) -> Result<(), Error> {
+fn probe(
+    server: &str,
+    pw: &Option<Vec<u8>>,
+    duration: f64,
+    key: &str,
+    json: bool,
+) -> Result<(), Error> {
     use std::time::{Duration, Instant};
     let opts = dkv::ClientOptions {
         op_timeout: Duration::from_secs(2),
-        ..Default::default()
+        ..options(pw)
     };
     let mut c = Client::with_options(server, opts)?;
     let start = Instant::now();
@@ -325,8 +345,8 @@ fn rows(c: &Client, view: &ClusterView) -> Vec<Row> {
         .collect()
 }
 
-fn status(server: &str, json: bool) -> Result<(), Error> {
-    let c = Client::connect(server)?;
+fn status(server: &str, pw: &Option<Vec<u8>>, json: bool) -> Result<(), Error> {
+    let c = Client::with_options(server, options(pw))?;
     let view = c.cluster_view()?;
     let rows = rows(&c, &view);
     if json {

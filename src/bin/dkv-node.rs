@@ -88,7 +88,15 @@ fn main() -> ExitCode {
             }
         }
     };
+    let security = match dkv::auth::Security::from_config(&cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("dkv-node: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let opts = NodeOptions {
+        security,
         resp_listen,
         server: args.server.unwrap_or_else(|| cfg.server_ip_port.clone()),
         listen,

@@ -60,7 +60,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let security = match dkv::auth::Security::from_config(&cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("dkv-server: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    dkv::net::raise_fd_limit();
     let opts = ServerOptions {
+        security,
         sentinel_listen,
         cluster_name: cfg.cluster_name.clone(),
         listen,

@@ -415,6 +415,7 @@ impl NodeCore {
             last: self.local.last,
             applied: self.local.applied,
             digest: self.local.digest,
+            seq: 0,
         }
     }
 
@@ -936,6 +937,7 @@ mod tests {
             isr: isr.to_vec(),
             isr_version: 0,
             members: ids.iter().map(|&i| member(i)).collect(),
+            auth: Default::default(),
         }
     }
 
@@ -1076,6 +1078,7 @@ mod tests {
             last: LogPos::ZERO,
             applied: LogPos::ZERO,
             digest: 7,
+            seq: 1,
         };
         core.handle(now, Input::Beacon(b.clone()));
         assert!(!core.peers.contains_key(&99));

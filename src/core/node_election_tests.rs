@@ -73,6 +73,7 @@ fn view(epoch: Epoch, coordinator: NodeId, isr: &[NodeId], ids: &[NodeId]) -> Cl
                 ..member(id)
             })
             .collect(),
+        auth: Default::default(),
     }
 }
 
@@ -87,6 +88,7 @@ fn beacon(from: NodeId, epoch: Epoch, role: Role, last: LogPos) -> Beacon {
         last,
         applied: last,
         digest: 0,
+        seq: 0,
     }
 }
 

@@ -118,6 +118,8 @@ impl ServerCore {
                 epoch,
                 last,
             } => self.grant(now, candidate, epoch, last),
+            // Checked by the connection before it reaches the core.
+            ServerRequest::Auth { .. } => (ServerResponse::Authenticated, false),
         }
     }
 
@@ -383,6 +385,7 @@ impl ServerCore {
             isr: self.view.isr.iter().copied().collect(),
             isr_version: self.view.isr_version,
             members,
+            auth: Default::default(),
         }
     }
 

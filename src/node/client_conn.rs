@@ -7,20 +7,22 @@
 
 use super::requests::{finish, Begun, DataPath};
 use super::Shared;
+use crate::auth::AuthCounters;
+use crate::net::TimedStream;
 use crate::wire::{self, ErrorKind, NodeStatus, Request, Response, WireError};
 use std::net::TcpStream;
 use std::time::Instant;
 
-pub(super) fn serve(sh: &Shared, stream: TcpStream, peer: &str) {
-    let _ = stream.set_read_timeout(Some(sh.settings.client_idle_timeout()));
+pub(super) fn serve(sh: &Shared, stream: &TcpStream, mut reader: TimedStream<'_>, peer: &str) {
     let max = sh.settings.max_client_frame();
     let mut out = Vec::with_capacity(256);
+    let mut authenticated = sh.security.password.is_none();
     loop {
-        let req: Request = match wire::read_frame(&mut &stream, max) {
+        let req: Request = match wire::read_frame(&mut reader, max) {
             Ok(r) => r,
             Err(WireError::Closed) => return,
             Err(e) if e.is_timeout() => {
-                log::debug!("client {peer} idle, closing");
+                log::debug!("client {peer}: {e}");
                 return;
             }
             Err(e @ (WireError::TooLarge { .. } | WireError::Malformed(_))) => {
@@ -33,7 +35,7 @@ pub(super) fn serve(sh: &Shared, stream: TcpStream, peer: &str) {
                         message: e.to_string(),
                     },
                 );
-                let _ = std::io::Write::write_all(&mut &stream, &out);
+                let _ = std::io::Write::write_all(&mut &*stream, &out);
                 return;
             }
             Err(e) => {
@@ -41,10 +43,35 @@ pub(super) fn serve(sh: &Shared, stream: TcpStream, peer: &str) {
                 return;
             }
         };
-        let resp = handle(sh, req);
+        reader.request_done();
+        let resp = match req {
+            Request::Auth { password } => match &sh.security.password {
+                None => Response::Error {
+                    kind: ErrorKind::BadRequest,
+                    message: "AUTH sent but no client password is configured".into(),
+                },
+                Some(p) if p.matches(&password) => {
+                    authenticated = true;
+                    Response::Authenticated
+                }
+                Some(_) => {
+                    AuthCounters::bump(&sh.counters.failed_auth);
+                    log::warn!("client {peer}: wrong password");
+                    Response::Error {
+                        kind: ErrorKind::AuthFailed,
+                        message: "invalid password".into(),
+                    }
+                }
+            },
+            _ if !authenticated => Response::Error {
+                kind: ErrorKind::AuthRequired,
+                message: "authentication required: send the client password (AUTH) first".into(),
+            },
+            req => handle(sh, req),
+        };
         out.clear();
         wire::encode_frame_into(&mut out, &resp);
-        if std::io::Write::write_all(&mut &stream, &out).is_err() {
+        if std::io::Write::write_all(&mut &*stream, &out).is_err() {
             return;
         }
         if sh.stopping() {
@@ -85,5 +112,8 @@ pub(super) fn status(sh: &Shared) -> NodeStatus {
         applied: meta.applied,
         digest: meta.digest,
         keys: meta.keys,
+        used_memory: meta.bytes,
+        max_memory: sh.settings.max_memory,
+        auth: sh.auth_stats(),
     }
 }

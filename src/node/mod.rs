@@ -19,21 +19,22 @@ mod replication;
 pub mod requests;
 mod resp_conn;
 
+use crate::auth::{AuthCounters, BeaconVerdict, ReplayGuard, Security};
 use crate::config::NodeSettings;
 use crate::core::node::{Action, Call, Input, LocalStatus, NodeCore, Serving};
 use crate::errors::{Error, Result};
 use crate::log::ReplLog;
-use crate::net::{self, ConnLimit};
+use crate::net::{self, ConnLimit, HandshakeError, PeerConn, TimedStream};
 use crate::storage::Storage;
 use crate::store::Store;
 use crate::types::NodeId;
-use crate::wire::{self, Beacon, ConnKind, ServerRequest, ServerResponse};
+use crate::wire::{self, AuthStats, Beacon, ConnKind, ServerRequest, ServerResponse, WireError};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use parking_lot::{Mutex, RwLock};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -53,6 +54,8 @@ pub struct NodeOptions {
     /// Where to serve RESP (the Redis protocol); `None` turns it off.
     pub resp_listen: Option<SocketAddr>,
     pub settings: NodeSettings,
+    /// Cluster secret and client password.
+    pub security: Security,
 }
 
 /// Position of the local data path, published for the control plane.
@@ -85,6 +88,10 @@ pub(crate) struct Shared {
     pub server: String,
     pub shutdown: AtomicBool,
     pub conns: ConnLimit,
+    pub security: Security,
+    pub counters: AuthCounters,
+    /// Sequence number of the next beacon this process sends.
+    pub beacon_seq: AtomicU64,
 }
 
 impl Shared {
@@ -98,6 +105,27 @@ impl Shared {
 
     pub fn stopping(&self) -> bool {
         self.shutdown.load(Ordering::Acquire)
+    }
+
+    pub fn auth_stats(&self) -> AuthStats {
+        let c = &self.counters;
+        AuthStats {
+            cluster_secret: self.security.cluster_key.is_some(),
+            forged_beacons: AuthCounters::get(&c.forged_beacons),
+            replayed_beacons: AuthCounters::get(&c.replayed_beacons),
+            rejected_peers: AuthCounters::get(&c.rejected_peers),
+            failed_client_auth: AuthCounters::get(&c.failed_auth),
+        }
+    }
+
+    /// Opens an authenticated connection to another cluster member.
+    pub fn connect_peer(
+        &self,
+        addr: &str,
+        kind: ConnKind,
+        timeout: Duration,
+    ) -> std::io::Result<PeerConn> {
+        net::connect_peer(addr, kind, timeout, self.security.cluster_key.as_ref())
     }
 }
 
@@ -129,6 +157,8 @@ impl Node {
 
     /// Binds, registers with the server and starts every thread.
     pub fn start(opts: NodeOptions) -> Result<Node> {
+        opts.security.warn_if_open("node");
+        net::raise_fd_limit();
         let listener = net::listen(opts.listen)?;
         let data_addr = listener.local_addr()?;
         let udp = bind_udp(data_addr)?;
@@ -192,6 +222,7 @@ impl Node {
             resp_advertise.clone(),
             last,
             &opts.settings,
+            &opts.security,
         )?;
         if let (Some(dir), Some(mut ident)) = (data_dir.as_ref(), identity) {
             ident.node_id = Some(id);
@@ -226,6 +257,9 @@ impl Node {
             shutdown: AtomicBool::new(false),
             conns: ConnLimit::new(settings.max_connections),
             settings,
+            security: opts.security.clone(),
+            counters: AuthCounters::default(),
+            beacon_seq: AtomicU64::new(1),
         });
 
         let (server_tx, server_rx) = bounded(64);
@@ -349,6 +383,7 @@ fn register(
     resp_addr: Option<String>,
     last: crate::types::LogPos,
     settings: &NodeSettings,
+    security: &Security,
 ) -> Result<(NodeId, crate::wire::ClusterView, Instant)> {
     let mut delay = Duration::from_millis(100);
     let mut last_err = String::new();
@@ -358,9 +393,17 @@ fn register(
             delay = (delay * 2).min(Duration::from_secs(2));
         }
         let sent = Instant::now();
-        let res = net::connect(server, ConnKind::Client, Duration::from_secs(2)).and_then(|s| {
-            net::call::<_, ServerResponse>(
-                &s,
+        let key = security.cluster_key.as_ref();
+        let conn = match net::connect_peer(server, ConnKind::Member, Duration::from_secs(2), key) {
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                return Err(Error::Refused(format!(
+                    "server {server} refused registration: {e}"
+                )))
+            }
+            other => other,
+        };
+        let res = conn.and_then(|mut c| {
+            c.call::<_, ServerResponse>(
                 &ServerRequest::Register {
                     node_id,
                     incarnation,
@@ -427,8 +470,9 @@ impl Driver {
         let sh = self.shared.clone();
         for a in actions {
             match a {
-                Action::SendBeacon { to, beacon } => {
-                    let bytes = beacon.encode();
+                Action::SendBeacon { to, mut beacon } => {
+                    beacon.seq = sh.beacon_seq.fetch_add(1, Ordering::Relaxed);
+                    let bytes = beacon.encode(sh.security.cluster_key.as_ref());
                     for addr in to {
                         match net::resolve(&addr) {
                             Ok(sa) => {
@@ -481,7 +525,7 @@ impl Driver {
 /// that is re-opened after any error.
 fn server_link(sh: Arc<Shared>, server: String, rx: Receiver<(Call, ServerRequest)>) {
     let timeout = (sh.settings.server_update_interval() * 2).max(Duration::from_millis(200));
-    let mut conn: Option<TcpStream> = None;
+    let mut conn: Option<PeerConn> = None;
     while !sh.stopping() {
         let (call, req) = match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(x) => x,
@@ -492,11 +536,12 @@ fn server_link(sh: Arc<Shared>, server: String, rx: Receiver<(Call, ServerReques
         let reply = (|| {
             if conn.is_none() {
                 conn = Some(
-                    net::connect(&server, ConnKind::Client, timeout).map_err(|e| e.to_string())?,
+                    sh.connect_peer(&server, ConnKind::Member, timeout)
+                        .map_err(|e| e.to_string())?,
                 );
             }
-            let s = conn.as_ref().expect("connected");
-            net::call::<_, ServerResponse>(s, &req, wire::MAX_SERVER_FRAME)
+            let c = conn.as_mut().expect("connected");
+            c.call::<_, ServerResponse>(&req, wire::MAX_SERVER_FRAME)
                 .map_err(|e| e.to_string())
         })();
         if reply.is_err() {
@@ -514,6 +559,8 @@ fn server_link(sh: Arc<Shared>, server: String, rx: Receiver<(Call, ServerReques
 
 fn beacon_rx(sh: Arc<Shared>, udp: UdpSocket) {
     let mut buf = [0u8; wire::MAX_BEACON_BYTES + 1];
+    let key = sh.security.cluster_key.clone();
+    let mut replay = ReplayGuard::new(4096);
     while !sh.stopping() {
         match udp.recv_from(&mut buf) {
             Ok((n, from)) => {
@@ -521,8 +568,27 @@ fn beacon_rx(sh: Arc<Shared>, udp: UdpSocket) {
                     log::warn!("oversized datagram ({n}+ bytes) from {from} dropped");
                     continue;
                 }
-                match Beacon::decode(&buf[..n]) {
-                    Ok(b) => sh.notify(Input::Beacon(b)),
+                match Beacon::decode(&buf[..n], key.as_ref()) {
+                    Ok(b) => match replay.check(b.from, b.incarnation, b.seq) {
+                        BeaconVerdict::Accept => sh.notify(Input::Beacon(b)),
+                        BeaconVerdict::Replayed => {
+                            let c = &sh.counters.replayed_beacons;
+                            AuthCounters::bump(c);
+                            log_sampled(AuthCounters::get(c), || {
+                                format!(
+                                    "replayed beacon claiming node {} from {from} dropped",
+                                    b.from
+                                )
+                            });
+                        }
+                    },
+                    Err(WireError::Forged) => {
+                        let c = &sh.counters.forged_beacons;
+                        AuthCounters::bump(c);
+                        log_sampled(AuthCounters::get(c), || {
+                            format!("forged beacon from {from} dropped (wrong or missing cluster secret)")
+                        });
+                    }
                     Err(e) => {
                         if !sh.stopping() {
                             log::warn!("bad datagram from {from} dropped: {e}")
@@ -540,6 +606,13 @@ fn beacon_rx(sh: Arc<Shared>, udp: UdpSocket) {
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
+    }
+}
+
+/// Logs the 1st, 10th, 100th, ... occurrence, so a flood cannot fill the log.
+fn log_sampled(count: u64, msg: impl FnOnce() -> String) {
+    if count.is_power_of_two() || count.is_multiple_of(1000) {
+        log::warn!("{} ({count} so far)", msg());
     }
 }
 
@@ -603,9 +676,25 @@ fn serve_connection(sh: Arc<Shared>, stream: TcpStream) {
         .map(|a| a.to_string())
         .unwrap_or_else(|_| "?".into());
     let _ = stream.set_nodelay(true);
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    let kind = match net::accept_hello(&stream) {
-        Ok(k) => k,
+    let deadlines = sh.settings.client_deadlines();
+    // Until the handshake is done, silence counts against the read timeout.
+    let mut reader = TimedStream::new(
+        &stream,
+        net::Deadlines {
+            idle: deadlines.request,
+            ..deadlines
+        },
+    );
+    let accepted = match net::accept_hello(&stream, &mut reader, sh.security.cluster_key.as_ref()) {
+        Ok(a) => a,
+        Err(e @ HandshakeError::AuthFailed) => {
+            let c = &sh.counters.rejected_peers;
+            AuthCounters::bump(c);
+            log_sampled(AuthCounters::get(c), || {
+                format!("connection from {peer} refused: {e}")
+            });
+            return;
+        }
         Err(e) => {
             if !sh.stopping() {
                 log::warn!("connection from {peer} dropped: bad handshake: {e}");
@@ -613,8 +702,14 @@ fn serve_connection(sh: Arc<Shared>, stream: TcpStream) {
             return;
         }
     };
-    match kind {
-        ConnKind::Client => client_conn::serve(&sh, stream, &peer),
-        ConnKind::Follow(req) => replication::feed(&sh, stream, req, &peer),
+    reader.set_idle(deadlines.idle);
+    match accepted.kind {
+        ConnKind::Client => client_conn::serve(&sh, &stream, reader, &peer),
+        ConnKind::Follow(req) => {
+            replication::feed(&sh, stream, req, &peer, accepted.tx, accepted.rx)
+        }
+        ConnKind::Member => {
+            log::warn!("connection from {peer}: a node does not serve Member connections")
+        }
     }
 }

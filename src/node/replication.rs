@@ -14,12 +14,12 @@
 //! thread applies what the coordinator reports committed.
 
 use super::Shared;
+use crate::auth::AuthCounters;
 use crate::core::node::Input;
 use crate::log::Fetch;
-use crate::net;
 use crate::store::Delta;
 use crate::types::{Epoch, LogPos, Op};
-use crate::wire::{self, ConnKind, FollowRequest, ReplAck, ReplMsg, WireError};
+use crate::wire::{ConnKind, FollowRequest, Opener, ReplAck, ReplMsg, Sealer, WireError};
 pub(super) use acker::Acker;
 use parking_lot::Mutex;
 use std::net::{Shutdown, TcpStream};
@@ -34,12 +34,19 @@ const IDLE_WAIT: Duration = Duration::from_millis(500);
 // Coordinator side
 // ---------------------------------------------------------------------------
 
-pub(super) fn feed(sh: &Arc<Shared>, stream: TcpStream, req: FollowRequest, peer: &str) {
+pub(super) fn feed(
+    sh: &Arc<Shared>,
+    stream: TcpStream,
+    req: FollowRequest,
+    peer: &str,
+    mut tx: Sealer,
+    mut rx: Opener,
+) {
     let id = req.node_id;
     let st = sh.log.state();
-    let refuse = |reason: String| {
+    let mut refuse = |reason: String| {
         log::info!("refusing replication stream to node {id} ({peer}): {reason}");
-        let _ = wire::write_frame(
+        let _ = tx.write(
             &mut &stream,
             &ReplMsg::Refused {
                 epoch: st.epoch,
@@ -98,13 +105,18 @@ pub(super) fn feed(sh: &Arc<Shared>, stream: TcpStream, req: FollowRequest, peer
         .name(format!("acks-{}-{id}", sh.id))
         .spawn(move || {
             loop {
-                match wire::read_frame::<_, ReplAck>(&mut &reader, max_ack) {
+                match rx.read::<_, ReplAck>(&mut &reader, max_ack) {
                     Ok(ack) => {
                         if sh2.log.on_ack(id, ack.last) {
                             sh2.notify(Input::FollowerCaughtUp(id));
                         }
                     }
                     Err(WireError::Closed) => break,
+                    Err(WireError::Forged) => {
+                        AuthCounters::bump(&sh2.counters.rejected_peers);
+                        log::warn!("acks from node {id}: {}; closing", WireError::Forged);
+                        break;
+                    }
                     Err(e) => {
                         log::debug!("acks from node {id}: {e}");
                         break;
@@ -114,7 +126,7 @@ pub(super) fn feed(sh: &Arc<Shared>, stream: TcpStream, req: FollowRequest, peer
             let _ = reader.shutdown(Shutdown::Both);
         });
 
-    let result = send_stream(sh, &stream, generation, snapshot_at, next);
+    let result = send_stream(sh, &stream, &mut tx, generation, snapshot_at, next);
     match &result {
         Ok(()) => log::info!("replication stream to node {id} ended"),
         Err(e) => log::info!("replication stream to node {id} ended: {e}"),
@@ -130,6 +142,7 @@ pub(super) fn feed(sh: &Arc<Shared>, stream: TcpStream, req: FollowRequest, peer
 fn send_stream(
     sh: &Shared,
     stream: &TcpStream,
+    tx: &mut Sealer,
     generation: u64,
     snapshot_at: Option<LogPos>,
     mut next: u64,
@@ -143,7 +156,7 @@ fn send_stream(
         Ok(())
     };
     if let Some(pos) = snapshot_at {
-        wire::encode_frame_into(&mut buf, &ReplMsg::SnapshotBegin { epoch, pos });
+        tx.frame_into(&mut buf, &ReplMsg::SnapshotBegin { epoch, pos });
         for shard in 0..sh.store.shard_count() {
             let mut pairs = sh.store.shard_pairs(shard);
             while !pairs.is_empty() {
@@ -157,7 +170,7 @@ fn send_stream(
                     n += 1;
                 }
                 let rest = pairs.split_off(n);
-                wire::encode_frame_into(&mut buf, &ReplMsg::SnapshotChunk { pairs });
+                tx.frame_into(&mut buf, &ReplMsg::SnapshotChunk { pairs });
                 w(&mut buf)?;
                 pairs = rest;
             }
@@ -165,7 +178,7 @@ fn send_stream(
                 return Err("shutting down".into());
             }
         }
-        wire::encode_frame_into(&mut buf, &ReplMsg::SnapshotEnd { epoch });
+        tx.frame_into(&mut buf, &ReplMsg::SnapshotEnd { epoch });
         w(&mut buf)?;
     }
     let mut sent_commit = None;
@@ -181,7 +194,7 @@ fn send_stream(
             } => {
                 next += entries.len() as u64;
                 sent_commit = Some(commit);
-                wire::encode_frame_into(
+                tx.frame_into(
                     &mut buf,
                     &ReplMsg::Append {
                         epoch,
@@ -270,23 +283,29 @@ fn run_follower(
     let st = sh.log.state();
     let last = st.last;
     let committed = sh.log.pos_at(st.commit).unwrap_or(st.base);
-    let stream = net::connect(
-        addr,
-        ConnKind::Follow(FollowRequest {
-            node_id: sh.id,
-            incarnation: sh.incarnation,
-            epoch,
-            last,
-            committed,
-        }),
-        Duration::from_secs(2),
-    )
-    .map_err(|e| {
-        *refused = e.kind() == std::io::ErrorKind::ConnectionRefused;
-        format!("cannot connect: {e}")
-    })?;
+    let conn = sh
+        .connect_peer(
+            addr,
+            ConnKind::Follow(FollowRequest {
+                node_id: sh.id,
+                incarnation: sh.incarnation,
+                epoch,
+                last,
+                committed,
+            }),
+            Duration::from_secs(2),
+        )
+        .map_err(|e| {
+            *refused = e.kind() == std::io::ErrorKind::ConnectionRefused;
+            format!("cannot connect: {e}")
+        })?;
+    let (stream, mut rx) = (conn.stream, conn.rx);
     *slot.lock() = Some(stream.try_clone().map_err(|e| e.to_string())?);
-    let _acker = sh.set_acker(stream.try_clone().map_err(|e| e.to_string())?, epoch);
+    let _acker = sh.set_acker(
+        stream.try_clone().map_err(|e| e.to_string())?,
+        conn.tx,
+        epoch,
+    );
     if stop.load(Ordering::Acquire) {
         return Ok(());
     }
@@ -300,7 +319,12 @@ fn run_follower(
     let max = sh.settings.max_repl_frame();
     let mut snapshot: Option<(LogPos, Delta, parking_lot::MutexGuard<'_, ()>)> = None;
     loop {
-        let msg: ReplMsg = wire::read_frame(&mut &stream, max).map_err(|e| e.to_string())?;
+        let msg: ReplMsg = rx.read(&mut &stream, max).map_err(|e| {
+            if matches!(e, WireError::Forged) {
+                AuthCounters::bump(&sh.counters.rejected_peers);
+            }
+            e.to_string()
+        })?;
         match msg {
             ReplMsg::SnapshotBegin { epoch: e, pos } => {
                 if e < epoch || snapshot.is_some() {
@@ -373,7 +397,7 @@ fn run_follower(
 mod acker {
     use super::super::Shared;
     use crate::types::{Epoch, LogPos};
-    use crate::wire::{self, ReplAck};
+    use crate::wire::{ReplAck, Sealer};
     use std::net::TcpStream;
 
     /// Where a replica sends its acknowledgements: the stream to the
@@ -381,6 +405,7 @@ mod acker {
     /// write-ahead log thread, which acknowledges once entries are persisted.
     pub struct Acker {
         pub stream: TcpStream,
+        pub tx: Sealer,
         pub epoch: Epoch,
     }
 
@@ -394,23 +419,23 @@ mod acker {
     }
 
     impl Shared {
-        pub(crate) fn set_acker(&self, stream: TcpStream, epoch: Epoch) -> AckerGuard<'_> {
-            *self.acker.lock() = Some(Acker { stream, epoch });
+        pub(crate) fn set_acker(
+            &self,
+            stream: TcpStream,
+            tx: Sealer,
+            epoch: Epoch,
+        ) -> AckerGuard<'_> {
+            *self.acker.lock() = Some(Acker { stream, tx, epoch });
             AckerGuard(self)
         }
 
         /// Acknowledges `last` to the coordinator, if following one.
         pub(crate) fn send_ack(&self, last: LogPos) {
             let mut g = self.acker.lock();
-            if let Some(a) = g.as_ref() {
-                let mut buf = Vec::with_capacity(32);
-                wire::encode_frame_into(
-                    &mut buf,
-                    &ReplAck {
-                        epoch: a.epoch,
-                        last,
-                    },
-                );
+            if let Some(a) = g.as_mut() {
+                let mut buf = Vec::with_capacity(64);
+                let epoch = a.epoch;
+                a.tx.frame_into(&mut buf, &ReplAck { epoch, last });
                 if std::io::Write::write_all(&mut &a.stream, &buf).is_err() {
                     *g = None; // the follower thread notices the broken stream
                 }

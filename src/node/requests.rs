@@ -55,6 +55,24 @@ impl DataPath<'_> {
         Ok(())
     }
 
+    /// The out-of-memory refusal, when the data reached `max-memory`.
+    fn over_max_memory(&self) -> Option<Response> {
+        let max = self.settings.max_memory;
+        if max == 0 {
+            return None;
+        }
+        let used = self.store.meta().bytes;
+        (used >= max).then(|| {
+            error(
+                ErrorKind::OutOfMemory,
+                format!(
+                    "out of memory: the data uses {used} bytes and max-memory is {max}; \
+                     writes that add data are refused, reads and deletes still work"
+                ),
+            )
+        })
+    }
+
     fn not_coordinator(&self) -> Response {
         Response::NotCoordinator {
             epoch: self.serving.epoch,
@@ -94,6 +112,9 @@ impl DataPath<'_> {
                         ),
                     ));
                 }
+                if let Some(r) = self.over_max_memory() {
+                    return Begun::Done(r);
+                }
                 Op::Put { key, value }
             }
             Request::Delete { key } => {
@@ -102,8 +123,8 @@ impl DataPath<'_> {
                 }
                 Op::Delete { key }
             }
-            Request::Status => {
-                return Begun::Done(error(ErrorKind::BadRequest, "status is not a data request"))
+            Request::Status | Request::Auth { .. } => {
+                return Begun::Done(error(ErrorKind::BadRequest, "not a data request"))
             }
         };
         if !is_serving_coordinator(self.serving, now) {

@@ -39,6 +39,8 @@ pub(super) fn accept_loop(sh: Arc<Shared>, listener: TcpListener) {
                     sh: &sh2,
                     forward: None,
                     name: None,
+                    authenticated: sh2.security.password.is_none(),
+                    password: None,
                 }
                 .serve(stream);
             });
@@ -50,6 +52,9 @@ struct Conn<'a> {
     /// Replica side: a client to the coordinator, opened on first use.
     forward: Option<Client>,
     name: Option<Vec<u8>>,
+    authenticated: bool,
+    /// The password this client authenticated with, for forwarding.
+    password: Option<Vec<u8>>,
 }
 
 fn upper(b: &[u8]) -> String {
@@ -66,7 +71,6 @@ fn wrong_args(cmd: &str) -> Reply {
 impl Conn<'_> {
     fn serve(mut self, stream: TcpStream) {
         let _ = stream.set_nodelay(true);
-        let _ = stream.set_read_timeout(Some(self.sh.settings.client_idle_timeout()));
         let limits = Limits {
             max_bulk: self
                 .sh
@@ -76,17 +80,67 @@ impl Conn<'_> {
             ..Limits::default()
         };
         let sh = self.sh;
-        if let Err(e) =
-            crate::resp::serve(&stream, limits, |args| self.handle(args), || sh.stopping())
-        {
+        let deadlines = sh.settings.client_deadlines();
+        if let Err(e) = crate::resp::serve(
+            &stream,
+            limits,
+            deadlines,
+            |args| self.handle(args),
+            || sh.stopping(),
+        ) {
             log::warn!("RESP client: protocol error: {}; closing", e.0);
         }
     }
 
     /// One command; the flag closes the connection after the reply.
+    /// AUTH, or HELLO with AUTH: checks the password.
+    fn auth(&mut self, args: &[Vec<u8>]) -> Option<Reply> {
+        let password = match crate::resp::auth_password(args) {
+            Err(reply) => return Some(reply),
+            Ok(None) => return None,
+            Ok(Some(p)) => p,
+        };
+        let Some(expected) = &self.sh.security.password else {
+            return Some(Reply::err(
+                "ERR AUTH <password> called without any password configured for the default user. \
+                 Are you sure your configuration is correct?",
+            ));
+        };
+        if expected.matches(password) {
+            self.authenticated = true;
+            self.password = Some(password.to_vec());
+            self.forward = None;
+            None
+        } else {
+            crate::auth::AuthCounters::bump(&self.sh.counters.failed_auth);
+            log::warn!("RESP client: wrong password");
+            Some(Reply::err(
+                "WRONGPASS invalid username-password pair or user is disabled.",
+            ))
+        }
+    }
+
     fn handle(&mut self, args: &[Vec<u8>]) -> (Reply, bool) {
         let cmd = upper(&args[0]);
         let n = args.len();
+        if cmd == "AUTH" {
+            return (self.auth(args).unwrap_or_else(Reply::ok), false);
+        }
+        if cmd == "HELLO" {
+            if let Some(refusal) = self.auth(args) {
+                return (refusal, false);
+            }
+        }
+        if !self.authenticated && cmd != "QUIT" {
+            let msg = if cmd == "HELLO" {
+                "NOAUTH HELLO must be called with the client already authenticated, otherwise the \
+                 HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and \
+                 select the RESP protocol version at the same time"
+            } else {
+                "NOAUTH Authentication required."
+            };
+            return (Reply::err(msg), false);
+        }
         let reply = match cmd.as_str() {
             "PING" => match n {
                 1 => Reply::Simple("PONG".into()),
@@ -234,6 +288,7 @@ impl Conn<'_> {
                 io_timeout: Duration::from_secs(3),
                 max_key_bytes: self.sh.settings.max_key_bytes,
                 max_value_bytes: self.sh.settings.max_value_bytes,
+                password: self.password.clone(),
             };
             match Client::with_options(&self.sh.server, opts) {
                 Ok(c) => self.forward = Some(c),
@@ -247,7 +302,7 @@ impl Conn<'_> {
                 .map(|v| v.map(Reply::Bulk).unwrap_or(Reply::Nil)),
             Request::Put { key, value } => c.put(&key, &value).map(|()| Reply::ok()),
             Request::Delete { key } => c.delete(&key).map(|e| Reply::Int(e as i64)),
-            Request::Status => Ok(Reply::err("ERR not a data request")),
+            Request::Status | Request::Auth { .. } => Ok(Reply::err("ERR not a data request")),
         };
         res.unwrap_or_else(|e| client_error(&e))
     }
@@ -295,6 +350,28 @@ impl Conn<'_> {
             );
             out += &format!("slave_repl_offset:{}\r\n", meta.applied.index);
         }
+        out += "\r\n# Memory\r\n";
+        out += &format!("used_memory:{}\r\n", meta.bytes);
+        out += &format!("maxmemory:{}\r\n", self.sh.settings.max_memory);
+        out += "maxmemory_policy:noeviction\r\n";
+        let a = self.sh.auth_stats();
+        out += "\r\n# Security\r\n";
+        out += &format!(
+            "dkv_cluster_secret:{}\r\n",
+            if a.cluster_secret { "yes" } else { "no" }
+        );
+        out += &format!(
+            "dkv_client_password:{}\r\n",
+            if self.sh.security.password.is_some() {
+                "yes"
+            } else {
+                "no"
+            }
+        );
+        out += &format!("dkv_forged_beacons:{}\r\n", a.forged_beacons);
+        out += &format!("dkv_replayed_beacons:{}\r\n", a.replayed_beacons);
+        out += &format!("dkv_rejected_peers:{}\r\n", a.rejected_peers);
+        out += &format!("dkv_failed_client_auth:{}\r\n", a.failed_client_auth);
         out += "\r\n# Keyspace\r\n";
         if meta.keys > 0 {
             out += &format!("db0:keys={},expires=0,avg_ttl=0\r\n", meta.keys);
@@ -312,10 +389,11 @@ fn to_reply(r: Response) -> Reply {
         Response::NotCoordinator { .. } => {
             Reply::err("TRYAGAIN no coordinator could serve the request; retry")
         }
-        Response::Status(_) => Reply::err("ERR not a data request"),
+        Response::Status(_) | Response::Authenticated => Reply::err("ERR not a data request"),
         Response::Error { kind, message } => Reply::err(match kind {
             ErrorKind::Unavailable => format!("TRYAGAIN {message}"),
             ErrorKind::NotEnoughReplicas => format!("NOREPLICAS {message}"),
+            ErrorKind::OutOfMemory => format!("OOM {message}"),
             _ => format!("ERR {message}"),
         }),
     }
@@ -325,6 +403,7 @@ fn client_error(e: &Error) -> Reply {
     match e {
         Error::Unavailable(m) => Reply::err(format!("TRYAGAIN no coordinator reachable: {m}")),
         Error::NotEnoughReplicas(m) => Reply::err(format!("NOREPLICAS {m}")),
+        Error::OutOfMemory(m) => Reply::err(format!("OOM {m}")),
         other => Reply::err(format!("ERR {other}")),
     }
 }

@@ -1204,7 +1204,7 @@ impl Sim {
                 let _ = op;
                 self.client_done(c, None, true)
             }
-            Response::Error { .. } | Response::Status(_) => {
+            Response::Error { .. } | Response::Status(_) | Response::Authenticated => {
                 self.clients[c].sent = false;
                 self.clients[c].target = None;
                 self.client_resend(c, Duration::from_millis(10), false);

@@ -4,7 +4,7 @@
 
 #![allow(dead_code)]
 
-use dkv::wire::{self, ClusterView, ConnKind, NodeStatus, Request, Response};
+use dkv::wire::{self, ClusterView, NodeStatus, Request, Response};
 use dkv::{Client, ClientOptions};
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
@@ -69,6 +69,22 @@ pub struct Cluster {
     pub server: Proc,
     pub nodes: Vec<Proc>,
     next_log: usize,
+    /// The client password the cluster requires, if any.
+    pub password: Option<Vec<u8>>,
+}
+
+/// A cluster secret and client password for [`Cluster::start_secured`].
+#[derive(Clone, Copy, Default)]
+pub struct Secrets<'a> {
+    pub cluster_secret: Option<&'a str>,
+    pub password: Option<&'a str>,
+}
+
+/// Writes a secret file readable by its owner only, as the nodes require.
+pub fn write_secret(path: &Path, secret: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, format!("{secret}\n")).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
 /// Test defaults: the shipped defaults, written out so a test can override keys.
@@ -144,12 +160,33 @@ fn spawn(bin: &str, args: &[&str], log: &Path) -> (Child, String) {
 impl Cluster {
     /// A server and `n` nodes with the given node-settings overrides.
     pub fn start(name: &str, n: usize, settings: serde_json::Value) -> Cluster {
+        Self::start_secured(name, n, settings, Secrets::default())
+    }
+
+    /// A cluster whose config names a cluster secret file and a client
+    /// password file (written into the test directory).
+    pub fn start_secured(
+        name: &str,
+        n: usize,
+        settings: serde_json::Value,
+        secrets: Secrets,
+    ) -> Cluster {
         let dir = temp_dir(name);
         let config = dir.join("config.json");
-        let cfg = serde_json::json!({
+        let mut cfg = serde_json::json!({
             "server-ip-port": "127.0.0.1:0",
             "node-settings": settings,
         });
+        if let Some(secret) = secrets.cluster_secret {
+            let f = dir.join("cluster.secret");
+            write_secret(&f, secret);
+            cfg["cluster-secret-file"] = f.to_str().unwrap().into();
+        }
+        if let Some(pw) = secrets.password {
+            let f = dir.join("client.password");
+            write_secret(&f, pw);
+            cfg["client-password-file"] = f.to_str().unwrap().into();
+        }
         std::fs::write(&config, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
         let server = Self::start_server_at(&dir, &config, "127.0.0.1:0", 0);
         let mut c = Cluster {
@@ -158,6 +195,7 @@ impl Cluster {
             server,
             nodes: Vec::new(),
             next_log: 0,
+            password: secrets.password.map(|p| p.as_bytes().to_vec()),
         };
         for _ in 0..n {
             c.add_node();
@@ -277,10 +315,15 @@ impl Cluster {
     }
 
     pub fn client(&self) -> Client {
-        Client::connect(&self.server.addr).expect("client connects")
+        self.client_with(ClientOptions::default())
     }
 
+    /// A client with `opts`, carrying the cluster's password.
     pub fn client_with(&self, opts: ClientOptions) -> Client {
+        let opts = ClientOptions {
+            password: opts.password.or_else(|| self.password.clone()),
+            ..opts
+        };
         Client::with_options(&self.server.addr, opts).expect("client connects")
     }
 
@@ -289,7 +332,10 @@ impl Cluster {
     }
 
     pub fn status(&self, i: usize) -> dkv::Result<NodeStatus> {
-        node_status(&self.nodes[i].addr)
+        match &self.password {
+            None => node_status(&self.nodes[i].addr),
+            Some(_) => self.client().node_status(&self.nodes[i].addr),
+        }
     }
 
     /// Index of the node that is coordinator according to the server.
@@ -489,7 +535,7 @@ pub fn wait_for_progress(server: &str, probe_key: &str) {
 }
 
 pub fn node_status(addr: &str) -> dkv::Result<NodeStatus> {
-    let s = dkv::net::connect(addr, ConnKind::Client, Duration::from_secs(2))?;
+    let s = dkv::net::connect(addr, Duration::from_secs(2))?;
     match dkv::net::call::<_, Response>(&s, &Request::Status, 1 << 20)? {
         Response::Status(st) => Ok(st),
         other => Err(dkv::Error::Protocol(format!("{other:?}"))),
@@ -498,7 +544,7 @@ pub fn node_status(addr: &str) -> dkv::Result<NodeStatus> {
 
 /// A raw connection to a node that has sent the client handshake.
 pub fn raw_client(addr: &str) -> TcpStream {
-    dkv::net::connect(addr, ConnKind::Client, Duration::from_secs(5)).unwrap()
+    dkv::net::connect(addr, Duration::from_secs(5)).unwrap()
 }
 
 pub fn raw_call(s: &TcpStream, req: &Request) -> Response {
