@@ -313,6 +313,8 @@ struct Row {
     digest: u64,
     keys: Option<u64>,
     reachable: bool,
+    auth: Option<dkv::wire::AuthStats>,
+    memory: Option<(u64, u64)>,
 }
 
 fn rows(c: &Client, view: &ClusterView) -> Vec<Row> {
@@ -329,6 +331,8 @@ fn rows(c: &Client, view: &ClusterView) -> Vec<Row> {
                 digest: st.digest,
                 keys: Some(st.keys),
                 reachable: true,
+                auth: Some(st.auth),
+                memory: Some((st.used_memory, st.max_memory)),
             },
             Err(_) => Row {
                 id: m.node_id,
@@ -340,6 +344,8 @@ fn rows(c: &Client, view: &ClusterView) -> Vec<Row> {
                 digest: m.digest,
                 keys: None,
                 reachable: false,
+                auth: None,
+                memory: None,
             },
         })
         .collect()
@@ -363,6 +369,12 @@ fn status(server: &str, pw: &Option<Vec<u8>>, json: bool) -> Result<(), Error> {
                     "digest": format!("{:016x}", r.digest),
                     "keys": r.keys,
                     "reachable": r.reachable,
+                    "used_memory": r.memory.map(|m| m.0),
+                    "max_memory": r.memory.map(|m| m.1),
+                    "forged_beacons": r.auth.map(|a| a.forged_beacons),
+                    "replayed_beacons": r.auth.map(|a| a.replayed_beacons),
+                    "rejected_peers": r.auth.map(|a| a.rejected_peers),
+                    "failed_client_auth": r.auth.map(|a| a.failed_client_auth),
                 })
             })
             .collect();
@@ -370,6 +382,9 @@ fn status(server: &str, pw: &Option<Vec<u8>>, json: bool) -> Result<(), Error> {
             "epoch": view.epoch,
             "coordinator": view.coordinator,
             "isr": view.isr,
+            "cluster_secret": view.auth.cluster_secret,
+            "server_rejected_peers": view.auth.rejected_peers,
+            "server_failed_client_auth": view.auth.failed_client_auth,
             "members": members,
         });
         println!("{}", serde_json::to_string_pretty(&out).expect("json"));
@@ -384,19 +399,35 @@ fn status(server: &str, pw: &Option<Vec<u8>>, json: bool) -> Result<(), Error> {
         view.isr
     );
     println!(
-        "{:<4} {:<22} {:<12} {:<8} {:<14} {:<17} KEYS",
-        "ID", "ADDRESS", "ROLE", "IN-SYNC", "LOG-POSITION", "DIGEST"
+        "cluster secret {}  server refused: {} peers, {} client logins",
+        if view.auth.cluster_secret {
+            "set"
+        } else {
+            "NOT SET (open cluster)"
+        },
+        view.auth.rejected_peers,
+        view.auth.failed_client_auth
+    );
+    println!(
+        "{:<4} {:<22} {:<12} {:<8} {:<14} {:<17} {:<9} REFUSED (forged/replayed/peers/logins)",
+        "ID", "ADDRESS", "ROLE", "IN-SYNC", "LOG-POSITION", "DIGEST", "KEYS"
     );
     for r in rows {
         println!(
-            "{:<4} {:<22} {:<12} {:<8} {:<14} {:<17} {}",
+            "{:<4} {:<22} {:<12} {:<8} {:<14} {:<17} {:<9} {}",
             r.id,
             r.address,
             r.role,
             if r.in_sync { "yes" } else { "no" },
             format!("{}.{}", r.log_epoch, r.log_position),
             format!("{:016x}", r.digest),
-            r.keys.map(|k| k.to_string()).unwrap_or_else(|| "-".into())
+            r.keys.map(|k| k.to_string()).unwrap_or_else(|| "-".into()),
+            r.auth
+                .map(|a| format!(
+                    "{}/{}/{}/{}",
+                    a.forged_beacons, a.replayed_beacons, a.rejected_peers, a.failed_client_auth
+                ))
+                .unwrap_or_else(|| "-".into())
         );
     }
     Ok(())
