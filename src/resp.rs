@@ -48,6 +48,14 @@ pub fn serve(
                         let (reply, c) = handle(&args);
                         reply.encode(&mut out);
                         close = c;
+                        // Bounded output: a pipeline of large GETs is
+                        // answered as it goes, not buffered whole.
+                        if out.len() >= MAX_PENDING_OUTPUT {
+                            if (&*stream).write_all(&out).is_err() {
+                                return Ok(());
+                            }
+                            out.clear();
+                        }
                     }
                 }
                 Ok(None) => break,
@@ -74,6 +82,9 @@ pub fn serve(
         }
     }
 }
+
+/// Reply bytes buffered before they are written out mid-pipeline.
+const MAX_PENDING_OUTPUT: usize = 1 << 20;
 
 /// A reply.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -198,6 +209,9 @@ pub struct Limits {
     pub max_args: usize,
     /// Longest inline command line.
     pub max_inline: usize,
+    /// Most bytes of one command, all arguments together: bounds the buffer a
+    /// connection holds for a command still arriving.
+    pub max_command: usize,
 }
 
 impl Default for Limits {
@@ -206,6 +220,7 @@ impl Default for Limits {
             max_bulk: 1024 * 1024 + 4096,
             max_args: 64 * 1024,
             max_inline: 64 * 1024,
+            max_command: 16 << 20,
         }
     }
 }
@@ -260,6 +275,12 @@ pub fn parse_command(buf: &[u8], limits: Limits) -> Result<Parsed, RespError> {
             return Err(RespError(format!(
                 "bulk length {len} exceeds the limit of {} bytes",
                 limits.max_bulk
+            )));
+        }
+        if start + len + 2 > limits.max_command {
+            return Err(RespError(format!(
+                "command exceeds the limit of {} bytes",
+                limits.max_command
             )));
         }
         if buf.len() < start + len + 2 {
@@ -325,6 +346,22 @@ fn parse_inline(buf: &[u8], limits: Limits) -> Result<Parsed, RespError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_command_larger_than_max_command_is_refused_before_it_arrives() {
+        let limits = Limits {
+            max_command: 100,
+            ..Limits::default()
+        };
+        // Only the header of a 60-byte argument after a 60-byte one: refused
+        // already, without waiting for (or buffering) the rest.
+        let mut cmd = format!("*2\r\n$60\r\n{}\r\n$60\r\n", "a".repeat(60)).into_bytes();
+        assert!(parse_command(&cmd, limits).is_err());
+        cmd.truncate(4);
+        assert_eq!(parse_command(&cmd, limits), Ok(None));
+        let small = b"*1\r\n$4\r\nPING\r\n";
+        assert!(matches!(parse_command(small, limits), Ok(Some((_, 14)))));
+    }
 
     fn parse(b: &[u8]) -> Result<Parsed, RespError> {
         parse_command(b, Limits::default())

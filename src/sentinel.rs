@@ -49,6 +49,7 @@ fn serve(core: &Mutex<ServerCore>, name: &str, stream: TcpStream) {
         max_bulk: 4096,
         max_args: 64,
         max_inline: 4096,
+        max_command: 64 * 1024,
     };
     let answer = |args: &[Vec<u8>]| {
         let (view, down) = {

@@ -71,12 +71,15 @@ fn wrong_args(cmd: &str) -> Reply {
 impl Conn<'_> {
     fn serve(mut self, stream: TcpStream) {
         let _ = stream.set_nodelay(true);
+        let max_bulk = self
+            .sh
+            .settings
+            .max_value_bytes
+            .max(self.sh.settings.max_key_bytes);
         let limits = Limits {
-            max_bulk: self
-                .sh
-                .settings
-                .max_value_bytes
-                .max(self.sh.settings.max_key_bytes),
+            max_bulk,
+            // SET of a maximal key and value always fits.
+            max_command: Limits::default().max_command.max(2 * max_bulk + 64 * 1024),
             ..Limits::default()
         };
         let sh = self.sh;
