@@ -247,6 +247,15 @@ pub fn parse_command(buf: &[u8], limits: Limits) -> Result<Parsed, RespError> {
         return Err(RespError("invalid multibulk length".into()));
     }
     let n = n as usize;
+    let too_big = || {
+        RespError(format!(
+            "command exceeds the limit of {} bytes",
+            limits.max_command
+        ))
+    };
+    if pos > limits.max_command {
+        return Err(too_big());
+    }
     if n > limits.max_args {
         return Err(RespError(format!(
             "too many arguments ({n}, limit {})",
@@ -278,10 +287,7 @@ pub fn parse_command(buf: &[u8], limits: Limits) -> Result<Parsed, RespError> {
             )));
         }
         if start + len + 2 > limits.max_command {
-            return Err(RespError(format!(
-                "command exceeds the limit of {} bytes",
-                limits.max_command
-            )));
+            return Err(too_big());
         }
         if buf.len() < start + len + 2 {
             return Ok(None);
@@ -297,13 +303,19 @@ pub fn parse_command(buf: &[u8], limits: Limits) -> Result<Parsed, RespError> {
 
 /// `<digits>\r\n` starting at `from`; returns the number and the index after it.
 fn read_int_line(buf: &[u8], from: usize, max: usize) -> Result<Option<(i64, usize)>, RespError> {
+    // The same bound whether the line is complete or still arriving, so a
+    // command parses the same however it is split across reads.
+    let longest = 32.min(max);
     let rest = &buf[from.min(buf.len())..];
     let Some(nl) = rest.iter().position(|&b| b == b'\n') else {
-        if rest.len() > 32.min(max) {
+        if rest.len() > longest {
             return Err(RespError("length line too long".into()));
         }
         return Ok(None);
     };
+    if nl > longest {
+        return Err(RespError("length line too long".into()));
+    }
     if nl == 0 || rest[nl - 1] != b'\r' {
         return Err(RespError("length not terminated by CRLF".into()));
     }
@@ -346,6 +358,27 @@ fn parse_inline(buf: &[u8], limits: Limits) -> Result<Parsed, RespError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn split_commands_parse_like_whole_ones() {
+        // Found by fuzzing: a long (zero-padded) length line was accepted when
+        // complete but refused while still arriving; a long count line with no
+        // arguments escaped max-command.
+        let padded = format!("*{}1\r\n$4\r\nPING\r\n", "0".repeat(40)).into_bytes();
+        for cut in 1..=padded.len() {
+            assert!(
+                parse_command(&padded[..cut], Limits::default()).is_err() || cut < 34,
+                "prefix of {cut} bytes"
+            );
+        }
+        assert!(parse_command(&padded, Limits::default()).is_err());
+        let limits = Limits {
+            max_command: 20,
+            ..Limits::default()
+        };
+        let empty = format!("*{}0\r\n", "0".repeat(25)).into_bytes();
+        assert!(parse_command(&empty, limits).is_err());
+    }
 
     #[test]
     fn a_command_larger_than_max_command_is_refused_before_it_arrives() {
