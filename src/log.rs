@@ -155,6 +155,9 @@ struct Leader {
     progress: Progress,
     waiters: HashMap<u64, Promise>,
     required: usize,
+    /// The replication stream each tracked replica is on, so the end of an
+    /// old stream cannot untrack the replica's newer one.
+    streams: HashMap<NodeId, u64>,
 }
 
 struct Inner {
@@ -206,12 +209,23 @@ impl Inner {
             .map(|e| e.pos)
     }
 
-    fn set_commit(&mut self, c: u64, cv: &Condvar) {
+    /// Raises the commit index; true when it moved (wake the applier).
+    fn set_commit(&mut self, c: u64) -> bool {
         if c > self.commit {
             self.commit = c;
-            cv.notify_all();
+            return true;
         }
+        false
     }
+}
+
+/// What one acknowledgement changed at the coordinator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AckEffect {
+    /// The replica now holds every committed entry and is not yet in the commit set.
+    pub caught_up: bool,
+    /// The commit index advanced.
+    pub committed: bool,
 }
 
 pub struct ReplLog {
@@ -330,7 +344,9 @@ impl ReplLog {
             }
         }
         if let Some(c) = progress.on_ack(self_id, own) {
-            g.set_commit(c, &self.committed);
+            if g.set_commit(c) {
+                self.committed.notify_all();
+            }
         }
         g.epoch = g.epoch.max(epoch);
         g.leader = Some(Leader {
@@ -340,6 +356,7 @@ impl ReplLog {
             progress,
             waiters: HashMap::new(),
             required,
+            streams: HashMap::new(),
         });
         g.generation += 1;
         self.changed.notify_all();
@@ -403,7 +420,9 @@ impl ReplLog {
             advanced
         };
         if let Some(c) = advanced {
-            g.set_commit(c, &self.committed);
+            if g.set_commit(c) {
+                self.committed.notify_all();
+            }
         }
         self.changed.notify_all();
         if durable {
@@ -412,16 +431,23 @@ impl ReplLog {
         Ok((index, rx))
     }
 
-    /// Starts tracking a replica whose log holds everything up to `index`.
-    pub fn track(&self, id: NodeId, index: u64) {
+    /// Starts tracking a replica, on replication stream `stream`, whose log
+    /// holds everything up to `index`.
+    pub fn track(&self, id: NodeId, index: u64, stream: u64) {
         if let Some(l) = self.inner.lock().leader.as_mut() {
+            l.streams.insert(id, stream);
             l.progress.track(id, index);
         }
     }
 
-    pub fn untrack(&self, id: NodeId) {
+    /// Stops tracking a replica when its stream `stream` ended; nothing if
+    /// the replica is already on a newer stream.
+    pub fn untrack(&self, id: NodeId, stream: u64) {
         if let Some(l) = self.inner.lock().leader.as_mut() {
-            l.progress.untrack(id);
+            if l.streams.get(&id) == Some(&stream) {
+                l.streams.remove(&id);
+                l.progress.untrack(id);
+            }
         }
     }
 
@@ -430,20 +456,44 @@ impl ReplLog {
     /// is not yet in the commit set. An ack for a position this log does not
     /// hold (a replica's divergent entry) counts for nothing.
     pub fn on_ack(&self, id: NodeId, pos: LogPos) -> bool {
+        let ack = self.on_ack_deferred(id, pos);
+        if ack.committed {
+            self.wake_applier();
+        }
+        ack.caught_up
+    }
+
+    /// [`ReplLog::on_ack`] without waking the apply thread: when
+    /// `committed`, the caller applies the newly committed entries itself
+    /// (saving a thread hand-off per commit) or calls
+    /// [`ReplLog::wake_applier`] when it cannot take the apply guard.
+    pub fn on_ack_deferred(&self, id: NodeId, pos: LogPos) -> AckEffect {
+        let none = AckEffect {
+            caught_up: false,
+            committed: false,
+        };
         let mut g = self.inner.lock();
         if g.pos_at(pos.index).is_some_and(|p| p != pos) || pos.index > g.last().index {
-            return false;
+            return none;
         }
         let Some(l) = g.leader.as_mut() else {
-            return false;
+            return none;
         };
         let advanced = l.progress.on_ack(id, pos.index);
-        let ready = l.progress.caught_up(id) && !l.progress.commit_set().contains(&id);
-        if let Some(c) = advanced {
-            g.set_commit(c, &self.committed);
+        let caught_up = l.progress.caught_up(id) && !l.progress.commit_set().contains(&id);
+        let committed = advanced.is_some_and(|c| g.set_commit(c));
+        if committed {
             self.changed.notify_all();
         }
-        ready
+        AckEffect {
+            caught_up,
+            committed,
+        }
+    }
+
+    /// Wakes the apply thread (see [`ReplLog::on_ack_deferred`]).
+    pub fn wake_applier(&self) {
+        self.committed.notify_all();
     }
 
     pub fn add_to_commit_set(&self, id: NodeId) {
@@ -456,7 +506,9 @@ impl ReplLog {
         let mut g = self.inner.lock();
         let Some(l) = g.leader.as_mut() else { return };
         if let Some(c) = l.progress.remove_from_commit_set(id) {
-            g.set_commit(c, &self.committed);
+            if g.set_commit(c) {
+                self.committed.notify_all();
+            }
             self.changed.notify_all();
         }
     }
@@ -614,7 +666,9 @@ impl ReplLog {
         let confirmed = g.pos_at(end).expect("just checked or appended");
         g.confirmed = g.confirmed.max(confirmed);
         let c = commit.min(confirmed.index);
-        g.set_commit(c, &self.committed);
+        if g.set_commit(c) {
+            self.committed.notify_all();
+        }
         if g.durable {
             self.wal.notify_one();
         } else {
@@ -692,7 +746,9 @@ impl ReplLog {
         if let Some(l) = g.leader.as_mut() {
             let id = l.self_id;
             if let Some(c) = l.progress.on_ack(id, last.index) {
-                g.set_commit(c, &self.committed);
+                if g.set_commit(c) {
+                    self.committed.notify_all();
+                }
                 self.changed.notify_all();
             }
         }
@@ -735,6 +791,11 @@ impl ReplLog {
     // -- apply thread -----------------------------------------------------
 
     /// Held while applying, and while installing a snapshot.
+    /// The apply guard if no other thread holds it.
+    pub fn try_apply_guard(&self) -> Option<MutexGuard<'_, ()>> {
+        self.apply_lock.try_lock()
+    }
+
     pub fn apply_guard(&self) -> MutexGuard<'_, ()> {
         self.apply_lock.lock()
     }

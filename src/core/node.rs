@@ -96,11 +96,14 @@ pub enum Input {
         reply: Result<ServerResponse, String>,
     },
     /// A replica opened its stream from this coordinator.
-    FollowerConnected(NodeId),
+    /// A replica opened replication stream number `.1` to this coordinator.
+    FollowerConnected(NodeId, u64),
     /// A replica's acknowledgements reached the commit index.
     FollowerCaughtUp(NodeId),
     /// A replica's stream from this coordinator ended.
-    FollowerGone(NodeId),
+    /// Replication stream `.1` of a replica ended (ignored when the replica
+    /// is already on a newer stream: the old stream's end can arrive late).
+    FollowerGone(NodeId, u64),
     /// This replica's stream from the coordinator ended. `refused`: the
     /// coordinator's port refused the connection (its process is gone).
     FollowLost {
@@ -201,7 +204,8 @@ pub struct NodeCore {
     isr_pending: Option<BTreeSet<NodeId>>,
     want_in: BTreeSet<NodeId>,
     gone: BTreeSet<NodeId>,
-    connected: BTreeSet<NodeId>,
+    /// Replicas with a replication stream to this coordinator, and its number.
+    connected: BTreeMap<NodeId, u64>,
     coordinator_since: Instant,
     lease_until: Option<Instant>,
     push_failures: u32,
@@ -239,7 +243,7 @@ impl NodeCore {
             isr_pending: None,
             want_in: BTreeSet::new(),
             gone: BTreeSet::new(),
-            connected: BTreeSet::new(),
+            connected: BTreeMap::new(),
             coordinator_since: registered_at,
             lease_until: None,
             push_failures: 0,
@@ -294,8 +298,8 @@ impl NodeCore {
                 self.in_flight.remove(&call);
                 self.on_server_reply(now, call, sent, reply, &mut out);
             }
-            Input::FollowerConnected(id) => {
-                self.connected.insert(id);
+            Input::FollowerConnected(id, stream) => {
+                self.connected.insert(id, stream);
             }
             Input::FollowerCaughtUp(id) => {
                 if self.role == Role::Coordinator
@@ -307,7 +311,10 @@ impl NodeCore {
                     self.reconcile_isr(&mut out);
                 }
             }
-            Input::FollowerGone(id) => {
+            Input::FollowerGone(id, stream) => {
+                if self.connected.get(&id).is_some_and(|&s| s != stream) {
+                    return out; // a late end of an older stream
+                }
                 self.connected.remove(&id);
                 if self.role == Role::Coordinator {
                     self.want_in.remove(&id);
@@ -505,7 +512,7 @@ impl NodeCore {
             .iter()
             .copied()
             .filter(|&id| id != self.id)
-            .filter(|&id| self.suspected(id, now) || (settled && !self.connected.contains(&id)))
+            .filter(|&id| self.suspected(id, now) || (settled && !self.connected.contains_key(&id)))
             .collect();
         for id in failed {
             if self.gone.insert(id) {
@@ -979,6 +986,25 @@ mod tests {
     }
 
     #[test]
+    fn the_late_end_of_an_old_stream_does_not_remove_a_reconnected_replica() {
+        let now = Instant::now();
+        let (mut core, _) = NodeCore::new(1, 1, &settings(), view(1, 1, &[1, 2], &[1, 2]), now);
+        let removes = |out: &[Action]| {
+            out.iter().any(|a| {
+                matches!(a, Action::CallServer { request: ServerRequest::SetIsr { isr, .. }, .. } if isr == &vec![1])
+            })
+        };
+        core.handle(now, Input::FollowerConnected(2, 7));
+        // The replica reconnected before its old stream's end was reported.
+        core.handle(now, Input::FollowerConnected(2, 8));
+        let out = core.handle(now, Input::FollowerGone(2, 7));
+        assert!(!removes(&out), "stale end removed the replica: {out:?}");
+        // The current stream's end does.
+        let out = core.handle(now, Input::FollowerGone(2, 8));
+        assert!(removes(&out), "{out:?}");
+    }
+
+    #[test]
     fn isr_add_goes_commit_set_first_and_removal_after_server() {
         let now = Instant::now();
         let (mut core, _) = NodeCore::new(1, 1, &settings(), view(1, 1, &[1], &[1, 2]), now);
@@ -1001,7 +1027,7 @@ mod tests {
             .any(|a| matches!(a, Action::RemoveFromCommitSet(_))));
 
         // The replica goes away: the commit set keeps it until the server agrees.
-        let out = core.handle(now, Input::FollowerGone(2));
+        let out = core.handle(now, Input::FollowerGone(2, 1));
         assert!(!out
             .iter()
             .any(|a| matches!(a, Action::RemoveFromCommitSet(_))));

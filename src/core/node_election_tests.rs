@@ -922,8 +922,8 @@ fn coordinator_drops_a_silent_replica_from_the_isr_after_the_server_agrees() {
     sim.hold.insert(Call::SetIsr);
     sim.add(1, v, pos(1, 7));
     assert_eq!(sim.node(1).role(), Role::Coordinator);
-    sim.input(0, 1, Input::FollowerConnected(2));
-    sim.input(0, 1, Input::FollowerConnected(3));
+    sim.input(0, 1, Input::FollowerConnected(2, 1));
+    sim.input(0, 1, Input::FollowerConnected(3, 2));
 
     let removals = |sim: &Sim| {
         sim.actions_of(1)

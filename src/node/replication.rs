@@ -74,7 +74,8 @@ pub(super) fn feed(
     let generation = st.generation;
 
     // Pin the log before choosing the start, so nothing we need is trimmed.
-    sh.log.track(id, 0);
+    let stream_no = sh.next_stream.fetch_add(1, Ordering::Relaxed);
+    sh.log.track(id, 0, stream_no);
     let (snapshot_at, next, how) = match sh.log.resume_point(req.last, req.committed) {
         Some(p) if p == req.last => (None, p.index + 1, "log suffix"),
         Some(p) => (
@@ -87,15 +88,15 @@ pub(super) fn feed(
             (Some(pos), pos.index + 1, "snapshot")
         }
     };
-    sh.log.track(id, next - 1);
-    sh.notify(Input::FollowerConnected(id));
+    sh.log.track(id, next - 1, stream_no);
+    sh.notify(Input::FollowerConnected(id, stream_no));
     log::info!("node {id} ({peer}) follows from {} ({how})", req.last);
 
     let reader = match stream.try_clone() {
         Ok(r) => r,
         Err(e) => {
             log::warn!("replication to node {id}: {e}");
-            sh.log.untrack(id);
+            sh.log.untrack(id, stream_no);
             return;
         }
     };
@@ -107,7 +108,16 @@ pub(super) fn feed(
             loop {
                 match rx.read::<_, ReplAck>(&mut &reader, max_ack) {
                     Ok(ack) => {
-                        if sh2.log.on_ack(id, ack.last) {
+                        let effect = sh2.log.on_ack_deferred(id, ack.last);
+                        if effect.committed {
+                            match sh2.log.try_apply_guard() {
+                                Some(_guard) => super::apply_available(&sh2),
+                                // Someone is applying; the apply thread
+                                // picks up what it leaves.
+                                None => sh2.log.wake_applier(),
+                            }
+                        }
+                        if effect.caught_up {
                             sh2.notify(Input::FollowerCaughtUp(id));
                         }
                     }
@@ -135,8 +145,8 @@ pub(super) fn feed(
     if let Ok(h) = acks {
         let _ = h.join();
     }
-    sh.log.untrack(id);
-    sh.notify(Input::FollowerGone(id));
+    sh.log.untrack(id, stream_no);
+    sh.notify(Input::FollowerGone(id, stream_no));
 }
 
 fn send_stream(
@@ -399,6 +409,7 @@ mod acker {
     use crate::types::{Epoch, LogPos};
     use crate::wire::{ReplAck, Sealer};
     use std::net::TcpStream;
+    use std::time::{Duration, Instant};
 
     /// Where a replica sends its acknowledgements: the stream to the
     /// coordinator it follows. Shared by the follower thread and the
@@ -407,7 +418,14 @@ mod acker {
         pub stream: TcpStream,
         pub tx: Sealer,
         pub epoch: Epoch,
+        /// The last position acknowledged, and when.
+        pub sent: Option<(LogPos, Instant)>,
     }
+
+    /// A position already acknowledged is acknowledged again only after this
+    /// long: frames that carry only a new commit index need no answer, but
+    /// an idle coordinator still hears from its replicas.
+    const REPEAT_ACK_AFTER: Duration = Duration::from_millis(100);
 
     /// Clears the acker when the follower stops.
     pub struct AckerGuard<'a>(pub &'a Shared);
@@ -425,7 +443,12 @@ mod acker {
             tx: Sealer,
             epoch: Epoch,
         ) -> AckerGuard<'_> {
-            *self.acker.lock() = Some(Acker { stream, tx, epoch });
+            *self.acker.lock() = Some(Acker {
+                stream,
+                tx,
+                epoch,
+                sent: None,
+            });
             AckerGuard(self)
         }
 
@@ -433,6 +456,13 @@ mod acker {
         pub(crate) fn send_ack(&self, last: LogPos) {
             let mut g = self.acker.lock();
             if let Some(a) = g.as_mut() {
+                let now = Instant::now();
+                if a.sent
+                    .is_some_and(|(p, at)| p == last && now - at < REPEAT_ACK_AFTER)
+                {
+                    return;
+                }
+                a.sent = Some((last, now));
                 let mut buf = Vec::with_capacity(64);
                 let epoch = a.epoch;
                 a.tx.frame_into(&mut buf, &ReplAck { epoch, last });

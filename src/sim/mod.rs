@@ -883,8 +883,8 @@ impl Sim {
                     }
                 } else {
                     let id = self.nodes[s.follower].id;
-                    self.nodes[i].log.untrack(id);
-                    self.input(i, Input::FollowerGone(id));
+                    self.nodes[i].log.untrack(id, stream);
+                    self.input(i, Input::FollowerGone(id, stream));
                 }
             }
             Msg::ClientReq {
@@ -921,7 +921,7 @@ impl Sim {
             return;
         }
         let id = req.node_id;
-        self.nodes[c].log.track(id, 0);
+        self.nodes[c].log.track(id, 0, stream);
         let (next, snapshot) = match self.nodes[c].log.resume_point(req.last, req.committed) {
             Some(p) => (p.index + 1, None),
             None => {
@@ -929,7 +929,7 @@ impl Sim {
                 (pos.index + 1, Some(pos))
             }
         };
-        self.nodes[c].log.track(id, next - 1);
+        self.nodes[c].log.track(id, next - 1, stream);
         let f = self.streams[&stream].follower;
         if let Some(pos) = snapshot {
             let pairs: Vec<_> = (0..self.nodes[c].store.shard_count())
@@ -955,7 +955,7 @@ impl Sim {
             s.next = next;
             s.generation = st.generation;
         }
-        self.input(c, Input::FollowerConnected(id));
+        self.input(c, Input::FollowerConnected(id, stream));
     }
 
     fn follower_receive(&mut self, i: usize, stream: StreamId, msg: ReplMsg) {
