@@ -233,10 +233,13 @@ impl NodeSettings {
         Duration::from_millis(self.heartbeat)
     }
     pub fn failure_timeout(&self) -> Duration {
-        Duration::from_millis(self.failure_timeout.unwrap_or(5 * self.heartbeat))
+        Duration::from_millis(
+            self.failure_timeout
+                .unwrap_or(self.heartbeat.saturating_mul(5)),
+        )
     }
     pub fn voting_wait(&self) -> Duration {
-        Duration::from_millis(self.voting_wait.unwrap_or(2 * self.heartbeat))
+        Duration::from_millis(self.voting_wait.unwrap_or(self.heartbeat.saturating_mul(2)))
     }
     pub fn election_wait(&self) -> Duration {
         self.election_wait
@@ -249,7 +252,7 @@ impl NodeSettings {
     pub fn lease(&self) -> Duration {
         Duration::from_millis(
             self.lease_timeout
-                .unwrap_or(5 * self.server_update_interval),
+                .unwrap_or(self.server_update_interval.saturating_mul(5)),
         )
     }
     /// The lease as the coordinator counts it (shortened by the drift bound).
@@ -312,6 +315,34 @@ impl Config {
     /// Rejects impossible combinations with a sentence saying which keys clash.
     pub fn validate(&self) -> std::result::Result<(), String> {
         let n = &self.node_settings;
+        // Bounds first, so the arithmetic below and deadlines computed from
+        // these values (instant + duration) cannot overflow.
+        const DAY_MS: u64 = 24 * 3600 * 1000;
+        let durations = [
+            ("heartbeat", Some(n.heartbeat)),
+            ("failure-timeout", n.failure_timeout),
+            ("voting-wait", n.voting_wait),
+            ("election-wait", n.election_wait),
+            ("server-update-interval", Some(n.server_update_interval)),
+            ("lease-timeout", n.lease_timeout),
+            ("client-idle-timeout", Some(n.client_idle_timeout)),
+            ("read-timeout", Some(n.read_timeout)),
+            ("write-timeout", Some(n.write_timeout)),
+            ("fsync-interval", Some(n.fsync_interval)),
+        ];
+        for (key, v) in durations {
+            if v.is_some_and(|v| v > DAY_MS) {
+                return Err(format!(
+                    "node-settings.{key} must be at most {DAY_MS} ms (one day)"
+                ));
+            }
+        }
+        if n.max_batch_bytes > 1 << 30 {
+            return Err("node-settings.max-batch-bytes must be at most 1 GiB".into());
+        }
+        if n.reconnection_attempts > 1_000_000 {
+            return Err("node-settings.reconnection-attempts must be at most 1000000".into());
+        }
         if n.heartbeat == 0 {
             return Err("node-settings.heartbeat must be at least 1 ms".into());
         }
