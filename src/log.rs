@@ -481,10 +481,11 @@ impl ReplLog {
         };
         let advanced = l.progress.on_ack(id, pos.index);
         let caught_up = l.progress.caught_up(id) && !l.progress.commit_set().contains(&id);
+        // Senders are not woken for a new commit index alone: it travels with
+        // the next entries, or with the idle batch a sender sends after
+        // waiting `IDLE_WAIT` (replicas need it only to apply, and a new
+        // coordinator applies its whole log before it serves).
         let committed = advanced.is_some_and(|c| g.set_commit(c));
-        if committed {
-            self.changed.notify_all();
-        }
         AckEffect {
             caught_up,
             committed,
@@ -620,6 +621,23 @@ impl ReplLog {
         entries: Vec<Arc<Entry>>,
         commit: u64,
     ) -> Result<LogPos, String> {
+        let (confirmed, committed) = self.append_follower_deferred(epoch, prev, entries, commit)?;
+        if committed {
+            self.wake_applier();
+        }
+        Ok(confirmed)
+    }
+
+    /// [`ReplLog::append_follower`] without waking the apply thread; the
+    /// flag says the commit index moved, and the caller applies or calls
+    /// [`ReplLog::wake_applier`].
+    pub fn append_follower_deferred(
+        &self,
+        epoch: Epoch,
+        prev: LogPos,
+        entries: Vec<Arc<Entry>>,
+        commit: u64,
+    ) -> Result<(LogPos, bool), String> {
         let mut g = self.inner.lock();
         if epoch < g.epoch {
             return Err(format!(
@@ -665,16 +683,13 @@ impl ReplLog {
         // last entry. Anything after that may still be ours alone.
         let confirmed = g.pos_at(end).expect("just checked or appended");
         g.confirmed = g.confirmed.max(confirmed);
-        let c = commit.min(confirmed.index);
-        if g.set_commit(c) {
-            self.committed.notify_all();
-        }
+        let committed = g.set_commit(commit.min(confirmed.index));
         if g.durable {
             self.wal.notify_one();
         } else {
             g.persisted = g.last().index;
         }
-        Ok(confirmed)
+        Ok((confirmed, committed))
     }
 
     /// A new stream starts: nothing beyond the base is confirmed yet.
