@@ -175,6 +175,76 @@ pub fn auth_password(args: &[Vec<u8>]) -> Result<Option<&[u8]>, Reply> {
     Ok(None)
 }
 
+/// The client password of one RESP connection: `AUTH`, `HELLO ... AUTH`, and
+/// `-NOAUTH` for anything else until the client authenticated. Shared by the
+/// node's RESP port and the server's Sentinel port.
+pub struct AuthGate {
+    expected: Option<crate::auth::Password>,
+    authenticated: bool,
+    /// The password the client authenticated with.
+    pub password: Option<Vec<u8>>,
+}
+
+/// What the gate decided about one command.
+pub enum Gate {
+    /// Run the command.
+    Run,
+    /// Answer with this reply instead (AUTH's answer, or a refusal).
+    Answer(Reply),
+    /// A wrong password: answer with this reply and count the failure.
+    Failed(Reply),
+}
+
+impl AuthGate {
+    pub fn new(expected: Option<crate::auth::Password>) -> AuthGate {
+        AuthGate {
+            authenticated: expected.is_none(),
+            expected,
+            password: None,
+        }
+    }
+
+    pub fn check(&mut self, args: &[Vec<u8>]) -> Gate {
+        let cmd = &args[0];
+        let is_auth = cmd.eq_ignore_ascii_case(b"AUTH");
+        let is_hello = cmd.eq_ignore_ascii_case(b"HELLO");
+        if is_auth || is_hello {
+            match auth_password(args) {
+                Err(reply) => return Gate::Answer(reply),
+                Ok(None) => {}
+                Ok(Some(p)) => {
+                    let Some(expected) = &self.expected else {
+                        return Gate::Answer(Reply::err(
+                            "ERR AUTH <password> called without any password configured for \
+                             the default user. Are you sure your configuration is correct?",
+                        ));
+                    };
+                    if !expected.matches(p) {
+                        return Gate::Failed(Reply::err(
+                            "WRONGPASS invalid username-password pair or user is disabled.",
+                        ));
+                    }
+                    self.authenticated = true;
+                    self.password = Some(p.to_vec());
+                    if is_auth {
+                        return Gate::Answer(Reply::ok());
+                    }
+                }
+            }
+        }
+        if self.authenticated || cmd.eq_ignore_ascii_case(b"QUIT") {
+            return Gate::Run;
+        }
+        Gate::Answer(Reply::err(if is_hello {
+            "NOAUTH HELLO must be called with the client already authenticated, otherwise the \
+             HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and \
+             select the RESP protocol version at the same time"
+        } else {
+            "NOAUTH Authentication required."
+        }))
+    }
+}
+
 /// The answer to `HELLO [2]` (RESP2 only: `HELLO 3` gets `-NOPROTO`).
 pub fn hello(args: &[Vec<u8>], role: &str, mode: &str) -> Reply {
     if args.len() >= 2 && args[1] != b"2" {

@@ -8,7 +8,7 @@
 //! out (a failover is under way), which makes clients ask again.
 
 use crate::core::server::ServerCore;
-use crate::resp::{Limits, Reply};
+use crate::resp::{AuthGate, Gate, Limits, Reply};
 use crate::types::Role;
 use crate::wire::{ClusterView, MemberInfo};
 use parking_lot::Mutex;
@@ -23,6 +23,7 @@ pub(crate) fn accept_loop(
     listener: TcpListener,
     stop: Arc<AtomicBool>,
     conns: crate::net::ConnLimit,
+    password: Option<crate::auth::Password>,
 ) {
     for stream in listener.incoming() {
         if stop.load(Ordering::Acquire) {
@@ -35,16 +36,17 @@ pub(crate) fn accept_loop(
             continue;
         };
         let (core, name) = (core.clone(), name.clone());
+        let gate = AuthGate::new(password.clone());
         let _ = std::thread::Builder::new()
             .name("sentinel-conn".into())
             .spawn(move || {
                 let _slot = slot;
-                serve(&core, &name, stream)
+                serve(&core, &name, stream, gate)
             });
     }
 }
 
-fn serve(core: &Mutex<ServerCore>, name: &str, stream: TcpStream) {
+fn serve(core: &Mutex<ServerCore>, name: &str, stream: TcpStream, mut gate: AuthGate) {
     let limits = Limits {
         max_bulk: 4096,
         max_args: 64,
@@ -52,6 +54,10 @@ fn serve(core: &Mutex<ServerCore>, name: &str, stream: TcpStream) {
         max_command: 64 * 1024,
     };
     let answer = |args: &[Vec<u8>]| {
+        match gate.check(args) {
+            Gate::Run => {}
+            Gate::Answer(reply) | Gate::Failed(reply) => return (reply, false),
+        }
         let (view, down) = {
             let c = core.lock();
             let now = Instant::now();

@@ -107,15 +107,16 @@ impl Server {
             Some(a) => {
                 let l = net::listen(a)?;
                 let sa = l.local_addr()?;
-                let (core, name, stop, conns) = (
+                let (core, name, stop, conns, pw) = (
                     shared.core.clone(),
                     opts.cluster_name.clone(),
                     Arc::new(AtomicBool::new(false)),
                     shared.conns.clone(),
+                    opts.security.password.clone(),
                 );
                 std::thread::Builder::new()
                     .name("sentinel-accept".into())
-                    .spawn(move || crate::sentinel::accept_loop(core, name, l, stop, conns))
+                    .spawn(move || crate::sentinel::accept_loop(core, name, l, stop, conns, pw))
                     .expect("spawn sentinel");
                 log::info!(
                     "sentinel discovery on {sa} for cluster '{}'",

@@ -485,6 +485,14 @@ fn clients_without_the_password_are_refused_on_both_protocols() {
         assert!(info.contains("dkv_failed_client_auth:"), "{info}");
         assert!(!info.contains("dkv_failed_client_auth:0"), "{info}");
     }
+    // The server's Sentinel port too.
+    let mut r = TcpStream::connect(&c.server.resp_addr).unwrap();
+    r.set_read_timeout(Some(PATIENCE)).unwrap();
+    let ask = "SENTINEL get-master-addr-by-name dkv\r\n";
+    assert!(resp_roundtrip(&mut r, ask).starts_with("-NOAUTH"));
+    assert!(resp_roundtrip(&mut r, "AUTH guess\r\n").starts_with("-WRONGPASS"));
+    assert!(resp_roundtrip(&mut r, "AUTH s3cret-pw\r\n").starts_with("+OK"));
+    assert!(resp_roundtrip(&mut r, ask).starts_with("*2\r\n"));
     // Nothing the strangers sent was written.
     assert_eq!(c.client().get(b"stranger").unwrap(), None);
 }

@@ -11,7 +11,7 @@
 
 use super::requests::{finish, Begun, DataPath};
 use super::Shared;
-use crate::resp::{Limits, Reply};
+use crate::resp::{AuthGate, Gate, Limits, Reply};
 use crate::types::Role;
 use crate::wire::{ErrorKind, Request, Response};
 use crate::{Client, ClientOptions, Error};
@@ -39,7 +39,7 @@ pub(super) fn accept_loop(sh: Arc<Shared>, listener: TcpListener) {
                     sh: &sh2,
                     forward: None,
                     name: None,
-                    authenticated: sh2.security.password.is_none(),
+                    gate: AuthGate::new(sh2.security.password.clone()),
                     password: None,
                 }
                 .serve(stream);
@@ -52,7 +52,7 @@ struct Conn<'a> {
     /// Replica side: a client to the coordinator, opened on first use.
     forward: Option<Client>,
     name: Option<Vec<u8>>,
-    authenticated: bool,
+    gate: AuthGate,
     /// The password this client authenticated with, for forwarding.
     password: Option<Vec<u8>>,
 }
@@ -96,54 +96,24 @@ impl Conn<'_> {
     }
 
     /// One command; the flag closes the connection after the reply.
-    /// AUTH, or HELLO with AUTH: checks the password.
-    fn auth(&mut self, args: &[Vec<u8>]) -> Option<Reply> {
-        let password = match crate::resp::auth_password(args) {
-            Err(reply) => return Some(reply),
-            Ok(None) => return None,
-            Ok(Some(p)) => p,
-        };
-        let Some(expected) = &self.sh.security.password else {
-            return Some(Reply::err(
-                "ERR AUTH <password> called without any password configured for the default user. \
-                 Are you sure your configuration is correct?",
-            ));
-        };
-        if expected.matches(password) {
-            self.authenticated = true;
-            self.password = Some(password.to_vec());
-            self.forward = None;
-            None
-        } else {
-            crate::auth::AuthCounters::bump(&self.sh.counters.failed_auth);
-            log::warn!("RESP client: wrong password");
-            Some(Reply::err(
-                "WRONGPASS invalid username-password pair or user is disabled.",
-            ))
-        }
-    }
-
     fn handle(&mut self, args: &[Vec<u8>]) -> (Reply, bool) {
-        let cmd = upper(&args[0]);
-        let n = args.len();
-        if cmd == "AUTH" {
-            return (self.auth(args).unwrap_or_else(Reply::ok), false);
+        let gate = self.gate.check(args);
+        if self.gate.password != self.password {
+            // Authenticated (again): forward to the coordinator with this password.
+            self.password = self.gate.password.clone();
+            self.forward = None;
         }
-        if cmd == "HELLO" {
-            if let Some(refusal) = self.auth(args) {
-                return (refusal, false);
+        match gate {
+            Gate::Run => {}
+            Gate::Answer(reply) => return (reply, false),
+            Gate::Failed(reply) => {
+                crate::auth::AuthCounters::bump(&self.sh.counters.failed_auth);
+                log::warn!("RESP client: wrong password");
+                return (reply, false);
             }
         }
-        if !self.authenticated && cmd != "QUIT" {
-            let msg = if cmd == "HELLO" {
-                "NOAUTH HELLO must be called with the client already authenticated, otherwise the \
-                 HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and \
-                 select the RESP protocol version at the same time"
-            } else {
-                "NOAUTH Authentication required."
-            };
-            return (Reply::err(msg), false);
-        }
+        let cmd = upper(&args[0]);
+        let n = args.len();
         let reply = match cmd.as_str() {
             "PING" => match n {
                 1 => Reply::Simple("PONG".into()),
