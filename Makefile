@@ -14,7 +14,7 @@ ifeq ($(SERVER),)
 SERVER  := 127.0.0.1:12345
 endif
 
-.PHONY: build run-server run-node run-client demo test clean failover-bench soak durability-bench sim chaos bench-compare bench
+.PHONY: build run-server run-node run-client demo test clean failover-bench soak durability-bench sim chaos bench-compare bench fuzz
 
 build:
 	$(CARGO) build --release --bins
@@ -78,3 +78,32 @@ bench-compare: build
 # The standard matrix on a local 3-node cluster; writes bench/results-<date>.json.
 bench: build
 	DURATION=$(or $(DURATION),5) bash scripts/bench.sh
+
+# Fuzzes every decoder for SECONDS each (cargo-fuzz/libFuzzer on stable Rust,
+# --sanitizer none); fails if any target crashes, hangs or runs out of memory.
+# Seeds: fuzz/corpus/<target> and fuzz/regressions/<target> (kept crashes,
+# replayed first); new inputs: fuzz/work/<target>; crashes:
+# fuzz/artifacts/<target>; logs: fuzz/logs/; dictionaries: fuzz/dict/. See
+# fuzz/README.md. JOBS: build parallelism (default 1).
+FUZZ_TARGETS ?= frames resp beacon record config
+FUZZ_FLAGS   := --sanitizer none --debug-assertions
+fuzz:
+	@$(CARGO) fuzz --version >/dev/null 2>&1 || $(CARGO) install --locked --version '^0.13' cargo-fuzz
+	cd fuzz && CARGO_BUILD_JOBS=$(or $(JOBS),1) $(CARGO) fuzz build $(FUZZ_FLAGS)
+	@cd fuzz && failed=""; \
+	for t in $(FUZZ_TARGETS); do \
+		mkdir -p work/$$t artifacts/$$t logs; \
+		echo "== fuzz $$t for $(or $(SECONDS),60) s"; \
+		dict=""; if [ -f dict/$$t.dict ]; then dict="-dict=dict/$$t.dict"; fi; \
+		seeds="corpus/$$t"; if [ -d regressions/$$t ]; then seeds="$$seeds regressions/$$t"; fi; \
+		if ! CARGO_BUILD_JOBS=$(or $(JOBS),1) $(CARGO) fuzz run $(FUZZ_FLAGS) $$t work/$$t $$seeds -- \
+			-max_total_time=$(or $(SECONDS),60) -timeout=10 -rss_limit_mb=2048 $$dict \
+			-print_final_stats=1 >logs/$$t.txt 2>&1; then \
+			failed="$$failed $$t"; tail -n 40 logs/$$t.txt; \
+		fi; \
+		grep -E '^stat::(number_of_executed_units|average_exec_per_sec)' logs/$$t.txt || true; \
+	done; \
+	if [ -n "$$failed" ]; then \
+		echo "fuzz: crash in:$$failed (inputs under fuzz/artifacts/, logs in fuzz/logs/)" >&2; exit 1; \
+	fi; \
+	echo "fuzz: no crash in $(FUZZ_TARGETS)"

@@ -23,8 +23,9 @@ const MAGIC: u32 = 0x444B_5353; // "DKSS"
 const VERSION: u16 = 1;
 const CHUNK_BYTES: usize = 1 << 20;
 
-#[derive(Debug, Serialize, Deserialize)]
-enum SnapRecord {
+/// The records of a snapshot file: a header, chunks of pairs, an end.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SnapRecord {
     Header {
         magic: u32,
         version: u16,
