@@ -58,6 +58,7 @@ dkv_cluster() { # fsync policy
   start_server
   for n in 1 2 3; do start_node "$n" --data-dir "$WORK/d$n" --fsync "$1"; done
   wait_in_sync 3
+  EPOCH0=$(cluster_epoch)
 }
 
 declare -A R
@@ -65,12 +66,14 @@ dkv_cluster never
 R[dkv_w32]=$(bench "DKV write 32c fsync never" native "$SERVER" 32 0)
 R[dkv_r32]=$(bench "DKV read 32c" native "$SERVER" 32 1)
 R[dkv_w1]=$(bench "DKV write 1c" native "$SERVER" 1 0)
+check_no_failover "$EPOCH0"
 R[redis_wait32]=$(bench "Redis SET+WAIT 2 32c" resp-wait "127.0.0.1:$RP" 32 0)
 R[redis_wait1]=$(bench "Redis SET+WAIT 2 1c" resp-wait "127.0.0.1:$RP" 1 0)
 R[redis_r32]=$(bench "Redis GET 32c" resp "127.0.0.1:$RP" 32 1)
 R[etcd_w32]=$(bench "etcd put 32c" etcd "127.0.0.1:$ETCD_LEADER" 32 0)
 dkv_cluster always
 R[dkv_w32_always]=$(bench "DKV write 32c fsync always" native "$SERVER" 32 0)
+check_no_failover "$EPOCH0"
 
 # Memory per key: MEMKEYS keys of 16 bytes, resident memory growth per key.
 echo "$(date +%T) loading $MEMKEYS keys into DKV and Redis for the memory row..." >&2
@@ -78,6 +81,7 @@ dkv_cluster never
 c=$(coordinator_label); base=$(rss_kib "${NODE_PID[$c]}")
 "$BIN/dkv-client" bench "$SERVER" --fill --keys "$MEMKEYS" --value-size 16 --clients 32 --json >/dev/null
 R[dkv_mem]=$(( ( $(rss_kib "${NODE_PID[$c]}") - base ) * 1024 / MEMKEYS ))
+check_no_failover "$EPOCH0"
 redis-cli -p "$RP" FLUSHALL >/dev/null; base=$(rss_kib "$RPID")
 "$BIN/dkv-client" bench "127.0.0.1:$RP" --target resp --fill --keys "$MEMKEYS" --value-size 16 --clients 32 --json >/dev/null
 R[redis_mem]=$(( ( $(rss_kib "$RPID") - base ) * 1024 / MEMKEYS ))
@@ -92,3 +96,4 @@ printf '%-46s %12s %14s %10s %s\n' "reads/s, 32 clients" "$(f "${R[dkv_r32]}" 1)
 printf '%-46s %12s %14s %10s %s\n' "write p50 us, 1 client (lower is better)" "$(f "${R[dkv_w1]}" 2)" "$(f "${R[redis_wait1]}" 2) Redis WAIT" "$(ratio "$(f "${R[dkv_w1]}" 2)" "$(f "${R[redis_wait1]}" 2)")" "<= 1.0x"
 printf '%-46s %12s %14s %10s %s\n' "writes/s, 32 clients, fsync always" "$(f "${R[dkv_w32_always]}" 1)" "$(f "${R[etcd_w32]}" 1) etcd put" "$(ratio "$(f "${R[dkv_w32_always]}" 1)" "$(f "${R[etcd_w32]}" 1)")" ">= 3x"
 printf '%-46s %12s %14s %10s %s\n' "bytes of RSS per key, $MEMKEYS keys (lower)" "${R[dkv_mem]}" "${R[redis_mem]} Redis" "$(ratio "${R[dkv_mem]}" "${R[redis_mem]}")" "<= 1.5x"
+printf '%-46s %12s %14s %10s %s\n' "false failovers during the DKV rows" "0" "" "" "= 0 (checked; a failover stops the run)"

@@ -22,6 +22,7 @@ for policy in never always; do
   start_server
   for n in 1 2 3; do start_node "$n" --data-dir "$WORK/d$n" --fsync "$policy"; done
   wait_in_sync 3
+  epoch0=$(cluster_epoch)
   for clients in 1 32; do
     for mix in write read 50/50; do
       case $mix in write) r=0 ;; read) r=1 ;; *) r=0.5 ;; esac
@@ -34,6 +35,7 @@ for policy in never always; do
       rows+=("{\"fsync\":\"$policy\",\"clients\":$clients,\"mix\":\"$mix\",\"result\":$out}")
     done
   done
+  check_no_failover "$epoch0"
 done
 (IFS=,; echo "{\"machine\":\"$(nproc) cores\",\"date\":\"$(date -Iseconds)\",\"rows\":[${rows[*]}]}") >"$OUT"
 echo "results written to $OUT"

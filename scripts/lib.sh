@@ -67,6 +67,21 @@ wait_in_sync() {
   return 1
 }
 
+# Prints the cluster's epoch according to the server.
+cluster_epoch() {
+  "$BIN/dkv-client" status "$SERVER" --json | sed -n 's/^  "epoch": \([0-9]*\),*$/\1/p'
+}
+
+# Fails (and says so) when the epoch moved since $1: a failover happened.
+check_no_failover() {
+  local now
+  now=$(cluster_epoch)
+  if [ "$now" != "$1" ]; then
+    echo "FALSE FAILOVER: epoch went from $1 to $now during the benchmark" >&2
+    return 1
+  fi
+}
+
 # Prints the label N of the node that is coordinator now.
 coordinator_label() {
   local id
