@@ -412,10 +412,21 @@ fn chaos_history_is_linearizable_and_nothing_acknowledged_is_lost() {
     let dir = std::env::temp_dir().join(format!("dkv-chaos-{tag}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
+    // The cluster runs with a secret, so every beacon and replication frame
+    // under these faults goes through the authenticated path.
+    let secret = dir.join("cluster.secret");
+    std::fs::write(&secret, format!("chaos-secret-{seed:016x}")).unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .unwrap();
     let config = dir.join("config.json");
     std::fs::write(
         &config,
-        br#"{"server-ip-port": "127.0.0.1:12345", "node-settings": {}}"#,
+        serde_json::json!({
+            "server-ip-port": "127.0.0.1:12345",
+            "cluster-secret-file": secret,
+            "node-settings": {},
+        })
+        .to_string(),
     )
     .unwrap();
     let mut c = Cluster {
