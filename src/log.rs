@@ -481,11 +481,14 @@ impl ReplLog {
         };
         let advanced = l.progress.on_ack(id, pos.index);
         let caught_up = l.progress.caught_up(id) && !l.progress.commit_set().contains(&id);
-        // Senders are not woken for a new commit index alone: it travels with
-        // the next entries, or with the idle batch a sender sends after
-        // waiting `IDLE_WAIT` (replicas need it only to apply, and a new
-        // coordinator applies its whole log before it serves).
         let committed = advanced.is_some_and(|c| g.set_commit(c));
+        if committed {
+            // Senders carry the new commit index to the replicas at once, so
+            // they apply (and show the same digest) promptly. Measured: not
+            // waking them for it changed write throughput by less than the
+            // run-to-run noise.
+            self.changed.notify_all();
+        }
         AckEffect {
             caught_up,
             committed,

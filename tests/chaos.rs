@@ -416,8 +416,7 @@ fn chaos_history_is_linearizable_and_nothing_acknowledged_is_lost() {
     // under these faults goes through the authenticated path.
     let secret = dir.join("cluster.secret");
     std::fs::write(&secret, format!("chaos-secret-{seed:016x}")).unwrap();
-    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let config = dir.join("config.json");
     std::fs::write(
         &config,

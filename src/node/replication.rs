@@ -28,9 +28,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// A sender with nothing new sends an empty batch after this long: it
-/// carries the commit index to replicas (which learn it no sooner when no
-/// write follows) and its ack shows an idle coordinator a replica caught up.
+/// A sender with nothing new sends an empty batch after this long: its ack
+/// shows an idle coordinator that a returning replica caught up.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
 
 // ---------------------------------------------------------------------------
