@@ -267,6 +267,12 @@ impl<'a> TimedStream<'a> {
         self.pending_since.get_or_insert_with(Instant::now);
     }
 
+    /// True while part of a request has arrived (so a timeout now is the
+    /// read-timeout, not the idle timeout).
+    pub fn in_request(&self) -> bool {
+        self.pending_since.is_some()
+    }
+
     /// The request read so far was complete: the next byte starts a new one.
     pub fn request_done(&mut self) {
         self.pending_since = None;

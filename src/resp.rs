@@ -32,6 +32,11 @@ pub fn serve(
             Err(e) => {
                 if e.kind() == std::io::ErrorKind::TimedOut {
                     log::debug!("RESP client: {e}");
+                    if reader.in_request() {
+                        let mut msg = Vec::new();
+                        Reply::err(format!("ERR {e}")).encode(&mut msg);
+                        let _ = (&*stream).write_all(&msg);
+                    }
                 }
                 return Ok(());
             }

@@ -566,6 +566,7 @@ fn a_slowloris_client_is_disconnected() {
         let mut s = TcpStream::connect(addr).unwrap();
         s.write_all(&prefix).unwrap();
         let mut cut = false;
+        let mut said = Vec::new();
         for b in &body {
             if s.write_all(std::slice::from_ref(b)).is_err() {
                 cut = true;
@@ -575,7 +576,10 @@ fn a_slowloris_client_is_disconnected() {
             s.set_nonblocking(true).unwrap();
             let mut probe = [0u8; 256];
             let gone = match s.read(&mut probe) {
-                Ok(_) => true, // EOF or an error reply before the close
+                Ok(n) => {
+                    said.extend_from_slice(&probe[..n]);
+                    true // EOF, or the explanation before the close
+                }
                 Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
             };
             s.set_nonblocking(false).unwrap();
@@ -585,6 +589,16 @@ fn a_slowloris_client_is_disconnected() {
             }
         }
         assert!(cut, "{what}: a trickling client was never disconnected");
+        if what != "handshake" {
+            // The close comes with a reason (the rest of it may still be in flight).
+            s.set_read_timeout(Some(PATIENCE)).unwrap();
+            let _ = s.read_to_end(&mut said);
+            let said = String::from_utf8_lossy(&said);
+            assert!(
+                said.contains("read-timeout"),
+                "{what}: closed without a reason: {said:?}"
+            );
+        }
     }
     // The node still serves, and the slow write never happened.
     let mut cl = c.client();

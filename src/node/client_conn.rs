@@ -23,6 +23,18 @@ pub(super) fn serve(sh: &Shared, stream: &TcpStream, mut reader: TimedStream<'_>
             Err(WireError::Closed) => return,
             Err(e) if e.is_timeout() => {
                 log::debug!("client {peer}: {e}");
+                if reader.in_request() {
+                    // Say why before closing: a slow client, not a crash.
+                    out.clear();
+                    wire::encode_frame_into(
+                        &mut out,
+                        &Response::Error {
+                            kind: ErrorKind::BadRequest,
+                            message: e.to_string(),
+                        },
+                    );
+                    let _ = std::io::Write::write_all(&mut &*stream, &out);
+                }
                 return;
             }
             Err(e @ (WireError::TooLarge { .. } | WireError::Malformed(_))) => {
