@@ -286,6 +286,11 @@ fn serve(sh: &Shared, stream: TcpStream) {
             }
             Err(e) => {
                 log::debug!("server connection from {peer}: {e}");
+                if e.is_timeout() && reader.in_request() {
+                    let message = e.to_string();
+                    let kind = ErrorKind::BadRequest;
+                    let _ = tx.write(&mut &stream, &ServerResponse::Error { kind, message });
+                }
                 return;
             }
         };
