@@ -44,6 +44,12 @@ pub const SECRET_ENV: &str = "DKV_CLUSTER_SECRET";
 /// Environment variable holding the client password.
 pub const PASSWORD_ENV: &str = "DKV_PASSWORD";
 
+/// Largest frame a client connection may send before it authenticated
+/// (an `Auth` request with a password of at most 4 KiB fits).
+pub const MAX_UNAUTHENTICATED_FRAME: usize = 8 * 1024;
+/// Wrong passwords one connection may try before it is closed.
+pub const MAX_AUTH_FAILURES: u32 = 3;
+
 pub type Tag = [u8; TAG_LEN];
 pub type Nonce = [u8; NONCE_LEN];
 
@@ -282,6 +288,13 @@ impl ReplayGuard {
         }
     }
 
+    /// Forgets every node `keep` rejects (members that left), when full.
+    pub fn prune_when_full(&mut self, keep: impl Fn(u64) -> bool) {
+        if self.seen.len() >= self.capacity {
+            self.seen.retain(|id, _| keep(*id));
+        }
+    }
+
     pub fn check(&mut self, from: u64, incarnation: u64, seq: u64) -> BeaconVerdict {
         match self.seen.get_mut(&from) {
             Some(last) => {
@@ -319,6 +332,14 @@ impl AuthCounters {
 
     pub fn get(c: &AtomicU64) -> u64 {
         c.load(Ordering::Relaxed)
+    }
+}
+
+/// Logs the 1st, 2nd, 4th, 8th, ... and every 1000th occurrence of
+/// something an attacker can repeat at will, so a flood cannot fill the log.
+pub fn log_sampled(count: u64, msg: impl FnOnce() -> String) {
+    if count.is_power_of_two() || count.is_multiple_of(1000) {
+        log::warn!("{} ({count} so far)", msg());
     }
 }
 
@@ -402,6 +423,14 @@ mod tests {
             g.check(3, 1, 1),
             BeaconVerdict::Replayed,
             "bounded: a third sender does not fit"
+        );
+        // Once node 2 is no longer a member, node 3 fits.
+        g.prune_when_full(|id| id != 2);
+        assert_eq!(g.check(3, 1, 1), BeaconVerdict::Accept);
+        assert_eq!(
+            g.check(1, 2, 1),
+            BeaconVerdict::Replayed,
+            "node 1 is remembered"
         );
     }
 

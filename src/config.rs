@@ -266,11 +266,14 @@ impl NodeSettings {
     pub fn client_idle_timeout(&self) -> Duration {
         Duration::from_millis(self.client_idle_timeout)
     }
+    pub fn read_timeout(&self) -> Duration {
+        Duration::from_millis(self.read_timeout)
+    }
     /// Deadlines of a client connection.
     pub fn client_deadlines(&self) -> crate::net::Deadlines {
         crate::net::Deadlines {
             idle: self.client_idle_timeout(),
-            request: Duration::from_millis(self.read_timeout),
+            request: self.read_timeout(),
         }
     }
     pub fn fsync_interval(&self) -> Duration {

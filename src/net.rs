@@ -38,6 +38,24 @@ pub fn raise_fd_limit() -> u64 {
     }
 }
 
+/// What an accept loop does with one result of `accept`: a stream gets a
+/// write timeout (a client that never reads cannot hold its thread in a
+/// blocked write); an error (out of descriptors, say) is logged and followed
+/// by a short pause, so the loop cannot spin.
+pub fn accepted(r: io::Result<TcpStream>, write_timeout: Duration) -> Option<TcpStream> {
+    match r {
+        Ok(s) => {
+            let _ = s.set_write_timeout(Some(write_timeout));
+            Some(s)
+        }
+        Err(e) => {
+            log::warn!("accept: {e}");
+            std::thread::sleep(Duration::from_millis(10));
+            None
+        }
+    }
+}
+
 /// Binds a TCP listener; the error names the address.
 pub fn listen(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     std::net::TcpListener::bind(addr)
@@ -192,6 +210,7 @@ pub fn accept_hello(
         wire::read_frame(r, wire::MAX_HELLO_FRAME).map_err(|e| Bad(e.to_string()))?;
     hello.check().map_err(Bad)?;
     if !hello.kind.is_peer() {
+        r.request_done();
         return Ok(Accepted {
             kind: hello.kind,
             tx: Sealer::plain(),

@@ -72,9 +72,13 @@ pub fn serve(
             }
         }
         buf.drain(..used);
-        if buf.is_empty() {
-            // Nothing pending: the next byte starts a new command.
+        if used > 0 {
+            // A command completed: the read-timeout restarts for whatever
+            // follows (a pipelining client rarely stops on a boundary).
             reader.request_done();
+            if !buf.is_empty() {
+                reader.start_request();
+            }
         }
         if !out.is_empty() {
             if (&*stream).write_all(&out).is_err() {

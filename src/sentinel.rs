@@ -29,7 +29,9 @@ pub(crate) fn accept_loop(
         if stop.load(Ordering::Acquire) {
             break;
         }
-        let Ok(stream) = stream else { continue };
+        let Some(stream) = crate::net::accepted(stream, Duration::from_secs(10)) else {
+            continue;
+        };
         let Some(slot) = conns.try_acquire() else {
             let _ =
                 std::io::Write::write_all(&mut &stream, b"-ERR max number of clients reached\r\n");

@@ -198,7 +198,9 @@ fn accept_loop(sh: Arc<Shared>, listener: TcpListener) {
         if sh.shutdown.load(Ordering::Acquire) {
             break;
         }
-        let Ok(stream) = stream else { continue };
+        let Some(stream) = net::accepted(stream, sh.deadlines.request) else {
+            continue;
+        };
         let Some(slot) = sh.conns.try_acquire() else {
             let (kind, message) = net::too_many(sh.conns.max());
             let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
@@ -258,11 +260,20 @@ fn serve(sh: &Shared, stream: TcpStream) {
             return;
         }
     };
-    reader.set_idle(sh.deadlines.idle);
     // A member proved the cluster secret; a client proves the password.
+    // Until then it gets small frames and no more silence than read-timeout.
     let mut authenticated = member || sh.security.password.is_none();
+    let mut failures = 0;
+    if authenticated {
+        reader.set_idle(sh.deadlines.idle);
+    }
     loop {
-        let req: ServerRequest = match rx.read(&mut reader, wire::MAX_SERVER_FRAME) {
+        let max = if authenticated {
+            wire::MAX_SERVER_FRAME
+        } else {
+            crate::auth::MAX_UNAUTHENTICATED_FRAME
+        };
+        let req: ServerRequest = match rx.read(&mut reader, max) {
             Ok(r) => r,
             Err(WireError::Closed) => return,
             Err(WireError::Forged) => {
@@ -308,11 +319,16 @@ fn serve(sh: &Shared, stream: TcpStream) {
                 ),
                 Some(p) if p.matches(&password) => {
                     authenticated = true;
+                    reader.set_idle(sh.deadlines.idle);
                     ServerResponse::Authenticated
                 }
                 Some(_) => {
-                    AuthCounters::bump(&sh.counters.failed_auth);
-                    log::warn!("server connection from {peer}: wrong client password");
+                    failures += 1;
+                    let c = &sh.counters.failed_auth;
+                    AuthCounters::bump(c);
+                    crate::auth::log_sampled(AuthCounters::get(c), || {
+                        format!("server connection from {peer}: wrong client password")
+                    });
                     refusal(ErrorKind::AuthFailed, "invalid password")
                 }
             },
@@ -326,7 +342,7 @@ fn serve(sh: &Shared, stream: TcpStream) {
             ),
             req => handle(sh, req),
         };
-        if tx.write(&mut &stream, &resp).is_err() {
+        if tx.write(&mut &stream, &resp).is_err() || failures >= crate::auth::MAX_AUTH_FAILURES {
             return;
         }
     }

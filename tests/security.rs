@@ -485,6 +485,25 @@ fn clients_without_the_password_are_refused_on_both_protocols() {
         assert!(info.contains("dkv_failed_client_auth:"), "{info}");
         assert!(!info.contains("dkv_failed_client_auth:0"), "{info}");
     }
+    // Guessing is cut short: the third wrong password closes the connection.
+    let s = raw_client(&c.nodes[coord].addr);
+    for _ in 0..3 {
+        assert!(matches!(
+            raw_call(&s, &wrong),
+            Response::Error {
+                kind: ErrorKind::AuthFailed,
+                ..
+            }
+        ));
+    }
+    assert!(closed_by_peer(&s));
+    let mut r = TcpStream::connect(&c.nodes[coord].resp_addr).unwrap();
+    r.set_read_timeout(Some(PATIENCE)).unwrap();
+    for _ in 0..3 {
+        assert!(resp_roundtrip(&mut r, "AUTH guess\r\n").starts_with("-WRONGPASS"));
+    }
+    assert!(closed_by_peer(&r));
+
     // The server's Sentinel port too.
     let mut r = TcpStream::connect(&c.server.resp_addr).unwrap();
     r.set_read_timeout(Some(PATIENCE)).unwrap();
@@ -600,6 +619,47 @@ fn a_slowloris_client_is_disconnected() {
             );
         }
     }
+    // A client that is quiet after its handshake is idle, not slow: it is
+    // served after waiting longer than the read-timeout.
+    let s = raw_client(&node.addr);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        raw_call(&s, &Request::Get { key: b"x".to_vec() }),
+        Response::Value(None)
+    );
+    // A RESP client pipelining without pause for several read-timeouts, its
+    // stream cut at arbitrary points, is served: every completed command
+    // restarts the deadline.
+    let n = 4000;
+    let stream: Vec<u8> = (0..n)
+        .flat_map(|i| format!("SET pipe{i} value-{i}\r\n").into_bytes())
+        .collect();
+    let mut w = TcpStream::connect(&node.resp_addr).unwrap();
+    let mut r = w.try_clone().unwrap();
+    r.set_read_timeout(Some(PATIENCE)).unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 65536];
+        while got.iter().filter(|&&b| b == b'\n').count() < n {
+            match r.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(k) => got.extend_from_slice(&buf[..k]),
+            }
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    });
+    for chunk in stream.chunks(997) {
+        w.write_all(chunk).unwrap();
+        std::thread::sleep(Duration::from_millis(20)); // the pace of a slow producer
+    }
+    let replies = reader.join().unwrap();
+    assert_eq!(
+        replies.matches("+OK\r\n").count(),
+        n,
+        "{}",
+        &replies[replies.len().saturating_sub(300)..]
+    );
+
     // The node still serves, and the slow write never happened.
     let mut cl = c.client();
     assert_eq!(cl.get(b"slow").unwrap(), None);

@@ -7,17 +7,26 @@
 
 use super::requests::{finish, Begun, DataPath};
 use super::Shared;
-use crate::auth::AuthCounters;
 use crate::net::TimedStream;
 use crate::wire::{self, ErrorKind, NodeStatus, Request, Response, WireError};
 use std::net::TcpStream;
 use std::time::Instant;
 
 pub(super) fn serve(sh: &Shared, stream: &TcpStream, mut reader: TimedStream<'_>, peer: &str) {
-    let max = sh.settings.max_client_frame();
     let mut out = Vec::with_capacity(256);
     let mut authenticated = sh.security.password.is_none();
+    let mut failures = 0;
+    if !authenticated {
+        // Until it authenticates a client gets little: small frames, and no
+        // more silence than the read-timeout.
+        reader.set_idle(sh.settings.read_timeout());
+    }
     loop {
+        let max = if authenticated {
+            sh.settings.max_client_frame()
+        } else {
+            crate::auth::MAX_UNAUTHENTICATED_FRAME
+        };
         let req: Request = match wire::read_frame(&mut reader, max) {
             Ok(r) => r,
             Err(WireError::Closed) => return,
@@ -64,11 +73,12 @@ pub(super) fn serve(sh: &Shared, stream: &TcpStream, mut reader: TimedStream<'_>
                 },
                 Some(p) if p.matches(&password) => {
                     authenticated = true;
+                    reader.set_idle(sh.settings.client_idle_timeout());
                     Response::Authenticated
                 }
                 Some(_) => {
-                    AuthCounters::bump(&sh.counters.failed_auth);
-                    log::warn!("client {peer}: wrong password");
+                    failures += 1;
+                    sh.count_failed_auth(peer);
                     Response::Error {
                         kind: ErrorKind::AuthFailed,
                         message: "invalid password".into(),
@@ -86,7 +96,7 @@ pub(super) fn serve(sh: &Shared, stream: &TcpStream, mut reader: TimedStream<'_>
         if std::io::Write::write_all(&mut &*stream, &out).is_err() {
             return;
         }
-        if sh.stopping() {
+        if sh.stopping() || failures >= crate::auth::MAX_AUTH_FAILURES {
             return;
         }
     }

@@ -19,7 +19,7 @@ mod replication;
 pub mod requests;
 mod resp_conn;
 
-use crate::auth::{AuthCounters, BeaconVerdict, ReplayGuard, Security};
+use crate::auth::{log_sampled, AuthCounters, BeaconVerdict, ReplayGuard, Security};
 use crate::config::NodeSettings;
 use crate::core::node::{Action, Call, Input, LocalStatus, NodeCore, Serving};
 use crate::errors::{Error, Result};
@@ -118,6 +118,16 @@ impl Shared {
             rejected_peers: AuthCounters::get(&c.rejected_peers),
             failed_client_auth: AuthCounters::get(&c.failed_auth),
         }
+    }
+
+    /// Counts a wrong client password and logs it (sampled: guessing cannot
+    /// fill the log).
+    pub fn count_failed_auth(&self, peer: &str) {
+        let c = &self.counters.failed_auth;
+        AuthCounters::bump(c);
+        log_sampled(AuthCounters::get(c), || {
+            format!("client {peer}: wrong password")
+        });
     }
 
     /// Opens an authenticated connection to another cluster member.
@@ -564,38 +574,19 @@ fn beacon_rx(sh: Arc<Shared>, udp: UdpSocket) {
     let mut buf = [0u8; wire::MAX_BEACON_BYTES + 1];
     let key = sh.security.cluster_key.clone();
     let mut replay = ReplayGuard::new(4096);
+    let mut malformed = 0u64;
     while !sh.stopping() {
         match udp.recv_from(&mut buf) {
             Ok((n, from)) => {
-                if n > wire::MAX_BEACON_BYTES {
-                    log::warn!("oversized datagram ({n}+ bytes) from {from} dropped");
-                    continue;
-                }
-                match Beacon::decode(&buf[..n], key.as_ref()) {
-                    Ok(b) => match replay.check(b.from, b.incarnation, b.seq) {
-                        BeaconVerdict::Accept => sh.notify(Input::Beacon(b)),
-                        BeaconVerdict::Replayed => {
-                            let c = &sh.counters.replayed_beacons;
-                            AuthCounters::bump(c);
-                            log_sampled(AuthCounters::get(c), || {
-                                format!(
-                                    "replayed beacon claiming node {} from {from} dropped",
-                                    b.from
-                                )
-                            });
-                        }
-                    },
-                    Err(WireError::Forged) => {
-                        let c = &sh.counters.forged_beacons;
-                        AuthCounters::bump(c);
-                        log_sampled(AuthCounters::get(c), || {
-                            format!("forged beacon from {from} dropped (wrong or missing cluster secret)")
-                        });
-                    }
-                    Err(e) => {
-                        if !sh.stopping() {
-                            log::warn!("bad datagram from {from} dropped: {e}")
-                        }
+                let verdict = if n > wire::MAX_BEACON_BYTES {
+                    Err(format!("oversized datagram ({n}+ bytes)"))
+                } else {
+                    admit_beacon(&sh, key.as_ref(), &mut replay, &buf[..n])
+                };
+                if let Err(why) = verdict {
+                    malformed += 1;
+                    if !sh.stopping() {
+                        log_sampled(malformed, || format!("{why} from {from} dropped"));
                     }
                 }
             }
@@ -612,11 +603,46 @@ fn beacon_rx(sh: Arc<Shared>, udp: UdpSocket) {
     }
 }
 
-/// Logs the 1st, 10th, 100th, ... occurrence, so a flood cannot fill the log.
-fn log_sampled(count: u64, msg: impl FnOnce() -> String) {
-    if count.is_power_of_two() || count.is_multiple_of(1000) {
-        log::warn!("{} ({count} so far)", msg());
+/// Passes one datagram to the driver if it is a beacon from a member, tagged
+/// with our cluster key (when we have one) and newer than the last one from
+/// that member. Forged and replayed beacons are counted; `Err` names any
+/// other kind of garbage.
+fn admit_beacon(
+    sh: &Shared,
+    key: Option<&crate::auth::ClusterKey>,
+    replay: &mut ReplayGuard,
+    datagram: &[u8],
+) -> std::result::Result<(), String> {
+    let b = match Beacon::decode(datagram, key) {
+        Ok(b) => b,
+        Err(WireError::Forged) => {
+            let c = &sh.counters.forged_beacons;
+            AuthCounters::bump(c);
+            log_sampled(AuthCounters::get(c), || {
+                "forged beacon dropped (wrong or missing cluster secret)".to_string()
+            });
+            return Ok(());
+        }
+        Err(e) => return Err(format!("bad datagram ({e})")),
+    };
+    // Only members are tracked (the core ignores anyone else), so invented
+    // ids cannot fill the replay guard; members that left are forgotten.
+    let is_member = |id: NodeId| sh.serving.read().members.contains(&id);
+    if !is_member(b.from) {
+        return Ok(());
     }
+    replay.prune_when_full(is_member);
+    match replay.check(b.from, b.incarnation, b.seq) {
+        BeaconVerdict::Accept => sh.notify(Input::Beacon(b)),
+        BeaconVerdict::Replayed => {
+            let c = &sh.counters.replayed_beacons;
+            AuthCounters::bump(c);
+            log_sampled(AuthCounters::get(c), || {
+                format!("replayed beacon claiming node {} dropped", b.from)
+            });
+        }
+    }
+    Ok(())
 }
 
 fn apply_loop(sh: Arc<Shared>) {
@@ -654,13 +680,8 @@ fn accept_loop(sh: Arc<Shared>, listener: TcpListener) {
         if sh.stopping() {
             break;
         }
-        let stream = match stream {
-            Ok(s) => s,
-            Err(e) => {
-                log::warn!("accept: {e}");
-                std::thread::sleep(Duration::from_millis(10));
-                continue;
-            }
+        let Some(stream) = net::accepted(stream, sh.settings.read_timeout()) else {
+            continue;
         };
         let Some(slot) = sh.conns.try_acquire() else {
             let (kind, message) = net::too_many(sh.settings.max_connections);

@@ -25,7 +25,9 @@ pub(super) fn accept_loop(sh: Arc<Shared>, listener: TcpListener) {
         if sh.stopping() {
             break;
         }
-        let Ok(stream) = stream else { continue };
+        let Some(stream) = crate::net::accepted(stream, sh.settings.read_timeout()) else {
+            continue;
+        };
         let Some(slot) = sh.conns.try_acquire() else {
             let _ = (&stream).write_all(b"-ERR max number of clients reached\r\n");
             continue;
@@ -40,6 +42,7 @@ pub(super) fn accept_loop(sh: Arc<Shared>, listener: TcpListener) {
                     forward: None,
                     name: None,
                     gate: AuthGate::new(sh2.security.password.clone()),
+                    failures: 0,
                     password: None,
                 }
                 .serve(stream);
@@ -47,12 +50,18 @@ pub(super) fn accept_loop(sh: Arc<Shared>, listener: TcpListener) {
     }
 }
 
+/// Most value bytes one MGET may return: the reply is built whole before it
+/// is written, so one command must not be able to ask for gigabytes.
+const MAX_MGET_REPLY: usize = 64 << 20;
+
 struct Conn<'a> {
     sh: &'a Shared,
     /// Replica side: a client to the coordinator, opened on first use.
     forward: Option<Client>,
     name: Option<Vec<u8>>,
     gate: AuthGate,
+    /// Wrong passwords so far; the connection closes at MAX_AUTH_FAILURES.
+    failures: u32,
     /// The password this client authenticated with, for forwarding.
     password: Option<Vec<u8>>,
 }
@@ -107,9 +116,9 @@ impl Conn<'_> {
             Gate::Run => {}
             Gate::Answer(reply) => return (reply, false),
             Gate::Failed(reply) => {
-                crate::auth::AuthCounters::bump(&self.sh.counters.failed_auth);
-                log::warn!("RESP client: wrong password");
-                return (reply, false);
+                self.failures += 1;
+                self.sh.count_failed_auth("(RESP)");
+                return (reply, self.failures >= crate::auth::MAX_AUTH_FAILURES);
             }
         }
         let cmd = upper(&args[0]);
@@ -202,9 +211,23 @@ impl Conn<'_> {
             }
             "MGET" if n >= 2 => {
                 let mut items = Vec::with_capacity(n - 1);
+                let mut bytes = 0;
                 for k in &args[1..] {
                     match self.data(Request::Get { key: k.clone() }) {
-                        r @ (Reply::Bulk(_) | Reply::Nil) => items.push(r),
+                        r @ (Reply::Bulk(_) | Reply::Nil) => {
+                            if let Reply::Bulk(v) = &r {
+                                bytes += v.len();
+                            }
+                            if bytes > MAX_MGET_REPLY {
+                                return (
+                                    Reply::err(format!(
+                                        "ERR MGET reply exceeds {MAX_MGET_REPLY} bytes; ask for fewer keys"
+                                    )),
+                                    false,
+                                );
+                            }
+                            items.push(r)
+                        }
                         err => return (err, false),
                     }
                 }
