@@ -15,63 +15,72 @@ use parking_lot::Mutex;
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-pub(crate) fn accept_loop(
-    core: Arc<Mutex<ServerCore>>,
-    name: String,
-    listener: TcpListener,
-    stop: Arc<AtomicBool>,
-    conns: crate::net::ConnLimit,
-    password: Option<crate::auth::Password>,
-) {
+/// What the Sentinel port shares with the server.
+pub(crate) struct Context {
+    pub core: Arc<Mutex<ServerCore>>,
+    pub name: String,
+    pub conns: crate::net::ConnLimit,
+    pub password: Option<crate::auth::Password>,
+    pub counters: Arc<crate::auth::AuthCounters>,
+    pub deadlines: crate::net::Deadlines,
+}
+
+pub(crate) fn accept_loop(ctx: Arc<Context>, listener: TcpListener, stop: Arc<AtomicBool>) {
     for stream in listener.incoming() {
         if stop.load(Ordering::Acquire) {
             break;
         }
-        let Some(stream) = crate::net::accepted(stream, Duration::from_secs(10)) else {
+        let Some(stream) = crate::net::accepted(stream, ctx.deadlines.request) else {
             continue;
         };
-        let Some(slot) = conns.try_acquire() else {
+        let Some(slot) = ctx.conns.try_acquire() else {
             let _ =
                 std::io::Write::write_all(&mut &stream, b"-ERR max number of clients reached\r\n");
             continue;
         };
-        let (core, name) = (core.clone(), name.clone());
-        let gate = AuthGate::new(password.clone());
+        let ctx = ctx.clone();
         let _ = std::thread::Builder::new()
             .name("sentinel-conn".into())
             .spawn(move || {
                 let _slot = slot;
-                serve(&core, &name, stream, gate)
+                serve(&ctx, stream)
             });
     }
 }
 
-fn serve(core: &Mutex<ServerCore>, name: &str, stream: TcpStream, mut gate: AuthGate) {
+fn serve(ctx: &Context, stream: TcpStream) {
     let limits = Limits {
         max_bulk: 4096,
         max_args: 64,
         max_inline: 4096,
         max_command: 64 * 1024,
     };
+    let mut gate = AuthGate::new(ctx.password.clone());
+    let mut failures = 0;
     let answer = |args: &[Vec<u8>]| {
         match gate.check(args) {
             Gate::Run => {}
-            Gate::Answer(reply) | Gate::Failed(reply) => return (reply, false),
+            Gate::Answer(reply) => return (reply, false),
+            Gate::Failed(reply) => {
+                failures += 1;
+                let c = &ctx.counters.failed_auth;
+                crate::auth::AuthCounters::bump(c);
+                crate::auth::log_sampled(crate::auth::AuthCounters::get(c), || {
+                    "Sentinel client: wrong password".to_string()
+                });
+                return (reply, failures >= crate::auth::MAX_AUTH_FAILURES);
+            }
         }
         let (view, down) = {
-            let c = core.lock();
+            let c = ctx.core.lock();
             let now = Instant::now();
             (c.view(now), c.lease_expired(now))
         };
-        (handle(args, name, &view, down), false)
+        (handle(args, &ctx.name, &view, down), false)
     };
-    let deadlines = crate::net::Deadlines {
-        idle: Duration::from_secs(300),
-        request: Duration::from_secs(10),
-    };
-    let _ = crate::resp::serve(&stream, limits, deadlines, answer, || false);
+    let _ = crate::resp::serve(&stream, limits, ctx.deadlines, answer, || false);
 }
 
 fn split(addr: &str) -> (String, String) {

@@ -40,7 +40,7 @@ struct Shared {
     shutdown: AtomicBool,
     conns: ConnLimit,
     security: Security,
-    counters: AuthCounters,
+    counters: Arc<AuthCounters>,
     deadlines: Deadlines,
 }
 
@@ -89,7 +89,7 @@ impl Server {
             state_file: opts.state_file.clone(),
             shutdown: AtomicBool::new(false),
             conns: ConnLimit::new(opts.max_connections),
-            counters: AuthCounters::default(),
+            counters: Arc::new(AuthCounters::default()),
             deadlines: Deadlines {
                 idle: Duration::from_secs(300),
                 request: Duration::from_millis(opts.settings.read_timeout),
@@ -107,16 +107,18 @@ impl Server {
             Some(a) => {
                 let l = net::listen(a)?;
                 let sa = l.local_addr()?;
-                let (core, name, stop, conns, pw) = (
-                    shared.core.clone(),
-                    opts.cluster_name.clone(),
-                    Arc::new(AtomicBool::new(false)),
-                    shared.conns.clone(),
-                    opts.security.password.clone(),
-                );
+                let ctx = Arc::new(crate::sentinel::Context {
+                    core: shared.core.clone(),
+                    name: opts.cluster_name.clone(),
+                    conns: shared.conns.clone(),
+                    password: opts.security.password.clone(),
+                    counters: shared.counters.clone(),
+                    deadlines: shared.deadlines,
+                });
+                let stop = Arc::new(AtomicBool::new(false));
                 std::thread::Builder::new()
                     .name("sentinel-accept".into())
-                    .spawn(move || crate::sentinel::accept_loop(core, name, l, stop, conns, pw))
+                    .spawn(move || crate::sentinel::accept_loop(ctx, l, stop))
                     .expect("spawn sentinel");
                 log::info!(
                     "sentinel discovery on {sa} for cluster '{}'",

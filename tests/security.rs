@@ -512,6 +512,8 @@ fn clients_without_the_password_are_refused_on_both_protocols() {
     assert!(resp_roundtrip(&mut r, "AUTH guess\r\n").starts_with("-WRONGPASS"));
     assert!(resp_roundtrip(&mut r, "AUTH s3cret-pw\r\n").starts_with("+OK"));
     assert!(resp_roundtrip(&mut r, ask).starts_with("*2\r\n"));
+    // Its wrong passwords are counted with the server's.
+    assert!(c.view().auth.failed_client_auth >= 1);
     // Nothing the strangers sent was written.
     assert_eq!(c.client().get(b"stranger").unwrap(), None);
 }
