@@ -56,7 +56,9 @@ dkv_cluster() { # fsync policy
   NODE_PID=(); NODE_ID=()
   rm -rf "$WORK"/d* "$WORK/server-state.json"
   start_server
-  for n in 1 2 3; do start_node "$n" --data-dir "$WORK/d$n" --fsync "$1"; done
+  for n in 1 2 3; do
+    if [ "$1" = memory ]; then start_node "$n"; else start_node "$n" --data-dir "$WORK/d$n" --fsync "$1"; fi
+  done
   wait_in_sync 3
   EPOCH0=$(cluster_epoch)
 }
@@ -71,6 +73,10 @@ R[redis_wait32]=$(bench "Redis SET+WAIT 2 32c" resp-wait "127.0.0.1:$RP" 32 0)
 R[redis_wait1]=$(bench "Redis SET+WAIT 2 1c" resp-wait "127.0.0.1:$RP" 1 0)
 R[redis_r32]=$(bench "Redis GET 32c" resp "127.0.0.1:$RP" 32 1)
 R[etcd_w32]=$(bench "etcd put 32c" etcd "127.0.0.1:$ETCD_LEADER" 32 0)
+# The same write row with nothing on disk, as the Redis peer runs (no RDB, no AOF).
+dkv_cluster memory
+R[dkv_w32_mem]=$(bench "DKV write 32c in memory" native "$SERVER" 32 0)
+check_no_failover "$EPOCH0"
 dkv_cluster always
 R[dkv_w32_always]=$(bench "DKV write 32c fsync always" native "$SERVER" 32 0)
 check_no_failover "$EPOCH0"
@@ -92,6 +98,7 @@ echo
 echo "side by side on $(nproc) cores, loopback, 16-byte values, ${DURATION}s per row, $(date -I)"
 printf '%-46s %12s %14s %10s %s\n' "row" "DKV" "peer" "ratio" "goal"
 printf '%-46s %12s %14s %10s %s\n' "writes/s, 32 clients (fsync never)" "$(f "${R[dkv_w32]}" 1)" "$(f "${R[redis_wait32]}" 1) Redis WAIT" "$(ratio "$(f "${R[dkv_w32]}" 1)" "$(f "${R[redis_wait32]}" 1)")" ">= 1.5x"
+printf '%-46s %12s %14s %10s %s\n' "writes/s, 32 clients (in memory, no disk)" "$(f "${R[dkv_w32_mem]}" 1)" "$(f "${R[redis_wait32]}" 1) Redis WAIT" "$(ratio "$(f "${R[dkv_w32_mem]}" 1)" "$(f "${R[redis_wait32]}" 1)")" "(like for like)"
 printf '%-46s %12s %14s %10s %s\n' "reads/s, 32 clients" "$(f "${R[dkv_r32]}" 1)" "$(f "${R[redis_r32]}" 1) Redis GET" "$(ratio "$(f "${R[dkv_r32]}" 1)" "$(f "${R[redis_r32]}" 1)")" ">= 1.0x"
 printf '%-46s %12s %14s %10s %s\n' "write p50 us, 1 client (lower is better)" "$(f "${R[dkv_w1]}" 2)" "$(f "${R[redis_wait1]}" 2) Redis WAIT" "$(ratio "$(f "${R[dkv_w1]}" 2)" "$(f "${R[redis_wait1]}" 2)")" "<= 1.0x"
 printf '%-46s %12s %14s %10s %s\n' "writes/s, 32 clients, fsync always" "$(f "${R[dkv_w32_always]}" 1)" "$(f "${R[etcd_w32]}" 1) etcd put" "$(ratio "$(f "${R[dkv_w32_always]}" 1)" "$(f "${R[etcd_w32]}" 1)")" ">= 3x"
