@@ -30,37 +30,30 @@ pub(super) fn serve(sh: &Shared, stream: &TcpStream, mut reader: TimedStream<'_>
         let req: Request = match wire::read_frame(&mut reader, max) {
             Ok(r) => r,
             Err(WireError::Closed) => return,
-            Err(e) if e.is_timeout() => {
-                log::debug!("client {peer}: {e}");
-                if reader.in_request() {
-                    // Say why before closing: a slow client, not a crash.
+            Err(e) => {
+                // A malformed or oversized frame, or a request that took
+                // longer than read-timeout (a slow client, not a crash): say
+                // why before closing. Anything else just closes.
+                let explain = match &e {
+                    WireError::TooLarge { .. } | WireError::Malformed(_) => {
+                        log::warn!("client {peer}: {e}; closing connection");
+                        true
+                    }
+                    e => {
+                        log::debug!("client {peer}: {e}");
+                        e.is_timeout() && reader.in_request()
+                    }
+                };
+                if explain {
                     out.clear();
-                    wire::encode_frame_into(
-                        &mut out,
-                        &Response::Error {
-                            kind: ErrorKind::BadRequest,
-                            message: e.to_string(),
-                        },
-                    );
+                    let message = e.to_string();
+                    let error = Response::Error {
+                        kind: ErrorKind::BadRequest,
+                        message,
+                    };
+                    wire::encode_frame_into(&mut out, &error);
                     let _ = std::io::Write::write_all(&mut &*stream, &out);
                 }
-                return;
-            }
-            Err(e @ (WireError::TooLarge { .. } | WireError::Malformed(_))) => {
-                log::warn!("client {peer}: {e}; closing connection");
-                out.clear();
-                wire::encode_frame_into(
-                    &mut out,
-                    &Response::Error {
-                        kind: ErrorKind::BadRequest,
-                        message: e.to_string(),
-                    },
-                );
-                let _ = std::io::Write::write_all(&mut &*stream, &out);
-                return;
-            }
-            Err(e) => {
-                log::debug!("client {peer}: {e}");
                 return;
             }
         };
