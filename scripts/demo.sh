@@ -11,7 +11,15 @@ BIN=${BIN:-target/release}
 WORK=$(mktemp -d -t dkv-demo.XXXXXX)
 . scripts/lib.sh
 
-say "starting a server and three nodes on loopback (logs in $WORK)"
+# The cluster runs as it should on any shared network: with a cluster secret
+# (generated here, handed over in the environment, never on a command line),
+# so every beacon and every node-to-node message is authenticated.
+if [ -z "${DKV_CLUSTER_SECRET:-}" ]; then
+  DKV_CLUSTER_SECRET=$(head -c 32 /dev/urandom | base64)
+  export DKV_CLUSTER_SECRET
+fi
+
+say "starting a server and three nodes on loopback, with a cluster secret (logs in $WORK)"
 start_server
 echo "server: $SERVER"
 for n in 1 2 3; do start_node "$n"; done
