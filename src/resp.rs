@@ -10,13 +10,15 @@
 /// Serves one RESP connection: reads, answers every complete command with
 /// `handle` (the reply, and whether to close after it), and writes all the
 /// replies of one read at once, so pipelined clients get them batched.
+/// `limits()` is asked before each command, so a connection can be held to
+/// tighter limits until it authenticated.
 /// Returns at end of stream, on an IO error, when asked to close, when
 /// `stop()` says so, or after answering a protocol error (returned).
 /// A connection silent for `deadlines.idle`, or whose command is not complete
 /// `deadlines.request` after its first byte, is closed.
 pub fn serve(
     stream: &std::net::TcpStream,
-    limits: Limits,
+    limits: impl Fn() -> Limits,
     deadlines: crate::net::Deadlines,
     mut handle: impl FnMut(&[Vec<u8>]) -> (Reply, bool),
     stop: impl Fn() -> bool,
@@ -46,7 +48,7 @@ pub fn serve(
         let mut used = 0;
         let mut close = false;
         while !close {
-            match parse_command(&buf[used..], limits) {
+            match parse_command(&buf[used..], limits()) {
                 Ok(Some((args, len))) => {
                     used += len;
                     if !args.is_empty() {
@@ -194,6 +196,16 @@ pub struct AuthGate {
     pub password: Option<Vec<u8>>,
 }
 
+/// Limits for a connection that has not authenticated yet: enough for
+/// `AUTH default <password>` or `HELLO 2 AUTH ...`, so strangers cannot make
+/// a node buffer large commands.
+pub const UNAUTHENTICATED: Limits = Limits {
+    max_bulk: 4096,
+    max_args: 8,
+    max_inline: 8 * 1024,
+    max_command: 16 * 1024,
+};
+
 /// What the gate decided about one command.
 pub enum Gate {
     /// Run the command.
@@ -211,6 +223,10 @@ impl AuthGate {
             expected,
             password: None,
         }
+    }
+
+    pub fn is_authenticated(&self) -> bool {
+        self.authenticated
     }
 
     pub fn check(&mut self, args: &[Vec<u8>]) -> Gate {

@@ -80,7 +80,7 @@ fn serve(ctx: &Context, stream: TcpStream) {
         };
         (handle(args, &ctx.name, &view, down), false)
     };
-    let _ = crate::resp::serve(&stream, limits, ctx.deadlines, answer, || false);
+    let _ = crate::resp::serve(&stream, || limits, ctx.deadlines, answer, || false);
 }
 
 fn split(addr: &str) -> (String, String) {

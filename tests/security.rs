@@ -485,6 +485,31 @@ fn clients_without_the_password_are_refused_on_both_protocols() {
         assert!(info.contains("dkv_failed_client_auth:"), "{info}");
         assert!(!info.contains("dkv_failed_client_auth:0"), "{info}");
     }
+    // Before it authenticated a client cannot make a node buffer a large
+    // command (native: 8 KiB frames; RESP: 16 KiB commands).
+    let s = raw_client(&c.nodes[coord].addr);
+    let big = Request::Put {
+        key: b"big".to_vec(),
+        value: vec![b'x'; 20_000],
+    };
+    match raw_call(&s, &big) {
+        Response::Error { kind, message } => {
+            assert_eq!(kind, ErrorKind::BadRequest);
+            assert!(message.contains("exceeds"), "{message}");
+        }
+        other => panic!("large frame before AUTH: {other:?}"),
+    }
+    assert!(closed_by_peer(&s));
+    let mut r = TcpStream::connect(&c.nodes[coord].resp_addr).unwrap();
+    r.set_read_timeout(Some(PATIENCE)).unwrap();
+    let cmd = format!(
+        "*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n$20000\r\n{}\r\n",
+        "x".repeat(20_000)
+    );
+    let reply = resp_roundtrip(&mut r, &cmd);
+    assert!(reply.starts_with("-ERR Protocol error"), "{reply}");
+    assert!(closed_by_peer(&r));
+
     // Guessing is cut short: the third wrong password closes the connection.
     let s = raw_client(&c.nodes[coord].addr);
     for _ in 0..3 {

@@ -43,6 +43,9 @@ pub(super) fn accept_loop(sh: Arc<Shared>, listener: TcpListener) {
                     name: None,
                     gate: AuthGate::new(sh2.security.password.clone()),
                     failures: 0,
+                    authenticated: std::rc::Rc::new(std::cell::Cell::new(
+                        sh2.security.password.is_none(),
+                    )),
                     password: None,
                 }
                 .serve(stream);
@@ -62,6 +65,8 @@ struct Conn<'a> {
     gate: AuthGate,
     /// Wrong passwords so far; the connection closes at MAX_AUTH_FAILURES.
     failures: u32,
+    /// Whether the gate let this client in; read by the parser's limits.
+    authenticated: std::rc::Rc<std::cell::Cell<bool>>,
     /// The password this client authenticated with, for forwarding.
     password: Option<Vec<u8>>,
 }
@@ -93,6 +98,14 @@ impl Conn<'_> {
         };
         let sh = self.sh;
         let deadlines = sh.settings.client_deadlines();
+        let authenticated = self.authenticated.clone();
+        let limits = move || {
+            if authenticated.get() {
+                limits
+            } else {
+                crate::resp::UNAUTHENTICATED
+            }
+        };
         if let Err(e) = crate::resp::serve(
             &stream,
             limits,
@@ -107,6 +120,7 @@ impl Conn<'_> {
     /// One command; the flag closes the connection after the reply.
     fn handle(&mut self, args: &[Vec<u8>]) -> (Reply, bool) {
         let gate = self.gate.check(args);
+        self.authenticated.set(self.gate.is_authenticated());
         if self.gate.password != self.password {
             // Authenticated (again): forward to the coordinator with this password.
             self.password = self.gate.password.clone();
