@@ -175,6 +175,9 @@ struct Inner {
     shutdown: bool,
     /// A write-ahead log persists this log (acks wait for it).
     durable: bool,
+    /// The follower thread writes what it appends to the write-ahead log
+    /// itself (no fsync policy to wait for), so the wal thread is not woken.
+    follower_writes: bool,
     /// Entries up to here were handed to the write-ahead log thread.
     written: u64,
     /// A truncation the write-ahead log has not recorded yet.
@@ -256,6 +259,7 @@ impl ReplLog {
                 retention: retention.max(1),
                 shutdown: false,
                 durable,
+                follower_writes: false,
                 written: 0,
                 pending_truncate: None,
                 persisted: 0,
@@ -688,11 +692,19 @@ impl ReplLog {
         g.confirmed = g.confirmed.max(confirmed);
         let committed = g.set_commit(commit.min(confirmed.index));
         if g.durable {
-            self.wal.notify_one();
+            if !g.follower_writes {
+                self.wal.notify_one();
+            }
         } else {
             g.persisted = g.last().index;
         }
         Ok((confirmed, committed))
+    }
+
+    /// Whether the follower thread writes appended entries to the write-ahead
+    /// log itself (see `node::persist::write_pending`).
+    pub fn set_follower_writes(&self, on: bool) {
+        self.inner.lock().follower_writes = on;
     }
 
     /// A new stream starts: nothing beyond the base is confirmed yet.

@@ -29,7 +29,19 @@ fn wal_files(dir: &PathBuf) -> Vec<PathBuf> {
 
 #[test]
 fn with_fsync_always_killing_every_process_loses_no_acknowledged_write() {
-    let mut c = Cluster::start("crash-all", 0, json!({"fsync": "always"}));
+    kill_everything_mid_load("always");
+}
+
+/// `never` promises survival of process crashes (the OS keeps what was
+/// written): replicas write their log in the follower thread before they
+/// acknowledge, the coordinator through its wal thread.
+#[test]
+fn with_fsync_never_killing_every_process_loses_no_acknowledged_write() {
+    kill_everything_mid_load("never");
+}
+
+fn kill_everything_mid_load(fsync: &str) {
+    let mut c = Cluster::start(&format!("crash-all-{fsync}"), 0, json!({ "fsync": fsync }));
     for _ in 0..3 {
         c.add_node_with_data_dir();
     }

@@ -24,49 +24,76 @@ pub(super) fn wal_loop(sh: Arc<Shared>, storage: Arc<Storage>, snap_tx: Sender<(
     let mut buf = Vec::with_capacity(1 << 20);
     while !sh.stopping() {
         if !sh.log.wait_unwritten(Duration::from_millis(200)) {
-            continue;
-        }
-        let res = (|| -> crate::Result<LogPos> {
-            let mut wal = storage.wal.lock();
-            let batch = sh.log.take_unwritten();
-            buf.clear();
-            if let Some(to) = batch.truncate {
-                record::encode_into(&mut buf, &WalRecordRef::Truncate { to });
-            }
-            for e in &batch.entries {
-                record::encode_into(&mut buf, &WalRecordRef::Entry(e));
-            }
-            if let Some(c) = batch.commit {
-                record::encode_into(&mut buf, &WalRecordRef::Commit(c));
-            }
-            wal.append(&buf)?;
-            if storage.policy == FsyncPolicy::Always
-                && (!batch.entries.is_empty() || batch.truncate.is_some())
-            {
-                wal.sync()?;
-            }
-            wal.maybe_rotate(batch.last)?;
-            if wal.bytes_since_snapshot >= storage.snapshot_bytes {
+            // A replica's follower may be doing the writing: look at the
+            // snapshot threshold anyway.
+            if storage.wal.lock().bytes_since_snapshot >= storage.snapshot_bytes {
                 let _ = snap_tx.try_send(());
             }
-            Ok(batch.last)
-        })();
-        match res {
-            Ok(last) => {
-                sh.log.set_persisted(last);
-                // A replica acknowledges what is now persisted and confirmed.
-                if let Some(p) = sh.log.ack_position() {
-                    sh.send_ack(p);
-                }
+            continue;
+        }
+        match write_pending(&sh, &storage, &mut buf) {
+            Ok(true) => {
+                let _ = snap_tx.try_send(());
             }
-            Err(e) => {
-                log::error!("write-ahead log failed, this node accepts no more writes: {e}");
-                sh.log.fail_storage(e.to_string());
-                return;
-            }
+            Ok(false) => {}
+            Err(_) => return,
         }
         if buf.capacity() > 8 << 20 {
             buf = Vec::with_capacity(1 << 20);
+        }
+    }
+}
+
+/// Writes every log change the write-ahead log has not recorded (one
+/// `write`, and one fsync with `fsync: always`), marks it persisted — the
+/// coordinator's own acknowledgement — and acknowledges what a replica now
+/// holds. The wal thread calls it; so does a replica's follower thread when
+/// the policy is not `always` (no fsync to share, so writing in place saves a
+/// thread hand-off per batch). Returns whether the log grew past the snapshot
+/// threshold. A storage error stops this node's writes (and is returned).
+pub(super) fn write_pending(
+    sh: &Shared,
+    storage: &Storage,
+    buf: &mut Vec<u8>,
+) -> crate::Result<bool> {
+    let res = (|| -> crate::Result<(LogPos, bool)> {
+        let mut wal = storage.wal.lock();
+        let batch = sh.log.take_unwritten();
+        buf.clear();
+        if let Some(to) = batch.truncate {
+            record::encode_into(buf, &WalRecordRef::Truncate { to });
+        }
+        for e in &batch.entries {
+            record::encode_into(buf, &WalRecordRef::Entry(e));
+        }
+        if let Some(c) = batch.commit {
+            record::encode_into(buf, &WalRecordRef::Commit(c));
+        }
+        wal.append(buf)?;
+        if storage.policy == FsyncPolicy::Always
+            && (!batch.entries.is_empty() || batch.truncate.is_some())
+        {
+            wal.sync()?;
+        }
+        wal.maybe_rotate(batch.last)?;
+        Ok((
+            batch.last,
+            wal.bytes_since_snapshot >= storage.snapshot_bytes,
+        ))
+    })();
+    match res {
+        Ok((last, snapshot_due)) => {
+            sh.log.set_persisted(last);
+            // A replica acknowledges what is now persisted and confirmed.
+            if let Some(p) = sh.log.ack_position() {
+                sh.send_ack(p);
+            }
+            Ok(snapshot_due)
+        }
+        Err(e) => {
+            log::error!("write-ahead log failed, this node accepts no more writes: {e}");
+            sh.log.fail_storage(e.to_string());
+            Err(e)
         }
     }
 }

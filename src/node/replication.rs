@@ -330,6 +330,15 @@ fn run_follower(
 
     let max = sh.settings.max_repl_frame();
     let mut snapshot: Option<(LogPos, Delta, parking_lot::MutexGuard<'_, ()>)> = None;
+    // Without fsync: always there is no fsync for batches to share, so this
+    // thread writes the write-ahead log itself rather than wake the wal thread.
+    let writes_wal = sh
+        .storage
+        .as_ref()
+        .is_some_and(|st| st.policy != crate::storage::FsyncPolicy::Always);
+    sh.log.set_follower_writes(writes_wal);
+    let _wal_thread_again = WalThreadAgain(sh);
+    let mut wal_buf = Vec::new();
     loop {
         let msg: ReplMsg = rx.read(&mut &stream, max).map_err(|e| {
             if matches!(e, WireError::Forged) {
@@ -389,6 +398,10 @@ fn run_follower(
                 }
                 let (confirmed, committed) =
                     sh.log.append_follower_deferred(e, prev, entries, commit)?;
+                if let Some(st) = sh.storage.as_ref().filter(|_| writes_wal) {
+                    super::persist::write_pending(sh, st, &mut wal_buf)
+                        .map_err(|e| format!("storage failed: {e}"))?;
+                }
                 let last = sh.log.state().last;
                 sh.board.update(|b| b.last = last);
                 if sh.storage.is_none() || sh.log.is_persisted(confirmed.index) {
@@ -412,6 +425,16 @@ fn run_follower(
         if stop.load(Ordering::Acquire) {
             return Ok(());
         }
+    }
+}
+
+/// When the follower stops, the wal thread writes everything again (the
+/// node may become coordinator).
+struct WalThreadAgain<'a>(&'a Shared);
+
+impl Drop for WalThreadAgain<'_> {
+    fn drop(&mut self) {
+        self.0.log.set_follower_writes(false);
     }
 }
 
