@@ -47,6 +47,14 @@ pub const PASSWORD_ENV: &str = "DKV_PASSWORD";
 /// Largest frame a client connection may send before it authenticated
 /// (an `Auth` request with a password of at most 4 KiB fits).
 pub const MAX_UNAUTHENTICATED_FRAME: usize = 8 * 1024;
+/// The refusal of a frame too large for a connection that has not
+/// authenticated: says why the limit is so small.
+pub fn unauthenticated_too_large(e: &crate::wire::WireError) -> String {
+    format!(
+        "{e}: before AUTH a client may send at most {MAX_UNAUTHENTICATED_FRAME} bytes per frame"
+    )
+}
+
 /// Wrong passwords one connection may try before it is closed.
 pub const MAX_AUTH_FAILURES: u32 = 3;
 

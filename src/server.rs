@@ -97,6 +97,7 @@ impl Server {
             security: opts.security.clone(),
         });
         opts.security.warn_if_open("server");
+        net::raise_fd_limit();
         let sh = shared.clone();
         let accept = std::thread::Builder::new()
             .name("server-accept".into())
@@ -288,11 +289,17 @@ fn serve(sh: &Shared, stream: TcpStream) {
             }
             Err(e @ (WireError::TooLarge { .. } | WireError::Malformed(_))) => {
                 log::warn!("server connection from {peer}: {e}; closing");
+                let message = match &e {
+                    WireError::TooLarge { .. } if !authenticated => {
+                        crate::auth::unauthenticated_too_large(&e)
+                    }
+                    e => e.to_string(),
+                };
                 let _ = tx.write(
                     &mut &stream,
                     &ServerResponse::Error {
                         kind: ErrorKind::BadRequest,
-                        message: e.to_string(),
+                        message,
                     },
                 );
                 return;

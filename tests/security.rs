@@ -496,6 +496,7 @@ fn clients_without_the_password_are_refused_on_both_protocols() {
         Response::Error { kind, message } => {
             assert_eq!(kind, ErrorKind::BadRequest);
             assert!(message.contains("exceeds"), "{message}");
+            assert!(message.contains("before AUTH"), "{message}");
         }
         other => panic!("large frame before AUTH: {other:?}"),
     }

@@ -67,7 +67,6 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    dkv::net::raise_fd_limit();
     let opts = ServerOptions {
         security,
         sentinel_listen,

@@ -46,7 +46,12 @@ pub(super) fn serve(sh: &Shared, stream: &TcpStream, mut reader: TimedStream<'_>
                 };
                 if explain {
                     out.clear();
-                    let message = e.to_string();
+                    let message = match &e {
+                        WireError::TooLarge { .. } if !authenticated => {
+                            crate::auth::unauthenticated_too_large(&e)
+                        }
+                        e => e.to_string(),
+                    };
                     let error = Response::Error {
                         kind: ErrorKind::BadRequest,
                         message,
