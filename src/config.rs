@@ -14,6 +14,8 @@ use std::time::Duration;
 
 /// Default server address, as in the original file.
 pub const DEFAULT_SERVER_ADDR: &str = "127.0.0.1:12345";
+/// Default server state file, relative to the server's working directory.
+pub const DEFAULT_STATE_FILE: &str = "dkv-server-state.json";
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -23,7 +25,9 @@ pub struct Config {
     pub server_ip_port: String,
     /// File where the server keeps its view (epoch, members, in-sync set).
     /// Relative paths are relative to the server's working directory.
-    #[serde(default)]
+    /// Default `dkv-server-state.json`, so a restarted server keeps its view
+    /// without any configuration; `null` keeps it in memory only.
+    #[serde(default = "default_state_file")]
     pub server_state_file: Option<String>,
     /// Where the server answers Sentinel commands (RESP); `--sentinel-listen`
     /// overrides it. None: off.
@@ -167,6 +171,10 @@ fn d_snapshot_bytes() -> u64 {
 }
 fn d_segment_bytes() -> u64 {
     64 << 20
+}
+
+fn default_state_file() -> Option<String> {
+    Some(DEFAULT_STATE_FILE.to_string())
 }
 
 fn default_cluster_name() -> String {

@@ -25,6 +25,7 @@ pub mod identity;
 pub mod log;
 pub mod net;
 pub mod node;
+pub mod registry;
 pub mod resp;
 pub mod sentinel;
 pub mod server;

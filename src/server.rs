@@ -1,17 +1,18 @@
 //! The server runtime: a TCP accept thread and one thread per connection
-//! around the sans-IO [`ServerCore`]. Durable changes (registrations, epochs,
-//! in-sync sets) are written to the state file — temp file, fsync, rename —
-//! before the reply leaves, so nothing the server acknowledged is forgotten
-//! by a restart.
+//! around the [`Arbiter`], which runs every request through the sans-IO
+//! [`ServerCore`] and records its decisions in the registry store (the state
+//! file by default) before the reply leaves, so nothing the server
+//! acknowledged is forgotten by a restart. A ticker thread lets time-driven
+//! decisions happen and, with a shared store, reads what other servers
+//! decided.
 
 use crate::auth::{AuthCounters, Security};
 use crate::config::NodeSettings;
-use crate::core::server::{DurableView, ServerCore};
+use crate::core::server::ServerCore;
 use crate::errors::{Error, Result};
-use crate::identity::write_atomic;
 use crate::net::{self, ConnLimit, Deadlines, HandshakeError, TimedStream};
+use crate::registry::{file::FileStore, Arbiter, RegistryStore};
 use crate::wire::{self, AuthStats, ConnKind, ErrorKind, ServerRequest, ServerResponse, WireError};
-use parking_lot::Mutex;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,11 +33,13 @@ pub struct ServerOptions {
     pub cluster_name: String,
     /// Cluster secret and client password.
     pub security: Security,
+    /// The operator's choice for a server that lost its state and cannot
+    /// prove a coordinator safe: appoint the most complete reporting node.
+    pub recover_from_nodes: bool,
 }
 
 struct Shared {
-    core: Arc<Mutex<ServerCore>>,
-    state_file: Option<PathBuf>,
+    arbiter: Arbiter,
     shutdown: AtomicBool,
     conns: ConnLimit,
     security: Security,
@@ -61,32 +64,60 @@ pub struct Server {
     addr: SocketAddr,
     sentinel_addr: Option<SocketAddr>,
     accept: Option<JoinHandle<()>>,
+    ticker: Option<JoinHandle<()>>,
 }
 
 impl Server {
     pub fn start(opts: ServerOptions) -> Result<Server> {
-        let view = match &opts.state_file {
-            Some(path) => load_state(path)?,
-            None => DurableView::default(),
-        };
-        if view.epoch > 0 {
-            log::info!(
-                "reloaded view: epoch {}, coordinator {:?}, {} members, in sync {:?}",
-                view.epoch,
-                view.coordinator,
-                view.members.len(),
-                view.isr
-            );
-        }
+        let store =
+            FileStore::open(opts.state_file.clone()).map_err(|e| Error::Config(e.to_string()))?;
+        Server::start_with(opts, Box::new(store))
+    }
+
+    /// Starts a server over `store` (the state file, or a shared store).
+    pub fn start_with(opts: ServerOptions, store: Box<dyn RegistryStore>) -> Result<Server> {
+        let settings = opts.settings.clone();
+        let recover = opts.recover_from_nodes;
+        let arbiter = Arbiter::open(store, Instant::now, |view, now| {
+            let lease = settings.lease_at_server();
+            match view {
+                Some(view) => {
+                    if view.epoch > 0 {
+                        log::info!(
+                            "reloaded view: epoch {}, coordinator {:?}, {} members, in sync {:?}",
+                            view.epoch,
+                            view.coordinator,
+                            view.members.len(),
+                            view.isr
+                        );
+                    }
+                    let core = ServerCore::new(view, lease, now);
+                    if recover {
+                        core.with_recover_from_nodes(settings.failure_timeout())
+                    } else {
+                        core
+                    }
+                }
+                None => {
+                    // A first start, or a lost state: running nodes rejoin
+                    // before a brand-new node may found a cluster.
+                    let wait = settings.failure_timeout() + settings.server_update_interval() * 2;
+                    let core = ServerCore::new(Default::default(), lease, now)
+                        .with_bootstrap_wait(now + wait);
+                    if recover {
+                        core.with_recover_from_nodes(settings.failure_timeout())
+                    } else {
+                        core
+                    }
+                }
+            }
+        })
+        .map_err(|e| Error::Config(e.to_string()))?;
+        log::info!("registry: {}", arbiter.describe());
         let listener = net::listen(opts.listen)?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
-            core: Arc::new(Mutex::new(ServerCore::new(
-                view,
-                opts.settings.lease_at_server(),
-                Instant::now(),
-            ))),
-            state_file: opts.state_file.clone(),
+            arbiter,
             shutdown: AtomicBool::new(false),
             conns: ConnLimit::new(opts.max_connections),
             counters: Arc::new(AuthCounters::default()),
@@ -103,13 +134,19 @@ impl Server {
             .name("server-accept".into())
             .spawn(move || accept_loop(sh, listener))
             .expect("spawn accept");
+        let sh = shared.clone();
+        let every = (opts.settings.heartbeat() / 2).max(Duration::from_millis(5));
+        let ticker = std::thread::Builder::new()
+            .name("server-tick".into())
+            .spawn(move || tick_loop(sh, every))
+            .expect("spawn ticker");
         log::info!("server listening on {addr}");
         let sentinel_addr = match opts.sentinel_listen {
             Some(a) => {
                 let l = net::listen(a)?;
                 let sa = l.local_addr()?;
                 let ctx = Arc::new(crate::sentinel::Context {
-                    core: shared.core.clone(),
+                    core: shared.arbiter.core(),
                     name: opts.cluster_name.clone(),
                     conns: shared.conns.clone(),
                     password: opts.security.password.clone(),
@@ -134,6 +171,7 @@ impl Server {
             addr,
             sentinel_addr,
             accept: Some(accept),
+            ticker: Some(ticker),
         })
     }
 
@@ -153,6 +191,9 @@ impl Server {
         if let Some(t) = self.accept.take() {
             let _ = t.join();
         }
+        if let Some(t) = self.ticker.take() {
+            let _ = t.join();
+        }
     }
 
     /// Blocks until the accept thread ends.
@@ -163,37 +204,25 @@ impl Server {
     }
 }
 
-fn load_state(path: &PathBuf) -> Result<DurableView> {
-    match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-            Error::Config(format!(
-                "server state file {} is corrupt: {e}",
-                path.display()
-            ))
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(DurableView::default()),
-        Err(e) => Err(Error::Config(format!(
-            "cannot read server state file {}: {e}",
-            path.display()
-        ))),
+fn tick_loop(sh: Arc<Shared>, every: Duration) {
+    let mut failing = false;
+    while !sh.shutdown.load(Ordering::Acquire) {
+        std::thread::sleep(every);
+        match sh.arbiter.tick(&Instant::now) {
+            Ok(()) => {
+                if failing {
+                    log::info!("registry reachable again");
+                }
+                failing = false;
+            }
+            Err(e) => {
+                if !failing {
+                    log::warn!("{e}");
+                }
+                failing = true;
+            }
+        }
     }
-}
-
-fn persist(sh: &Shared, view: &DurableView) -> Result<()> {
-    let Some(path) = &sh.state_file else {
-        return Ok(());
-    };
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .map(|p| p.to_path_buf())
-        .unwrap_or_else(|| PathBuf::from("."));
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| Error::Config(format!("bad state file name {}", path.display())))?;
-    let bytes = serde_json::to_vec_pretty(view).expect("view serializes");
-    write_atomic(&dir, name, &bytes)
 }
 
 fn accept_loop(sh: Arc<Shared>, listener: TcpListener) {
@@ -358,25 +387,7 @@ fn serve(sh: &Shared, stream: TcpStream) {
 }
 
 fn handle(sh: &Shared, req: ServerRequest) -> ServerResponse {
-    let mut core = sh.core.lock();
-    let before = sh.state_file.as_ref().map(|_| core.durable().clone());
-    let (resp, changed) = core.handle(Instant::now(), req);
-    let resp = match (changed, before) {
-        (true, Some(before)) => match persist(sh, core.durable()) {
-            Ok(()) => resp,
-            Err(e) => {
-                // Nothing the server could not store is acknowledged.
-                log::error!("{e}");
-                core.restore(before);
-                ServerResponse::Error {
-                    kind: ErrorKind::Unavailable,
-                    message: format!("the server cannot store its state: {e}"),
-                }
-            }
-        },
-        _ => resp,
-    };
-    match resp {
+    match sh.arbiter.handle(&Instant::now, req) {
         ServerResponse::View(mut v) => {
             v.auth = sh.auth_stats();
             ServerResponse::View(v)

@@ -22,7 +22,7 @@ use std::sync::Arc;
 /// "DKV1" — first field of every handshake and beacon.
 pub const MAGIC: u32 = 0x444B_5631;
 /// Bumped on any incompatible change of the messages below.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Largest beacon datagram we send or accept.
 pub const MAX_BEACON_BYTES: usize = 512;
 /// Largest frame on a server connection (views of large clusters fit easily).
@@ -477,6 +477,32 @@ pub enum ServerRequest {
     },
     /// The client password; required first when the server has one.
     Auth { password: Vec<u8> },
+    /// A running node tells a server that does not know it (restarted
+    /// without its state, or a new machine at the same address) who it is
+    /// and what it knows, so the server can rebuild its view safely.
+    Rejoin(Box<RejoinReport>),
+}
+
+/// What a running node reports when it rejoins (see `ServerRequest::Rejoin`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejoinReport {
+    pub node_id: NodeId,
+    pub incarnation: u64,
+    pub data_addr: String,
+    pub beacon_addr: String,
+    pub resp_addr: Option<String>,
+    /// The node's current epoch and role.
+    pub epoch: Epoch,
+    pub role: Role,
+    /// The end of its log.
+    pub last: LogPos,
+    /// It is the coordinator and its lease had not run out when it sent this.
+    pub holds_lease: bool,
+    /// The last epoch it coordinated and that epoch's in-sync set, pending
+    /// additions included (`None` if it never was coordinator).
+    pub coordinated: Option<(Epoch, Vec<NodeId>)>,
+    /// The last view it adopted.
+    pub view: ClusterView,
 }
 
 impl ServerRequest {
@@ -488,6 +514,7 @@ impl ServerRequest {
                 | ServerRequest::Status { .. }
                 | ServerRequest::SetIsr { .. }
                 | ServerRequest::RequestGrant { .. }
+                | ServerRequest::Rejoin(_)
         )
     }
 }
@@ -519,6 +546,11 @@ pub enum ServerResponse {
         message: String,
     },
     Authenticated,
+    /// The server does not know the sender, or knows less than it does (it
+    /// restarted without its state): send `Rejoin`.
+    NotRegistered {
+        epoch: Epoch,
+    },
 }
 
 /// What the coordinator reports about one member.
@@ -540,6 +572,9 @@ pub struct ClusterView {
     pub members: Vec<MemberInfo>,
     /// What the server's authentication refused since it started.
     pub auth: AuthStats,
+    /// Why the server grants nothing right now (it is rebuilding its view
+    /// from the nodes' reports), as a sentence for operators.
+    pub recovery: Option<String>,
 }
 
 impl ClusterView {

@@ -27,8 +27,8 @@ use dkv::storage::wal::WalRecord;
 use dkv::types::{Entry, LogPos, Op, Role};
 use dkv::wire::{
     self, AuthStats, Beacon, ClusterView, ConnKind, ErrorKind, FollowRequest, Hello, HelloReply,
-    MemberInfo, MemberReport, NodeStatus, Opener, ReplAck, ReplMsg, Request, Response, Sealer,
-    ServerRequest, ServerResponse, WireError,
+    MemberInfo, MemberReport, NodeStatus, Opener, RejoinReport, ReplAck, ReplMsg, Request,
+    Response, Sealer, ServerRequest, ServerResponse, WireError,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -270,6 +270,7 @@ fn cluster_view() -> impl Strategy<Value = ClusterView> {
             isr_version: n[1],
             members,
             auth,
+            recovery: None,
         })
 }
 
@@ -314,6 +315,40 @@ fn server_request() -> impl Strategy<Value = ServerRequest> {
             }
         }),
         bytes(24).prop_map(|password| ServerRequest::Auth { password }),
+        (
+            any::<[u64; 3]>(),
+            (text(), text(), prop::option::of(text())),
+            role(),
+            pos(),
+            any::<bool>(),
+            prop::option::of((any::<u64>(), vec(any::<u64>(), 0..4))),
+            cluster_view()
+        )
+            .prop_map(
+                |(
+                    n,
+                    (data_addr, beacon_addr, resp_addr),
+                    role,
+                    last,
+                    holds_lease,
+                    coordinated,
+                    view,
+                )| {
+                    ServerRequest::Rejoin(Box::new(RejoinReport {
+                        node_id: n[0],
+                        incarnation: n[1],
+                        data_addr,
+                        beacon_addr,
+                        resp_addr,
+                        epoch: n[2],
+                        role,
+                        last,
+                        holds_lease,
+                        coordinated,
+                        view,
+                    }))
+                }
+            ),
     ]
 }
 
@@ -335,6 +370,7 @@ fn server_response() -> impl Strategy<Value = ServerResponse> {
             .prop_map(|(epoch, reason)| ServerResponse::Rejected { epoch, reason }),
         (error_kind(), text()).prop_map(|(kind, message)| ServerResponse::Error { kind, message }),
         Just(ServerResponse::Authenticated),
+        any::<u64>().prop_map(|epoch| ServerResponse::NotRegistered { epoch }),
     ]
 }
 
@@ -1112,6 +1148,7 @@ fn sample_view() -> ClusterView {
         isr_version: 9,
         members: vec![member(1, Role::Coordinator), member(2, Role::Replica)],
         auth: AuthStats::default(),
+        recovery: Some("waiting for node 1".into()),
     }
 }
 

@@ -385,6 +385,7 @@ fn status(server: &str, pw: &Option<Vec<u8>>, json: bool) -> Result<(), Error> {
             "cluster_secret": view.auth.cluster_secret,
             "server_rejected_peers": view.auth.rejected_peers,
             "server_failed_client_auth": view.auth.failed_client_auth,
+            "recovery": view.recovery,
             "members": members,
         });
         println!("{}", serde_json::to_string_pretty(&out).expect("json"));
@@ -398,6 +399,9 @@ fn status(server: &str, pw: &Option<Vec<u8>>, json: bool) -> Result<(), Error> {
             .unwrap_or_else(|| "none".into()),
         view.isr
     );
+    if let Some(why) = &view.recovery {
+        println!("RECOVERING: the server grants nothing until it can: {why}");
+    }
     println!(
         "cluster secret {}  server refused: {} peers, {} client logins",
         if view.auth.cluster_secret {

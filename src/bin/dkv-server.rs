@@ -1,4 +1,4 @@
-//! `dkv-server -c config.json [--listen HOST:PORT] [--state-file PATH]`
+//! `dkv-server -c config.json [--listen HOST:PORT] [--state-file PATH] [--recover-from-nodes]`
 
 use clap::Parser;
 use dkv::config::Config;
@@ -18,9 +18,15 @@ struct Args {
     #[arg(long, value_name = "HOST:PORT")]
     listen: Option<String>,
     /// Where to keep the cluster view across restarts; defaults to the
-    /// config's server-state-file, else the view is kept in memory only.
+    /// config's server-state-file (itself dkv-server-state.json by default).
     #[arg(long, value_name = "PATH")]
     state_file: Option<PathBuf>,
+    /// When this server lost its state and the nodes' reports cannot prove
+    /// which of them holds every acknowledged write (the last coordinator
+    /// is gone), appoint the most complete reporting node. Writes
+    /// acknowledged only by nodes that do not report may be lost.
+    #[arg(long)]
+    recover_from_nodes: bool,
     /// Where to answer Sentinel discovery commands (RESP), e.g.
     /// 127.0.0.1:26379; defaults to the config's sentinel-listen, else off.
     #[arg(long, value_name = "HOST:PORT")]
@@ -75,6 +81,7 @@ fn main() -> ExitCode {
         settings: cfg.node_settings.clone(),
         state_file,
         max_connections: cfg.node_settings.max_connections,
+        recover_from_nodes: args.recover_from_nodes,
     };
     match Server::start(opts) {
         Ok(server) => {

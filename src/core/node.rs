@@ -34,7 +34,8 @@
 use crate::config::NodeSettings;
 use crate::types::{Epoch, LogPos, NodeId, Role};
 use crate::wire::{
-    Beacon, ClusterView, MemberReport, ServerRequest, ServerResponse, MAGIC, PROTOCOL_VERSION,
+    Beacon, ClusterView, MemberReport, RejoinReport, ServerRequest, ServerResponse, MAGIC,
+    PROTOCOL_VERSION,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -82,6 +83,9 @@ pub enum Call {
     View,
     SetIsr,
     Grant,
+    /// Tell a server that does not know this node who it is (it restarted
+    /// without its state).
+    Rejoin,
 }
 
 #[derive(Clone, Debug)]
@@ -209,6 +213,11 @@ pub struct NodeCore {
     coordinator_since: Instant,
     lease_until: Option<Instant>,
     push_failures: u32,
+    /// The last epoch this node coordinated and its in-sync set then
+    /// (pending additions included): reported when it rejoins a server.
+    coordinated: Option<(Epoch, BTreeSet<NodeId>)>,
+    /// The epoch this node took the coordinator role in.
+    lead_epoch: Epoch,
     // replica
     following: Option<(NodeId, Epoch)>,
     follow_retry_at: Option<Instant>,
@@ -247,6 +256,8 @@ impl NodeCore {
             coordinator_since: registered_at,
             lease_until: None,
             push_failures: 0,
+            coordinated: None,
+            lead_epoch: 0,
             following: None,
             follow_retry_at: None,
             follow_failures: 0,
@@ -618,6 +629,63 @@ impl NodeCore {
         best.1
     }
 
+    /// Whether a view shows that its server does not know this node (it
+    /// restarted without its state, or is a new machine at the address),
+    /// or knows an older epoch than this node has seen.
+    fn view_forgot_us(&self, view: &ClusterView) -> bool {
+        view.epoch < self.epoch
+            || view
+                .member(self.id)
+                .is_none_or(|m| m.incarnation < self.incarnation)
+    }
+
+    /// Tells the server who this node is and what it knows.
+    fn rejoin(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let Some(me) = self.view.member(self.id).cloned() else {
+            log::warn!(
+                "node {}: the server does not know this node, and its own record is lost too",
+                self.id
+            );
+            return;
+        };
+        if !self.in_flight.contains(&Call::Rejoin) {
+            log::warn!(
+                "node {}: the server does not know this node (it restarted without its state?); rejoining with epoch {}, log at {}",
+                self.id,
+                self.epoch,
+                self.local.last
+            );
+        }
+        let coordinated = if self.role == Role::Coordinator {
+            Some((self.lead_epoch, self.isr_with_pending()))
+        } else {
+            self.coordinated.clone()
+        };
+        let report = RejoinReport {
+            node_id: self.id,
+            incarnation: self.incarnation,
+            data_addr: me.data_addr,
+            beacon_addr: me.beacon_addr,
+            resp_addr: me.resp_addr,
+            epoch: self.epoch,
+            role: self.role,
+            last: self.local.last,
+            holds_lease: self.role == Role::Coordinator
+                && self.lease_until.is_some_and(|t| now < t),
+            coordinated: coordinated.map(|(e, isr)| (e, isr.into_iter().collect())),
+            view: self.view.clone(),
+        };
+        self.call(Call::Rejoin, ServerRequest::Rejoin(Box::new(report)), out);
+    }
+
+    fn isr_with_pending(&self) -> BTreeSet<NodeId> {
+        let mut isr = self.isr.clone();
+        if let Some(p) = &self.isr_pending {
+            isr.extend(p.iter().copied());
+        }
+        isr
+    }
+
     fn on_server_reply(
         &mut self,
         now: Instant,
@@ -627,6 +695,35 @@ impl NodeCore {
         out: &mut Vec<Action>,
     ) {
         match (call, reply) {
+            (_, Ok(ServerResponse::NotRegistered { .. })) => {
+                match call {
+                    Call::Status => self.push_failures += 1,
+                    Call::SetIsr => self.isr_pending = None,
+                    Call::Grant => {
+                        self.election = Election::Voting {
+                            until: now + self.timing.heartbeat,
+                        }
+                    }
+                    Call::View | Call::Rejoin => {}
+                }
+                if call == Call::Rejoin {
+                    log::warn!(
+                        "node {}: the server asked a rejoining node to rejoin",
+                        self.id
+                    );
+                } else {
+                    self.rejoin(now, out);
+                }
+            }
+            (Call::Rejoin, Ok(ServerResponse::Registered { view, .. })) => {
+                self.next_server = now;
+                if view.member(self.id).is_some() {
+                    self.adopt_view(now, view, sent, out);
+                }
+            }
+            (Call::View, Ok(ServerResponse::View(view))) if self.view_forgot_us(&view) => {
+                self.rejoin(now, out);
+            }
             (Call::Status, Ok(ServerResponse::Ok(view))) => {
                 self.push_failures = 0;
                 if self.role == Role::Coordinator && view.epoch == self.epoch {
@@ -698,7 +795,7 @@ impl NodeCore {
                             until: now + self.timing.heartbeat,
                         };
                     }
-                    Call::View => {}
+                    Call::View | Call::Rejoin => {}
                 }
             }
         }
@@ -771,9 +868,15 @@ impl NodeCore {
             return;
         }
         self.epoch = self.view.epoch;
+        if coordinator == Some(self.id) && epoch_changed && self.role == Role::Coordinator {
+            // Granted a new epoch while coordinating an older one (a server
+            // that rebuilt its view re-appointed this node): start afresh.
+            self.step_down(now, out);
+        }
         if coordinator == Some(self.id) {
             if self.role != Role::Coordinator {
                 self.role = Role::Coordinator;
+                self.lead_epoch = self.epoch;
                 self.election = Election::Idle;
                 self.isr = self.view.isr.iter().copied().collect();
                 self.isr_version = self.view.isr_version;
@@ -852,6 +955,7 @@ impl NodeCore {
             self.id,
             self.epoch
         );
+        self.coordinated = Some((self.lead_epoch, self.isr_with_pending()));
         self.role = Role::Replica;
         self.lease_until = None;
         self.isr_pending = None;
@@ -945,6 +1049,7 @@ mod tests {
             isr_version: 0,
             members: ids.iter().map(|&i| member(i)).collect(),
             auth: Default::default(),
+            recovery: None,
         }
     }
 
@@ -1088,6 +1193,89 @@ mod tests {
         );
         assert_eq!(out[0], Action::StepDown);
         assert_eq!(core.role(), Role::Replica);
+    }
+
+    #[test]
+    fn a_server_that_forgot_this_node_gets_a_rejoin_with_what_it_knows() {
+        let now = Instant::now();
+        let (mut core, _) = NodeCore::new(1, 1, &settings(), view(3, 1, &[1, 2], &[1, 2]), now);
+        // The coordinator's push is answered by a server that lost its state.
+        let out = core.handle(
+            now,
+            Input::ServerReply {
+                call: Call::Status,
+                sent: now,
+                reply: Ok(ServerResponse::NotRegistered { epoch: 0 }),
+            },
+        );
+        assert_eq!(
+            core.role(),
+            Role::Coordinator,
+            "it does not step down for that"
+        );
+        let report = out
+            .iter()
+            .find_map(|a| match a {
+                Action::CallServer {
+                    call: Call::Rejoin,
+                    request: ServerRequest::Rejoin(r),
+                } => Some(r.clone()),
+                _ => None,
+            })
+            .expect("rejoins");
+        assert_eq!(
+            (report.node_id, report.epoch, report.role),
+            (1, 3, Role::Coordinator)
+        );
+        assert!(report.holds_lease);
+        assert_eq!(report.coordinated, Some((3, vec![1, 2])));
+        assert_eq!(report.data_addr, "127.0.0.1:7001");
+
+        // A replica sees a view without itself.
+        let (mut replica, _) = NodeCore::new(2, 1, &settings(), view(3, 1, &[1, 2], &[1, 2]), now);
+        let out = replica.handle(
+            now,
+            Input::ServerReply {
+                call: Call::View,
+                sent: now,
+                reply: Ok(ServerResponse::View(ClusterView::default())),
+            },
+        );
+        assert!(
+            out.iter().any(|a| matches!(
+                a,
+                Action::CallServer {
+                    call: Call::Rejoin,
+                    ..
+                }
+            )),
+            "{out:?}"
+        );
+        assert_eq!(replica.epoch(), 3, "the forgetful view is not adopted");
+    }
+
+    #[test]
+    fn a_coordinator_granted_a_new_epoch_starts_it_afresh() {
+        let now = Instant::now();
+        let (mut core, _) = NodeCore::new(1, 1, &settings(), view(3, 1, &[1, 2], &[1, 2]), now);
+        let out = core.handle(
+            now,
+            Input::ServerReply {
+                call: Call::Status,
+                sent: now,
+                reply: Ok(ServerResponse::Ok(view(4, 1, &[1, 2], &[1, 2]))),
+            },
+        );
+        let down = out
+            .iter()
+            .position(|a| *a == Action::StepDown)
+            .expect("steps down");
+        let up = out
+            .iter()
+            .position(|a| matches!(a, Action::BecomeCoordinator { epoch: 4, .. }))
+            .expect("takes epoch 4");
+        assert!(down < up);
+        assert_eq!((core.role(), core.epoch()), (Role::Coordinator, 4));
     }
 
     #[test]

@@ -74,6 +74,7 @@ fn view(epoch: Epoch, coordinator: NodeId, isr: &[NodeId], ids: &[NodeId]) -> Cl
             })
             .collect(),
         auth: Default::default(),
+        recovery: None,
     }
 }
 

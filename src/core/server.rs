@@ -9,10 +9,23 @@
 //! * the coordinator's lease is renewed only by its own status pushes at its
 //!   current epoch;
 //! * the in-sync set is changed only by the coordinator of the current epoch,
-//!   and always contains it.
+//!   and always contains it;
+//! * a server whose view cannot be trusted (it started without one and
+//!   running nodes rejoin, or a node reports a newer epoch) *recovers*: it
+//!   grants nothing until the nodes' reports prove a choice safe, or an
+//!   operator makes it (`recover_from_nodes`). See docs/ARCHITECTURE.md,
+//!   "A server that lost its state".
+//!
+//! With several servers over one store (etcd), the runtime feeds what other
+//! servers decided through [`ServerCore::observe_view`] and
+//! [`ServerCore::observe_renewal`], and commits this core's decisions (the
+//! durable view, and [`ServerCore::poll_renewal`]) as transactions on the
+//! revisions it read.
 
 use crate::types::{Epoch, LogPos, NodeId, Role};
-use crate::wire::{ClusterView, MemberInfo, MemberReport, ServerRequest, ServerResponse};
+use crate::wire::{
+    ClusterView, MemberInfo, MemberReport, RejoinReport, ServerRequest, ServerResponse,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
@@ -29,6 +42,41 @@ pub struct DurableView {
     pub isr_version: u64,
     pub members: BTreeMap<NodeId, MemberRecord>,
     pub next_id: NodeId,
+    /// Set while the server rebuilds its view from the nodes' reports.
+    #[serde(default)]
+    pub recovery: Option<Recovery>,
+}
+
+/// The nodes' reports collected while recovering.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Recovery {
+    pub reports: BTreeMap<NodeId, NodeReport>,
+    /// Members the reporting nodes knew of that have not reported yet: they
+    /// join the view when recovery ends. Until then they are not listed, so
+    /// they see a view without themselves and rejoin.
+    #[serde(default)]
+    pub known: BTreeMap<NodeId, MemberRecord>,
+}
+
+/// What one node reported while the server recovers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeReport {
+    pub incarnation: u64,
+    /// The highest epoch the node saw or holds entries of.
+    pub epoch: Epoch,
+    pub last: LogPos,
+    /// The last epoch it coordinated, with that epoch's in-sync set (id and
+    /// the incarnation the coordinator knew).
+    pub coordinated: Option<(Epoch, Vec<(NodeId, u64)>)>,
+}
+
+/// An accepted status push: the coordinator's lease was renewed. With a
+/// shared store the runtime records it before the push is answered.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Renewal {
+    pub epoch: Epoch,
+    pub coordinator: NodeId,
+    pub reports: Vec<MemberReport>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -48,6 +96,7 @@ struct Reported {
     at: Option<Instant>,
 }
 
+#[derive(Clone)]
 pub struct ServerCore {
     view: DurableView,
     /// How long a status push keeps the coordinator's lease, as the server
@@ -55,6 +104,17 @@ pub struct ServerCore {
     lease: Duration,
     lease_until: Option<Instant>,
     reports: HashMap<NodeId, Reported>,
+    /// A server that started without a view lets a brand-new node found a
+    /// cluster only after this instant, so running nodes can rejoin first.
+    bootstrap_after: Option<Instant>,
+    /// Operator's choice: when recovery cannot prove a coordinator safe,
+    /// appoint the most complete reporting node after this long.
+    recover_from_nodes: Option<Duration>,
+    /// When the current recovery began (by this server's clock).
+    recovery_since: Option<Instant>,
+    /// Why recovery waits, for logs and views.
+    recovery_note: Option<String>,
+    renewal: Option<Renewal>,
 }
 
 impl ServerCore {
@@ -63,12 +123,75 @@ impl ServerCore {
     /// serving under the lease it had before the restart.
     pub fn new(view: DurableView, lease: Duration, now: Instant) -> Self {
         let lease_until = view.coordinator.map(|_| now + lease);
+        let recovery_since = view.recovery.as_ref().map(|_| now);
         ServerCore {
             view,
             lease,
             lease_until,
             reports: HashMap::new(),
+            bootstrap_after: None,
+            recover_from_nodes: None,
+            recovery_since,
+            recovery_note: None,
+            renewal: None,
         }
+    }
+
+    /// For a server that started without any view: no brand-new node may
+    /// found a cluster before `after` (running nodes rejoin first).
+    pub fn with_bootstrap_wait(mut self, after: Instant) -> Self {
+        self.bootstrap_after = Some(after);
+        self
+    }
+
+    /// The operator's `--recover-from-nodes`: when recovery cannot prove a
+    /// choice safe, appoint the most complete reporting node once reports
+    /// have been collected for `settle`.
+    pub fn with_recover_from_nodes(mut self, settle: Duration) -> Self {
+        self.recover_from_nodes = Some(settle);
+        self
+    }
+
+    /// Whether the server is rebuilding its view from the nodes.
+    pub fn recovering(&self) -> bool {
+        self.view.recovery.is_some()
+    }
+
+    /// The lease renewal decided by the last `handle`, if any. With a shared
+    /// store the runtime must record it before it sends the reply.
+    pub fn poll_renewal(&mut self) -> Option<Renewal> {
+        self.renewal.take()
+    }
+
+    /// Another server (or the store's first read) changed the durable view.
+    /// A new coordinator is given a full lease from now: it was granted one
+    /// elsewhere, at a moment this server cannot know.
+    pub fn observe_view(&mut self, now: Instant, view: DurableView) {
+        if (view.epoch, view.coordinator) != (self.view.epoch, self.view.coordinator) {
+            self.lease_until = view.coordinator.map(|_| now + self.lease);
+        }
+        if view.recovery.is_some() && self.recovery_since.is_none() {
+            self.recovery_since = Some(now);
+        }
+        if view.recovery.is_none() {
+            self.recovery_since = None;
+            self.recovery_note = None;
+        }
+        self.view = view;
+    }
+
+    /// This server observed a lease renewal it had not seen (recorded by
+    /// another server, at a moment it cannot know): the lease runs a full
+    /// term from now. Carries the member reports of that push.
+    pub fn observe_renewal(&mut self, now: Instant, renewal: &Renewal) {
+        if renewal.epoch != self.view.epoch || Some(renewal.coordinator) != self.view.coordinator {
+            return;
+        }
+        let until = now + self.lease;
+        if self.lease_until.is_none_or(|t| until > t) {
+            self.lease_until = Some(until);
+        }
+        self.take_reports(now, &renewal.reports);
     }
 
     pub fn durable(&self) -> &DurableView {
@@ -85,6 +208,18 @@ impl ServerCore {
     }
 
     pub fn handle(&mut self, now: Instant, req: ServerRequest) -> (ServerResponse, bool) {
+        self.renewal = None;
+        self.handle_request(now, req)
+    }
+
+    /// Time passed: a recovery may be decided by it (the operator's settle
+    /// period). Returns whether the durable view changed. The runtime calls
+    /// it every heartbeat.
+    pub fn tick(&mut self, now: Instant) -> bool {
+        self.try_recover(now, None)
+    }
+
+    fn handle_request(&mut self, now: Instant, req: ServerRequest) -> (ServerResponse, bool) {
         match req {
             ServerRequest::Register {
                 node_id,
@@ -120,7 +255,310 @@ impl ServerCore {
             } => self.grant(now, candidate, epoch, last),
             // Checked by the connection before it reaches the core.
             ServerRequest::Auth { .. } => (ServerResponse::Authenticated, false),
+            ServerRequest::Rejoin(report) => self.rejoin(now, *report),
         }
+    }
+
+    /// `NotRegistered` when this server does not know `from`, knows an
+    /// older epoch than the sender, or recovers and has no report from it
+    /// yet: the sender must rejoin and report.
+    fn unknown(&self, from: NodeId, epoch: Epoch) -> Option<ServerResponse> {
+        let unreported = self
+            .view
+            .recovery
+            .as_ref()
+            .is_some_and(|r| !r.reports.contains_key(&from));
+        (!self.view.members.contains_key(&from) || epoch > self.view.epoch || unreported).then_some(
+            ServerResponse::NotRegistered {
+                epoch: self.view.epoch,
+            },
+        )
+    }
+
+    fn recovering_refusal(&self) -> ServerResponse {
+        ServerResponse::Rejected {
+            epoch: self.view.epoch,
+            reason: format!(
+                "the server is rebuilding its view from the nodes' reports: {}",
+                self.recovery_note
+                    .as_deref()
+                    .unwrap_or("waiting for reports")
+            ),
+        }
+    }
+
+    /// A running node the server does not know (or knows less than) reports.
+    fn rejoin(&mut self, now: Instant, r: RejoinReport) -> (ServerResponse, bool) {
+        let id = r.node_id;
+        if let Some(rec) = self.view.members.get(&id) {
+            if r.incarnation < rec.incarnation {
+                return (
+                    ServerResponse::Rejected {
+                        epoch: self.view.epoch,
+                        reason: format!(
+                            "node {id} incarnation {} is older than the registered {}",
+                            r.incarnation, rec.incarnation
+                        ),
+                    },
+                    false,
+                );
+            }
+            let known = r.incarnation == rec.incarnation;
+            let seen = r.epoch.max(r.last.epoch);
+            if known && seen <= self.view.epoch && !self.recovering() {
+                // Nothing this server does not know already (a reply that
+                // crossed a change): answer with the view.
+                return (
+                    ServerResponse::Registered {
+                        node_id: id,
+                        view: self.view(now),
+                    },
+                    false,
+                );
+            }
+        }
+        let was_empty = self.view.members.is_empty() && self.view.epoch == 0;
+        let seen = r.epoch.max(r.last.epoch);
+        if !self.recovering() && (was_empty || seen > self.view.epoch) {
+            self.start_recovery(now, &format!("node {id} rejoined with epoch {seen}"));
+        }
+        // Remember the members the node knew of (they are listed once they
+        // report, or when recovery ends), then list the node itself.
+        if let Some(rec) = self.view.recovery.as_mut() {
+            for m in &r.view.members {
+                if !self.view.members.contains_key(&m.node_id) {
+                    rec.known.entry(m.node_id).or_insert_with(|| MemberRecord {
+                        incarnation: m.incarnation,
+                        data_addr: m.data_addr.clone(),
+                        beacon_addr: m.beacon_addr.clone(),
+                        resp_addr: m.resp_addr.clone(),
+                    });
+                }
+            }
+            rec.known.remove(&id);
+        }
+        self.view.isr_version = self.view.isr_version.max(r.view.isr_version);
+        self.view.members.insert(
+            id,
+            MemberRecord {
+                incarnation: r.incarnation,
+                data_addr: r.data_addr.clone(),
+                beacon_addr: r.beacon_addr.clone(),
+                resp_addr: r.resp_addr.clone(),
+            },
+        );
+        let max_id = self.view.members.keys().copied().max().unwrap_or(0);
+        self.view.next_id = self.view.next_id.max(max_id + 1);
+        let rep = self.reports.entry(id).or_default();
+        rep.applied = r.last;
+        let coordinated = r.coordinated.as_ref().map(|(e, isr)| {
+            let inc = |m: NodeId| r.view.member(m).map(|x| x.incarnation).unwrap_or(0);
+            (*e, isr.iter().map(|&m| (m, inc(m))).collect::<Vec<_>>())
+        });
+        self.record_report(id, r.incarnation, seen, r.last, coordinated);
+        let holder = (r.holds_lease && r.role == Role::Coordinator).then_some(id);
+        self.try_recover(now, holder);
+        (
+            ServerResponse::Registered {
+                node_id: id,
+                view: self.view(now),
+            },
+            true,
+        )
+    }
+
+    fn start_recovery(&mut self, now: Instant, why: &str) {
+        log::warn!(
+            "the server's view cannot be trusted ({why}): rebuilding it from the nodes' reports; nothing is granted until then"
+        );
+        // Every member must report again: until it does it is not listed,
+        // so it sees a view without itself and rejoins.
+        let known = std::mem::take(&mut self.view.members);
+        self.view.recovery = Some(Recovery {
+            reports: BTreeMap::new(),
+            known,
+        });
+        self.view.coordinator = None;
+        self.lease_until = None;
+        if !self.view.isr.is_empty() {
+            self.view.isr.clear();
+            self.view.isr_version += 1;
+        }
+        self.recovery_since = Some(now);
+        self.recovery_note = None;
+    }
+
+    fn record_report(
+        &mut self,
+        id: NodeId,
+        incarnation: u64,
+        epoch: Epoch,
+        last: LogPos,
+        coordinated: Option<(Epoch, Vec<(NodeId, u64)>)>,
+    ) {
+        if epoch > self.view.epoch {
+            self.view.epoch = epoch;
+        }
+        let Some(rec) = self.view.recovery.as_mut() else {
+            return;
+        };
+        let report = rec.reports.entry(id).or_insert(NodeReport {
+            incarnation,
+            epoch,
+            last,
+            coordinated: None,
+        });
+        if incarnation > report.incarnation {
+            *report = NodeReport {
+                incarnation,
+                epoch,
+                last,
+                coordinated: None,
+            };
+        }
+        report.epoch = report.epoch.max(epoch);
+        report.last = report.last.max(last);
+        // A node may step down between two reports: keep what it coordinated.
+        if coordinated.is_some() {
+            report.coordinated = coordinated;
+        }
+    }
+
+    /// Leaves recovery when the reports prove a coordinator safe (see
+    /// docs/ARCHITECTURE.md), or when the operator's settle period is over.
+    /// `lease_holder`: a node that reported just now, as coordinator, that
+    /// its lease is still valid. Returns whether the view changed.
+    fn try_recover(&mut self, now: Instant, lease_holder: Option<NodeId>) -> bool {
+        let Some(rec) = self.view.recovery.clone() else {
+            return false;
+        };
+        let top = rec
+            .reports
+            .values()
+            .map(|r| r.epoch.max(r.last.epoch))
+            .max()
+            .unwrap_or(0)
+            .max(self.view.epoch);
+        let claimant = rec
+            .reports
+            .iter()
+            .find(|(_, r)| r.coordinated.as_ref().is_some_and(|(e, _)| *e == top));
+        let mut note;
+        if let Some((&c, report)) = claimant {
+            let (_, isr) = report.coordinated.clone().expect("claimant coordinated");
+            if lease_holder == Some(c) {
+                // Still serving under its lease: no later epoch can exist.
+                let keep: BTreeSet<NodeId> = isr.iter().map(|&(m, _)| m).collect();
+                self.finish_recovery(
+                    now,
+                    c,
+                    top,
+                    keep,
+                    "the last coordinator still holds its lease",
+                );
+                return true;
+            }
+            let missing: Vec<NodeId> = isr
+                .iter()
+                .map(|&(m, _)| m)
+                .filter(|&m| m != c && !rec.reports.contains_key(&m))
+                .collect();
+            if missing.is_empty() {
+                // Members that restarted since lost their in-sync place.
+                let keep: BTreeSet<NodeId> = isr
+                    .iter()
+                    .filter(|&&(m, inc)| {
+                        m == c || rec.reports.get(&m).is_some_and(|r| r.incarnation == inc)
+                    })
+                    .map(|&(m, _)| m)
+                    .collect();
+                self.finish_recovery(
+                    now,
+                    c,
+                    top + 1,
+                    keep,
+                    "the last coordinator and every member of its in-sync set reported",
+                );
+                return true;
+            }
+            note = format!(
+                "node {c}, coordinator of epoch {top}, reported; waiting for the rest of its in-sync set ({}) to report",
+                fmt_ids(&missing)
+            );
+        } else {
+            note = format!(
+                "no reporting node coordinated epoch {top} (the last coordinator is gone or has not reported); reports from {}",
+                if rec.reports.is_empty() {
+                    "no node yet".to_string()
+                } else {
+                    fmt_ids(&rec.reports.keys().copied().collect::<Vec<_>>())
+                }
+            );
+        }
+        let since = self.recovery_since.unwrap_or(now);
+        match self.recover_from_nodes {
+            Some(settle) if now.saturating_duration_since(since) >= settle => {
+                if let Some((&best, r)) = rec.reports.iter().max_by_key(|(&id, r)| (r.last, id)) {
+                    log::warn!(
+                        "--recover-from-nodes: appointing node {best} (log at {}), the most complete of the reporting nodes {}; writes acknowledged only by nodes that did not report may be lost",
+                        r.last,
+                        fmt_ids(&rec.reports.keys().copied().collect::<Vec<_>>())
+                    );
+                    self.finish_recovery(
+                        now,
+                        best,
+                        top + 1,
+                        BTreeSet::from([best]),
+                        "appointed by the operator (--recover-from-nodes)",
+                    );
+                    return true;
+                }
+            }
+            Some(_) => note.push_str("; --recover-from-nodes will appoint the most complete reporting node once reports settle"),
+            None => note.push_str(
+                "; if the last coordinator is gone for good, restart the server with --recover-from-nodes to appoint the most complete reporting node",
+            ),
+        }
+        if self.recovery_note.as_deref() != Some(note.as_str()) {
+            log::warn!("recovery waits: {note}");
+            self.recovery_note = Some(note);
+        }
+        false
+    }
+
+    fn finish_recovery(
+        &mut self,
+        now: Instant,
+        coordinator: NodeId,
+        epoch: Epoch,
+        isr: BTreeSet<NodeId>,
+        why: &str,
+    ) {
+        debug_assert!(epoch >= self.view.epoch, "epochs only go up");
+        if let Some(rec) = self.view.recovery.take() {
+            for (id, m) in rec.known {
+                self.view.members.entry(id).or_insert(m);
+            }
+            let max_id = self.view.members.keys().copied().max().unwrap_or(0);
+            self.view.next_id = self.view.next_id.max(max_id + 1);
+        }
+        let mut isr: BTreeSet<NodeId> = isr
+            .into_iter()
+            .filter(|m| self.view.members.contains_key(m))
+            .collect();
+        isr.insert(coordinator);
+        self.view.epoch = epoch;
+        self.view.coordinator = Some(coordinator);
+        self.view.isr = isr;
+        self.view.isr_version += 1;
+        self.view.recovery = None;
+        self.recovery_since = None;
+        self.recovery_note = None;
+        self.lease_until = Some(now + self.lease);
+        log::warn!(
+            "recovered the view ({why}): node {coordinator} is coordinator of epoch {epoch}, in sync {}",
+            fmt_ids(&self.view.isr.iter().copied().collect::<Vec<_>>())
+        );
     }
 
     fn register(
@@ -131,6 +569,23 @@ impl ServerCore {
         record: MemberRecord,
         last: LogPos,
     ) -> (ServerResponse, bool) {
+        // A server that started without a view lets running nodes rejoin
+        // before a brand-new node may found a cluster.
+        let founding = self.view.members.is_empty() && self.view.epoch == 0;
+        if founding && node_id.is_none() && last == LogPos::ZERO {
+            if let Some(after) = self.bootstrap_after.filter(|&t| now < t) {
+                return (
+                    ServerResponse::Error {
+                        kind: crate::wire::ErrorKind::Unavailable,
+                        message: format!(
+                            "the server started without a cluster view; it waits {} ms more for running nodes to rejoin before a new cluster may be founded",
+                            (after - now).as_millis()
+                        ),
+                    },
+                    false,
+                );
+            }
+        }
         let mut restarted = false;
         let id = match node_id {
             Some(id) => {
@@ -170,17 +625,29 @@ impl ServerCore {
                 self.view.isr_version += 1;
             }
         }
-        // Epochs only go up, also past what nodes already saw (a server that
-        // lost its state file must not grant an epoch a log already holds).
-        let first = self.view.epoch == 0;
-        if last.epoch > self.view.epoch {
-            log::warn!(
-                "node {id} holds entries of epoch {}, above this server's epoch {}: raising it",
-                last.epoch,
-                self.view.epoch
+        // A node holding entries of an epoch this server never granted: the
+        // server lost its state (or holds an old copy). It must not let a
+        // node found a cluster or be granted anything on its own word:
+        // recovery collects the reports (and epochs only go up).
+        if last.epoch > self.view.epoch && !self.recovering() {
+            self.start_recovery(
+                now,
+                &format!(
+                    "node {id} holds entries of epoch {}, above this server's epoch {}",
+                    last.epoch, self.view.epoch
+                ),
             );
-            self.view.epoch = last.epoch;
+            if let Some(m) = self
+                .view
+                .recovery
+                .as_mut()
+                .and_then(|r| r.known.remove(&id))
+            {
+                self.view.members.insert(id, m);
+            }
         }
+        self.record_report(id, incarnation, last.epoch, last, None);
+        let first = founding && last == LogPos::ZERO && !self.recovering();
         if first {
             // The very first node: coordinator of the next epoch.
             self.view.epoch += 1;
@@ -216,6 +683,12 @@ impl ServerCore {
     }
 
     fn is_current_coordinator(&self, from: NodeId, epoch: Epoch) -> Result<(), ServerResponse> {
+        if let Some(r) = self.unknown(from, epoch) {
+            return Err(r);
+        }
+        if self.recovering() {
+            return Err(self.recovering_refusal());
+        }
         if epoch != self.view.epoch || self.view.coordinator != Some(from) {
             return Err(ServerResponse::Rejected {
                 epoch: self.view.epoch,
@@ -239,6 +712,16 @@ impl ServerCore {
             return rej;
         }
         self.lease_until = Some(now + self.lease);
+        self.take_reports(now, &reports);
+        self.renewal = Some(Renewal {
+            epoch,
+            coordinator: from,
+            reports,
+        });
+        ServerResponse::Ok(self.view(now))
+    }
+
+    fn take_reports(&mut self, now: Instant, reports: &[MemberReport]) {
         for r in reports {
             if self.view.members.contains_key(&r.node_id) {
                 let rep = self.reports.entry(r.node_id).or_default();
@@ -248,7 +731,6 @@ impl ServerCore {
                 rep.at = Some(now);
             }
         }
-        ServerResponse::Ok(self.view(now))
     }
 
     fn set_isr(
@@ -308,6 +790,12 @@ impl ServerCore {
                 false,
             )
         };
+        if let Some(r) = self.unknown(candidate, epoch) {
+            return (r, false);
+        }
+        if self.recovering() {
+            return (self.recovering_refusal(), false);
+        }
         if epoch != self.view.epoch {
             return reject(format!(
                 "epoch {epoch} is over: epoch {} is current",
@@ -386,6 +874,11 @@ impl ServerCore {
             isr_version: self.view.isr_version,
             members,
             auth: Default::default(),
+            recovery: self.view.recovery.as_ref().map(|_| {
+                self.recovery_note
+                    .clone()
+                    .unwrap_or_else(|| "rebuilding the view from the nodes' reports".into())
+            }),
         }
     }
 
@@ -393,6 +886,11 @@ impl ServerCore {
     pub fn lease_expired(&self, now: Instant) -> bool {
         self.lease_until.is_none_or(|t| now >= t)
     }
+}
+
+fn fmt_ids(ids: &[NodeId]) -> String {
+    let v: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+    format!("[{}]", v.join(", "))
 }
 
 #[cfg(test)]
@@ -589,9 +1087,10 @@ mod tests {
             grant(&mut c, later, 2, 1),
             ServerResponse::Rejected { .. }
         ));
+        // A stranger is told to rejoin (the server does not know it).
         assert!(matches!(
             grant(&mut c, later, 9, 1),
-            ServerResponse::Rejected { .. }
+            ServerResponse::NotRegistered { .. }
         ));
         assert_eq!(c.epoch(), 1);
     }
@@ -649,5 +1148,211 @@ mod tests {
             reg(&mut c, now, Some(2), 1),
             ServerResponse::Rejected { .. }
         ));
+    }
+
+    fn member_info(id: NodeId, inc: u64) -> MemberInfo {
+        MemberInfo {
+            node_id: id,
+            incarnation: inc,
+            data_addr: format!("127.0.0.1:{}", 7000 + id),
+            beacon_addr: format!("127.0.0.1:{}", 8000 + id),
+            resp_addr: None,
+            role: Role::Replica,
+            in_sync: true,
+            log_position: LogPos::ZERO,
+            digest: 0,
+            last_status_ms: None,
+        }
+    }
+
+    /// What node `id` of a 3-node cluster at `epoch` (coordinator 1, all in
+    /// sync) reports when it rejoins.
+    fn report(id: NodeId, epoch: Epoch, role: Role, last: LogPos, lease: bool) -> ServerRequest {
+        let view = ClusterView {
+            epoch,
+            coordinator: Some(1),
+            isr: vec![1, 2, 3],
+            isr_version: 5,
+            members: (1..=3).map(|m| member_info(m, 1)).collect(),
+            ..Default::default()
+        };
+        ServerRequest::Rejoin(Box::new(RejoinReport {
+            node_id: id,
+            incarnation: 1,
+            data_addr: format!("127.0.0.1:{}", 7000 + id),
+            beacon_addr: format!("127.0.0.1:{}", 8000 + id),
+            resp_addr: None,
+            epoch,
+            role,
+            last,
+            holds_lease: lease,
+            coordinated: (id == 1).then(|| (epoch, vec![1, 2, 3])),
+            view,
+        }))
+    }
+
+    fn empty_server() -> (ServerCore, Instant) {
+        let now = Instant::now();
+        let c = ServerCore::new(DurableView::default(), Duration::from_millis(400), now)
+            .with_bootstrap_wait(now + Duration::from_millis(350));
+        (c, now)
+    }
+
+    #[test]
+    fn a_server_that_lost_its_state_reinstates_a_coordinator_that_holds_its_lease() {
+        let (mut c, now) = empty_server();
+        // A replica rejoins first: recovery starts, nothing can be granted.
+        let (r, changed) = c.handle(now, report(2, 7, Role::Replica, LogPos::new(7, 90), false));
+        assert!(changed);
+        let ServerResponse::Registered { view, .. } = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!((view.epoch, view.coordinator), (7, None));
+        assert!(view.recovery.is_some(), "the view says why it waits");
+        assert!(matches!(
+            grant(&mut c, now, 2, 7),
+            ServerResponse::Rejected { .. }
+        ));
+        // The coordinator, still within its lease: back at the same epoch.
+        let (r, _) = c.handle(
+            now,
+            report(1, 7, Role::Coordinator, LogPos::new(7, 100), true),
+        );
+        let ServerResponse::Registered { view, .. } = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!((view.epoch, view.coordinator), (7, Some(1)));
+        assert_eq!(view.isr, vec![1, 2, 3]);
+        assert_eq!(view.recovery, None);
+        assert_eq!(view.members.len(), 3, "members it knew are listed again");
+        assert!(!c.lease_expired(now), "and it holds a lease: no grant yet");
+    }
+
+    #[test]
+    fn without_a_lease_the_last_coordinator_needs_its_whole_in_sync_set_to_report() {
+        let (mut c, now) = empty_server();
+        c.handle(now, report(1, 7, Role::Replica, LogPos::new(7, 100), false));
+        c.handle(now, report(2, 7, Role::Replica, LogPos::new(7, 100), false));
+        assert!(c.recovering(), "node 3 of its in-sync set has not reported");
+        let note = c.view(now).recovery.unwrap();
+        assert!(note.contains("[3]"), "{note}");
+        let (r, _) = c.handle(now, report(3, 7, Role::Replica, LogPos::new(7, 95), false));
+        let ServerResponse::Registered { view, .. } = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!((view.epoch, view.coordinator), (8, Some(1)), "a new epoch");
+        assert_eq!(view.isr, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn when_the_last_coordinator_is_gone_only_the_operator_chooses() {
+        let (mut c, now) = empty_server();
+        c.handle(now, report(2, 7, Role::Replica, LogPos::new(7, 90), false));
+        c.handle(now, report(3, 7, Role::Replica, LogPos::new(7, 95), false));
+        let later = now + Duration::from_secs(10);
+        assert!(!c.tick(later));
+        assert!(c.recovering());
+        assert!(c
+            .view(later)
+            .recovery
+            .unwrap()
+            .contains("--recover-from-nodes"));
+        // The same reports with the operator's flag: the most complete wins.
+        let (mut c, now) = empty_server();
+        let mut c2 = c
+            .clone()
+            .with_recover_from_nodes(Duration::from_millis(250));
+        for core in [&mut c, &mut c2] {
+            core.handle(now, report(2, 7, Role::Replica, LogPos::new(7, 90), false));
+            core.handle(now, report(3, 7, Role::Replica, LogPos::new(7, 95), false));
+        }
+        assert!(
+            !c2.tick(now + Duration::from_millis(100)),
+            "reports still settle"
+        );
+        assert!(c2.tick(now + Duration::from_millis(300)));
+        let v = c2.view(now);
+        assert_eq!(
+            (v.epoch, v.coordinator, v.isr.clone()),
+            (8, Some(3), vec![3])
+        );
+    }
+
+    #[test]
+    fn a_report_of_a_later_epoch_outranks_the_old_coordinator() {
+        let (mut c, now) = empty_server();
+        // Node 2 holds entries of epoch 8: an epoch node 1 never coordinated.
+        c.handle(now, report(2, 8, Role::Replica, LogPos::new(8, 3), false));
+        c.handle(now, report(3, 7, Role::Replica, LogPos::new(7, 95), false));
+        c.handle(
+            now,
+            report(1, 7, Role::Coordinator, LogPos::new(7, 100), true),
+        );
+        assert!(c.recovering());
+        assert_eq!(c.view(now).coordinator, None);
+    }
+
+    #[test]
+    fn a_fresh_server_lets_running_nodes_rejoin_before_a_new_cluster_is_founded() {
+        let (mut c, now) = empty_server();
+        assert!(matches!(
+            reg(&mut c, now, None, 1),
+            ServerResponse::Error {
+                kind: crate::wire::ErrorKind::Unavailable,
+                ..
+            }
+        ));
+        let later = now + Duration::from_millis(400);
+        let ServerResponse::Registered { view, .. } = reg(&mut c, later, None, 1) else {
+            panic!()
+        };
+        assert_eq!((view.epoch, view.coordinator), (1, Some(1)));
+        // A node with data of an epoch this server never granted starts a
+        // recovery instead of founding a cluster.
+        let (mut c, now) = empty_server();
+        let (r, _) = c.handle(
+            now + Duration::from_secs(1),
+            ServerRequest::Register {
+                node_id: Some(4),
+                incarnation: 3,
+                data_addr: "127.0.0.1:7004".into(),
+                beacon_addr: "127.0.0.1:8004".into(),
+                last: LogPos::new(5, 10),
+                resp_addr: None,
+            },
+        );
+        let ServerResponse::Registered { view, .. } = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!((view.epoch, view.coordinator), (5, None));
+        assert!(c.recovering());
+    }
+
+    #[test]
+    fn strangers_and_senders_of_newer_epochs_are_told_to_rejoin() {
+        let (mut c, now) = three_in_sync();
+        let status = |from, epoch| ServerRequest::Status {
+            from,
+            epoch,
+            reports: vec![],
+        };
+        assert!(matches!(
+            c.handle(now, status(9, 1)).0,
+            ServerResponse::NotRegistered { .. }
+        ));
+        assert!(matches!(
+            c.handle(now, status(1, 2)).0,
+            ServerResponse::NotRegistered { .. }
+        ));
+        assert!(matches!(
+            c.handle(now, status(1, 1)).0,
+            ServerResponse::Ok(_)
+        ));
+        assert!(c.poll_renewal().is_some(), "an accepted push is a renewal");
+        // A known member rejoining with nothing new changes nothing.
+        let (r, changed) = c.handle(now, report(2, 1, Role::Replica, LogPos::ZERO, false));
+        assert!(matches!(r, ServerResponse::Registered { .. }));
+        assert!(!changed);
+        assert!(!c.recovering());
     }
 }

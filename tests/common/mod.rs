@@ -205,22 +205,30 @@ impl Cluster {
     }
 
     fn start_server_at(dir: &Path, config: &Path, listen: &str, gen: usize) -> Proc {
+        Self::start_server_with(dir, config, listen, gen, &[])
+    }
+
+    fn start_server_with(
+        dir: &Path,
+        config: &Path,
+        listen: &str,
+        gen: usize,
+        extra: &[&str],
+    ) -> Proc {
         let log = dir.join(format!("server-{gen}.log"));
         let state = dir.join("server-state.json");
-        let (child, line) = spawn(
-            SERVER_BIN,
-            &[
-                "-c",
-                config.to_str().unwrap(),
-                "--listen",
-                listen,
-                "--state-file",
-                state.to_str().unwrap(),
-                "--sentinel-listen",
-                "127.0.0.1:0",
-            ],
-            &log,
-        );
+        let mut args = vec![
+            "-c",
+            config.to_str().unwrap(),
+            "--listen",
+            listen,
+            "--state-file",
+            state.to_str().unwrap(),
+            "--sentinel-listen",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        let (child, line) = spawn(SERVER_BIN, &args, &log);
         // "dkv-server listening on ADDR [sentinel ADDR]"
         let rest = line
             .strip_prefix("dkv-server listening on ")
@@ -308,6 +316,18 @@ impl Cluster {
         self.server.kill();
     }
 
+    /// The server's state file.
+    pub fn state_file(&self) -> PathBuf {
+        self.dir.join("server-state.json")
+    }
+
+    /// Starts the server again on its address with extra flags.
+    pub fn start_server_again_with(&mut self, extra: &[&str]) {
+        self.next_log += 1;
+        let addr = self.server.addr.clone();
+        self.server = Self::start_server_with(&self.dir, &self.config, &addr, self.next_log, extra);
+    }
+
     pub fn start_server_again(&mut self) {
         self.next_log += 1;
         let addr = self.server.addr.clone();
@@ -346,6 +366,20 @@ impl Cluster {
             .iter()
             .position(|n| n.id == id)
             .expect("coordinator is one of ours")
+    }
+
+    /// Index of the node acting as coordinator, asked of the nodes
+    /// themselves (works while the server is down).
+    pub fn coordinator_by_status(&self) -> usize {
+        let mut found = None;
+        wait_until("a node to act as coordinator", || {
+            found = (0..self.nodes.len()).find(|&i| {
+                self.status(i)
+                    .is_ok_and(|st| st.role == dkv::types::Role::Coordinator)
+            });
+            found.is_some()
+        });
+        found.unwrap()
     }
 
     /// Waits until the server lists `n` in-sync members.

@@ -1,0 +1,267 @@
+//! Where the server's durable view lives, and the one way a decision is made
+//! and recorded.
+//!
+//! A [`RegistryStore`] holds two records: the durable view and the
+//! coordinator's last lease renewal, each with a revision. The
+//! [`Arbiter`] runs every request through the sans-IO [`ServerCore`] and
+//! commits what it decided as **one** store transaction comparing the
+//! revisions the decision read; when another server changed either record
+//! meanwhile, the transaction fails and the arbiter reads again and decides
+//! again. The reply leaves only after the commit. See docs/ARCHITECTURE.md,
+//! "The registry", for the safety argument.
+//!
+//! Stores: [`file::FileStore`] (one server, its state file; the default) and
+//! `etcd::EtcdStore` (several servers over one etcd cluster). The
+//! simulator has its own in-memory linearizable store with faults.
+
+pub mod file;
+
+use crate::core::server::{DurableView, Renewal, ServerCore};
+use crate::wire::{ErrorKind, ServerRequest, ServerResponse};
+use parking_lot::Mutex;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The revisions of the two records as last read or written. A record that
+/// does not exist has revision 0.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Revisions {
+    pub view: i64,
+    pub lease: i64,
+}
+
+/// What a store holds.
+#[derive(Clone, Debug, Default)]
+pub struct Records {
+    pub view: Option<DurableView>,
+    pub renewal: Option<Renewal>,
+    pub revs: Revisions,
+}
+
+/// What the arbiter asks a store to write.
+#[derive(Clone, Copy, Debug)]
+pub struct Change<'a> {
+    /// The records must still have these revisions...
+    pub expect: Revisions,
+    /// ...the lease record too (a grant must not race a renewal).
+    pub compare_lease: bool,
+    pub view: Option<&'a DurableView>,
+    pub renewal: Option<&'a Renewal>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Committed {
+    /// Written; the records' new revisions.
+    Done(Revisions),
+    /// A compared revision moved: nothing was written.
+    Conflict,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store could not be reached: nothing was written.
+    #[error("the registry store is unreachable: {0}")]
+    Unavailable(String),
+    /// The request was sent and no answer came: it may have been written.
+    #[error("the registry store did not answer: {0}")]
+    Indeterminate(String),
+    /// The store holds something this server cannot read.
+    #[error("the registry store holds an unreadable record: {0}")]
+    Corrupt(String),
+}
+
+pub trait RegistryStore: Send {
+    /// Reads both records.
+    fn read(&mut self) -> Result<Records, StoreError>;
+    /// Writes `change` atomically if the compared revisions still hold.
+    fn commit(&mut self, change: Change<'_>) -> Result<Committed, StoreError>;
+    /// True when other servers share the store (the arbiter then refreshes
+    /// its records in the background and before grants and rejoins).
+    fn shared(&self) -> bool;
+    /// One line for logs: which store this is.
+    fn describe(&self) -> String;
+}
+
+/// How often one decision is tried against a store whose records keep
+/// changing under it before the arbiter gives up with `Unavailable`.
+const MAX_ATTEMPTS: usize = 4;
+
+/// Runs decisions through the core and records them in the store.
+pub struct Arbiter {
+    /// The core as of the last read or commit. Read-only requests (lookups,
+    /// Sentinel) answer from it without waiting for a decision in progress.
+    core: Arc<Mutex<ServerCore>>,
+    /// Decisions, refreshes and ticks, one at a time.
+    decide: Mutex<Decider>,
+}
+
+struct Decider {
+    store: Box<dyn RegistryStore>,
+    revs: Revisions,
+}
+
+impl Arbiter {
+    /// Reads the store and builds the core from it. `make_core` gets the
+    /// view read (`None`: the store holds none) and builds the core.
+    pub fn open(
+        mut store: Box<dyn RegistryStore>,
+        now: impl Fn() -> Instant,
+        make_core: impl FnOnce(Option<DurableView>, Instant) -> ServerCore,
+    ) -> Result<Arbiter, StoreError> {
+        let records = store.read()?;
+        let mut core = make_core(records.view, now());
+        if let Some(r) = &records.renewal {
+            core.observe_renewal(now(), r);
+        }
+        Ok(Arbiter {
+            core: Arc::new(Mutex::new(core)),
+            decide: Mutex::new(Decider {
+                store,
+                revs: records.revs,
+            }),
+        })
+    }
+
+    /// The core, for read-only uses (Sentinel, status).
+    pub fn core(&self) -> Arc<Mutex<ServerCore>> {
+        self.core.clone()
+    }
+
+    pub fn describe(&self) -> String {
+        self.decide.lock().store.describe()
+    }
+
+    pub fn shared(&self) -> bool {
+        self.decide.lock().store.shared()
+    }
+
+    /// Answers one request. `now` is read again after every store read, so
+    /// what the core observes is never dated before it happened.
+    pub fn handle(&self, now: &dyn Fn() -> Instant, req: ServerRequest) -> ServerResponse {
+        if matches!(
+            req,
+            ServerRequest::View | ServerRequest::WhoIsCoordinator | ServerRequest::Auth { .. }
+        ) {
+            return self.core.lock().handle(now(), req).0;
+        }
+        let mut d = self.decide.lock();
+        let fresh = matches!(
+            req,
+            ServerRequest::RequestGrant { .. } | ServerRequest::Rejoin(_)
+        );
+        if fresh && d.store.shared() {
+            if let Err(e) = self.refresh_locked(&mut d, now) {
+                return unavailable(&e);
+            }
+        }
+        for _ in 0..MAX_ATTEMPTS {
+            let mut work = self.core.lock().clone();
+            let (reply, changed) = work.handle(now(), req.clone());
+            let renewal = work.poll_renewal();
+            match self.commit_locked(&mut d, work, changed, renewal, &req) {
+                Ok(true) => return reply,
+                Ok(false) => {
+                    // Another server decided first: read what it decided.
+                    if let Err(e) = self.refresh_locked(&mut d, now) {
+                        return unavailable(&e);
+                    }
+                }
+                Err(e) => {
+                    log::warn!("{e}");
+                    if matches!(e, StoreError::Indeterminate(_)) {
+                        // The next read tells what happened.
+                        let _ = self.refresh_locked(&mut d, now);
+                    }
+                    return unavailable(&e);
+                }
+            }
+        }
+        ServerResponse::Error {
+            kind: ErrorKind::Unavailable,
+            message: "the registry kept changing under this server's decision; ask again".into(),
+        }
+    }
+
+    /// Lets time-driven decisions happen (recovery's settle period) and, with
+    /// a shared store, reads what other servers decided.
+    pub fn tick(&self, now: &dyn Fn() -> Instant) -> Result<(), StoreError> {
+        let mut d = self.decide.lock();
+        if d.store.shared() {
+            self.refresh_locked(&mut d, now)?;
+        }
+        for _ in 0..MAX_ATTEMPTS {
+            let mut work = self.core.lock().clone();
+            if !work.tick(now()) {
+                *self.core.lock() = work;
+                return Ok(());
+            }
+            let req = ServerRequest::View;
+            if self.commit_locked(&mut d, work, true, None, &req)? {
+                return Ok(());
+            }
+            self.refresh_locked(&mut d, now)?;
+        }
+        Ok(())
+    }
+
+    /// Writes what `work` decided; on success it becomes the core. `false`:
+    /// a compared revision moved and nothing was written.
+    fn commit_locked(
+        &self,
+        d: &mut Decider,
+        work: ServerCore,
+        changed: bool,
+        renewal: Option<Renewal>,
+        req: &ServerRequest,
+    ) -> Result<bool, StoreError> {
+        if !changed && (renewal.is_none() || !d.store.shared()) {
+            *self.core.lock() = work;
+            return Ok(true);
+        }
+        let change = Change {
+            expect: d.revs,
+            compare_lease: matches!(req, ServerRequest::RequestGrant { .. }),
+            view: changed.then(|| work.durable()),
+            renewal: renewal.as_ref(),
+        };
+        match d.store.commit(change)? {
+            Committed::Done(revs) => {
+                d.revs = revs;
+                *self.core.lock() = work;
+                Ok(true)
+            }
+            Committed::Conflict => Ok(false),
+        }
+    }
+
+    fn refresh_locked(&self, d: &mut Decider, now: &dyn Fn() -> Instant) -> Result<(), StoreError> {
+        let records = d.store.read()?;
+        let seen = now();
+        let mut core = self.core.lock();
+        if records.revs.view != d.revs.view {
+            if let Some(v) = records.view {
+                core.observe_view(seen, v);
+            }
+        }
+        if records.revs.lease != d.revs.lease {
+            if let Some(r) = &records.renewal {
+                core.observe_renewal(seen, r);
+            }
+        }
+        d.revs = records.revs;
+        Ok(())
+    }
+}
+
+fn unavailable(e: &StoreError) -> ServerResponse {
+    let message = match e {
+        StoreError::Indeterminate(_) => {
+            format!("{e}; the change may have been recorded, ask again")
+        }
+        _ => format!("{e}; nothing was changed, ask again"),
+    };
+    ServerResponse::Error {
+        kind: ErrorKind::Unavailable,
+        message,
+    }
+}
