@@ -28,6 +28,7 @@ pub mod node;
 pub mod resp;
 pub mod sentinel;
 pub mod server;
+pub mod servers;
 #[cfg(test)]
 pub mod sim;
 pub mod storage;
@@ -37,6 +38,7 @@ pub mod wire;
 
 pub use client::{Client, ClientOptions};
 pub use errors::{Error, Result};
+pub use servers::ServerList;
 
 /// Sets up logging from `RUST_LOG` (default: info) with timestamps in ms.
 pub fn init_logging() {

@@ -11,7 +11,7 @@ use crate::errors::{Error, Result};
 use crate::identity::write_atomic;
 use crate::net::{self, ConnLimit, Deadlines, HandshakeError, TimedStream};
 use crate::wire::{self, AuthStats, ConnKind, ErrorKind, ServerRequest, ServerResponse, WireError};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -60,6 +60,8 @@ pub struct Server {
     shared: Arc<Shared>,
     addr: SocketAddr,
     sentinel_addr: Option<SocketAddr>,
+    /// The other servers' Sentinel addresses (`SENTINEL sentinels`).
+    sentinel_peers: Arc<RwLock<Vec<String>>>,
     accept: Option<JoinHandle<()>>,
 }
 
@@ -104,6 +106,7 @@ impl Server {
             .spawn(move || accept_loop(sh, listener))
             .expect("spawn accept");
         log::info!("server listening on {addr}");
+        let sentinel_peers = Arc::new(RwLock::new(Vec::new()));
         let sentinel_addr = match opts.sentinel_listen {
             Some(a) => {
                 let l = net::listen(a)?;
@@ -115,6 +118,7 @@ impl Server {
                     password: opts.security.password.clone(),
                     counters: shared.counters.clone(),
                     deadlines: shared.deadlines,
+                    peers: sentinel_peers.clone(),
                 });
                 let stop = Arc::new(AtomicBool::new(false));
                 std::thread::Builder::new()
@@ -133,6 +137,7 @@ impl Server {
             shared,
             addr,
             sentinel_addr,
+            sentinel_peers,
             accept: Some(accept),
         })
     }
@@ -143,6 +148,12 @@ impl Server {
 
     pub fn sentinel_addr(&self) -> Option<SocketAddr> {
         self.sentinel_addr
+    }
+
+    /// Replaces the Sentinel addresses ("host:port") of the other servers
+    /// sharing this registry, which `SENTINEL sentinels` lists.
+    pub fn set_sentinel_peers(&self, peers: Vec<String>) {
+        *self.sentinel_peers.write() = peers;
     }
 
     /// Stops accepting and waits for the accept thread. Connection threads
