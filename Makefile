@@ -8,7 +8,8 @@
 CARGO   ?= cargo
 CONFIG  ?= config.json
 BIN     := target/release
-# The server address from config.json (server-ip-port), overridable.
+# The server address from config.json (server-ip-port), overridable. It may be a
+# comma-separated list of servers (quoted below, so spaces after commas work).
 SERVER  ?= $(shell sed -n 's/.*"server-ip-port" *: *"\([^"]*\)".*/\1/p' $(CONFIG) 2>/dev/null | head -n1)
 ifeq ($(SERVER),)
 SERVER  := 127.0.0.1:12345
@@ -23,10 +24,10 @@ run-server: build
 	$(BIN)/dkv-server -c $(CONFIG)
 
 run-node: build
-	$(BIN)/dkv-node $(SERVER) -c $(CONFIG) --listen $(or $(ADDR),127.0.0.1:0)
+	$(BIN)/dkv-node "$(SERVER)" -c $(CONFIG) --listen $(or $(ADDR),127.0.0.1:0)
 
 run-client: build
-	$(BIN)/dkv-client demo $(or $(ADDR),$(SERVER))
+	$(BIN)/dkv-client demo "$(or $(ADDR),$(SERVER))"
 
 demo: build
 	bash scripts/demo.sh

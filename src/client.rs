@@ -12,17 +12,26 @@
 //! it, follows `NotCoordinator` redirects and re-asks the server when a
 //! connection fails, all within the operation deadline.
 //!
+//! The server may be a list (`"h1:p1,h2:p2"`, see [`ServerList`]): every
+//! server call starts at the server that answered last and moves to the next
+//! one when a server cannot be connected to, times out, or answers that it
+//! is unavailable, within the same deadline.
+//!
 //! Retries never apply a write twice: a write is retried only when it surely
 //! was not applied (the connection could not be opened or the request not
 //! sent, or a node answered that it is not the coordinator). When a write was
 //! sent and no answer came, the client returns [`Error::Indeterminate`].
+//! (Writes go to nodes, never to a server, so walking the server list does
+//! not touch this rule.)
 
 use crate::errors::{Error, Result};
 use crate::net;
+use crate::servers::ServerList;
 use crate::wire::{
     self, ClusterView, ErrorKind, NodeStatus, Request, Response, ServerRequest, ServerResponse,
 };
 use std::net::TcpStream;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Clone, Debug)]
@@ -57,26 +66,50 @@ struct Conn {
 }
 
 pub struct Client {
-    server: String,
+    servers: Arc<ServerList>,
     opts: ClientOptions,
     conn: Option<Conn>,
 }
 
+/// What one server's failure means for a server call.
+enum ServerFailure {
+    /// This server cannot serve now (unreachable, timed out, unavailable):
+    /// try the next one. Holds the reason, without the address.
+    Next(String),
+    /// An answer the next server would give too (wrong password, ...).
+    Stop(Error),
+}
+
 impl Client {
-    /// A client for the cluster whose server is at `server` ("host:port").
-    /// Fails if the server cannot be reached.
-    pub fn connect(server: &str) -> Result<Client> {
-        Client::with_options(server, ClientOptions::default())
+    /// A client for the cluster whose server is at `servers`: one
+    /// "host:port", or a comma-separated list of them (see [`ServerList`]).
+    /// Fails if the list is malformed or no server can be reached.
+    pub fn connect(servers: &str) -> Result<Client> {
+        Client::with_options(servers, ClientOptions::default())
     }
 
-    pub fn with_options(server: &str, opts: ClientOptions) -> Result<Client> {
+    /// [`Client::connect`] with options.
+    pub fn with_options(servers: &str, opts: ClientOptions) -> Result<Client> {
+        let list = ServerList::parse(servers).map_err(|e| Error::Config(e.to_string()))?;
+        Client::with_servers(Arc::new(list), opts)
+    }
+
+    /// A client over a server list shared with others (a node's RESP
+    /// forwarding shares the node's list, so all of them start at the server
+    /// that answered last).
+    pub fn with_servers(servers: Arc<ServerList>, opts: ClientOptions) -> Result<Client> {
         let c = Client {
-            server: server.to_string(),
+            servers,
             opts,
             conn: None,
         };
-        c.server_call(&ServerRequest::WhoIsCoordinator)?;
+        c.server_call(&ServerRequest::WhoIsCoordinator, c.deadline())?;
         Ok(c)
+    }
+
+    /// The servers this client uses.
+    pub fn servers(&self) -> &ServerList {
+        &self.servers
     }
 
     pub fn options(&self) -> &ClientOptions {
@@ -122,7 +155,7 @@ impl Client {
 
     /// The cluster view held by the server.
     pub fn cluster_view(&self) -> Result<ClusterView> {
-        match self.server_call(&ServerRequest::View)? {
+        match self.server_call(&ServerRequest::View, self.deadline())? {
             ServerResponse::View(v) => Ok(v),
             other => Err(Error::Protocol(format!(
                 "unexpected server reply {other:?}"
@@ -156,33 +189,95 @@ impl Client {
         self.opts.max_value_bytes + self.opts.max_key_bytes + 64 * 1024
     }
 
-    fn server_call(&self, req: &ServerRequest) -> Result<ServerResponse> {
-        let s = net::connect(&self.server, self.opts.io_timeout).map_err(|e| {
-            Error::Unavailable(format!("cannot reach the server at {}: {e}", self.server))
-        })?;
+    fn deadline(&self) -> Instant {
+        Instant::now() + self.opts.op_timeout
+    }
+
+    /// One server request: tries the servers in [`ServerList::order`] until
+    /// one answers, before `deadline`. The time left is shared among the
+    /// servers not yet tried, so one that swallows connections cannot use up
+    /// the others' time. The first server is always tried.
+    fn server_call(&self, req: &ServerRequest, deadline: Instant) -> Result<ServerResponse> {
+        let order = self.servers.order();
+        let n = order.len();
+        let mut tried: Vec<&str> = Vec::new();
+        let mut last = String::new();
+        for (k, (i, addr)) in order.into_iter().enumerate() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if k > 0 && left.is_zero() {
+                break;
+            }
+            let share = (left / (n - k) as u32)
+                .min(self.opts.io_timeout)
+                .max(Duration::from_millis(100));
+            tried.push(addr);
+            match self.call_server(addr, req, share) {
+                Ok(r) => {
+                    self.servers.succeeded(i);
+                    return Ok(r);
+                }
+                Err(ServerFailure::Stop(e)) => return Err(e),
+                Err(ServerFailure::Next(why)) => {
+                    log::debug!("server {addr}: {why}");
+                    last = why;
+                }
+            }
+        }
+        let at = tried.last().copied().unwrap_or_default();
+        Err(Error::Unavailable(if n == 1 {
+            format!("cannot reach the server at {at}: {last}")
+        } else {
+            format!(
+                "no server could be used (tried {}); the last, {at}, failed with: {last}",
+                tried.join(", ")
+            )
+        }))
+    }
+
+    /// One request to one server, with `timeout` for the connect and for
+    /// each reply.
+    fn call_server(
+        &self,
+        addr: &str,
+        req: &ServerRequest,
+        timeout: Duration,
+    ) -> std::result::Result<ServerResponse, ServerFailure> {
+        use ServerFailure::{Next, Stop};
+        let s = net::connect(addr, timeout).map_err(|e| Next(e.to_string()))?;
+        let call = |req: &ServerRequest| -> std::result::Result<ServerResponse, ServerFailure> {
+            match net::call(&s, req, wire::MAX_SERVER_FRAME) {
+                Err(e) => Err(Next(e.to_string())),
+                Ok(ServerResponse::Error {
+                    kind: ErrorKind::Unavailable | ErrorKind::TooManyConnections,
+                    message,
+                }) => Err(Next(format!("answered: {message}"))),
+                Ok(ServerResponse::Error {
+                    kind: ErrorKind::AuthRequired | ErrorKind::AuthFailed,
+                    message,
+                }) => Err(Stop(Error::Auth(format!("server {addr}: {message}")))),
+                Ok(r) => Ok(r),
+            }
+        };
         if let Some(p) = &self.opts.password {
             let auth = ServerRequest::Auth {
                 password: p.clone(),
             };
-            match net::call(&s, &auth, wire::MAX_SERVER_FRAME)? {
+            match call(&auth)? {
                 ServerResponse::Authenticated => {}
                 ServerResponse::Error { kind, message } => {
-                    return Err(Error::from_reply(kind, format!("server: {message}")))
+                    return Err(Stop(Error::from_reply(
+                        kind,
+                        format!("server {addr}: {message}"),
+                    )))
                 }
                 other => {
-                    return Err(Error::Protocol(format!(
-                        "unexpected server reply {other:?}"
-                    )))
+                    return Err(Stop(Error::Protocol(format!(
+                        "unexpected reply from server {addr}: {other:?}"
+                    ))))
                 }
             }
         }
-        match net::call(&s, req, wire::MAX_SERVER_FRAME)? {
-            ServerResponse::Error {
-                kind: ErrorKind::AuthRequired | ErrorKind::AuthFailed,
-                message,
-            } => Err(Error::Auth(format!("server: {message}"))),
-            r => Ok(r),
-        }
+        call(req)
     }
 
     /// Opens a connection to a node and authenticates it when a password is set.
@@ -205,8 +300,8 @@ impl Client {
     }
 
     /// The coordinator's address according to the server.
-    fn ask_coordinator(&self) -> Result<String> {
-        match self.server_call(&ServerRequest::WhoIsCoordinator)? {
+    fn ask_coordinator(&self, deadline: Instant) -> Result<String> {
+        match self.server_call(&ServerRequest::WhoIsCoordinator, deadline)? {
             ServerResponse::Coordinator { addr, .. } => Ok(addr),
             ServerResponse::NoCoordinator { epoch } => Err(Error::Unavailable(format!(
                 "the server knows no coordinator (epoch {epoch})"
@@ -242,7 +337,7 @@ impl Client {
                 if self.conn.is_none() {
                     let addr = match redirect.take() {
                         Some(a) => a,
-                        None => self.ask_coordinator()?,
+                        None => self.ask_coordinator(deadline)?,
                     };
                     self.open(addr)?;
                 }
@@ -313,18 +408,7 @@ impl Client {
 /// A connection idle for a while may have been closed by a node that went
 /// away; peek at it so a write is not sent into a dead socket.
 fn alive(c: &Conn) -> bool {
-    if c.last_used.elapsed() < Duration::from_millis(100) {
-        return true;
-    }
-    if c.stream.set_nonblocking(true).is_err() {
-        return false;
-    }
-    let mut b = [0u8; 1];
-    let ok = match c.stream.peek(&mut b) {
-        Ok(_) => false, // closed (0) or unsolicited bytes: either way, reconnect
-        Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
-    };
-    c.stream.set_nonblocking(false).is_ok() && ok
+    c.last_used.elapsed() < Duration::from_millis(100) || !net::peer_closed(&c.stream)
 }
 
 fn unexpected(r: Response) -> Error {

@@ -20,7 +20,9 @@ pub const DEFAULT_STATE_FILE: &str = "dkv-server-state.json";
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct Config {
-    /// Where the server listens and where nodes and clients find it.
+    /// Where the server listens and where nodes and clients find it: one
+    /// HOST:PORT, or a comma-separated list of servers (nodes then try them
+    /// in turn; a server given a list needs `--listen` to know which it is).
     #[serde(default = "default_server_addr")]
     pub server_ip_port: String,
     /// File where the server keeps its view (epoch, members, in-sync set).
@@ -325,6 +327,9 @@ impl Config {
 
     /// Rejects impossible combinations with a sentence saying which keys clash.
     pub fn validate(&self) -> std::result::Result<(), String> {
+        if let Err(e) = crate::servers::ServerList::parse(&self.server_ip_port) {
+            return Err(format!("server-ip-port: {e}"));
+        }
         let n = &self.node_settings;
         // Bounds first, so the arithmetic below and deadlines computed from
         // these values (instant + duration) cannot overflow.
@@ -459,6 +464,19 @@ mod tests {
         assert_eq!(n.reconnection_attempts, 5);
         assert_eq!(n.required_in_sync(3), 2);
         assert!(cfg.warnings().is_empty());
+    }
+
+    #[test]
+    fn server_ip_port_may_be_a_list_and_a_bad_one_is_refused() {
+        let cfg = Config::parse(r#"{"server-ip-port": "127.0.0.1:1, 127.0.0.1:2"}"#).unwrap();
+        assert_eq!(cfg.server_ip_port, "127.0.0.1:1, 127.0.0.1:2");
+        let err = Config::parse(r#"{"server-ip-port": "127.0.0.1:1,,127.0.0.1:2"}"#).unwrap_err();
+        assert_eq!(
+            err,
+            "server-ip-port: the server list '127.0.0.1:1,,127.0.0.1:2' has an empty entry (entry 2)"
+        );
+        let err = Config::parse(r#"{"server-ip-port": "a:1,a:1"}"#).unwrap_err();
+        assert!(err.contains("names a:1 twice"), "{err}");
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub mod registry;
 pub mod resp;
 pub mod sentinel;
 pub mod server;
+pub mod servers;
 #[cfg(test)]
 pub mod sim;
 pub mod storage;
@@ -38,6 +39,7 @@ pub mod wire;
 
 pub use client::{Client, ClientOptions};
 pub use errors::{Error, Result};
+pub use servers::ServerList;
 
 /// Sets up logging from `RUST_LOG` (default: info) with timestamps in ms.
 pub fn init_logging() {

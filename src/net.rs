@@ -90,6 +90,22 @@ pub fn connect(addr: &str, timeout: Duration) -> io::Result<TcpStream> {
     Ok(s)
 }
 
+/// True when the peer has closed `s` (or sent bytes nobody asked for, which
+/// is as bad): a non-blocking peek, so nothing is consumed. Checked before a
+/// request is written on a connection that sat idle, so a dead peer shows up
+/// as a failed connect rather than a request that may or may not have left.
+pub fn peer_closed(s: &TcpStream) -> bool {
+    if s.set_nonblocking(true).is_err() {
+        return true;
+    }
+    let mut b = [0u8; 1];
+    let closed = match s.peek(&mut b) {
+        Ok(_) => true, // 0: closed; more: unsolicited bytes
+        Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+    };
+    s.set_nonblocking(false).is_err() || closed
+}
+
 /// One request/response exchange on a client connection (plain frames).
 pub fn call<Req: Serialize, Resp: DeserializeOwned>(
     s: &TcpStream,

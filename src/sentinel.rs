@@ -6,12 +6,15 @@
 //! Commands: `SENTINEL get-master-addr-by-name|masters|master|replicas|slaves|sentinels`,
 //! `PING`, `INFO`. The coordinator is flagged `s_down` while its lease has run
 //! out (a failover is under way), which makes clients ask again.
+//! `SENTINEL sentinels` lists the Sentinel ports of the *other* servers of the
+//! registry ([`Context::peers`]), as Redis Sentinel lists the other sentinels,
+//! so a client given one sentinel can learn the rest.
 
 use crate::core::server::ServerCore;
 use crate::resp::{AuthGate, Gate, Limits, Reply};
 use crate::types::Role;
 use crate::wire::{ClusterView, MemberInfo};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -25,6 +28,9 @@ pub(crate) struct Context {
     pub password: Option<crate::auth::Password>,
     pub counters: Arc<crate::auth::AuthCounters>,
     pub deadlines: crate::net::Deadlines,
+    /// "host:port" Sentinel addresses of the other servers sharing this
+    /// registry (empty for a single server); replaced as servers come and go.
+    pub peers: Arc<RwLock<Vec<String>>>,
 }
 
 pub(crate) fn accept_loop(ctx: Arc<Context>, listener: TcpListener, stop: Arc<AtomicBool>) {
@@ -78,7 +84,8 @@ fn serve(ctx: &Context, stream: TcpStream) {
             let now = Instant::now();
             (c.view(now), c.lease_expired(now))
         };
-        (handle(args, &ctx.name, &view, down), false)
+        let peers = ctx.peers.read().clone();
+        (handle(args, &ctx.name, &view, down, &peers), false)
     };
     let _ = crate::resp::serve(&stream, || limits, ctx.deadlines, answer, || false);
 }
@@ -117,7 +124,7 @@ fn replicas(view: &ClusterView) -> Vec<&MemberInfo> {
         .collect()
 }
 
-fn master_info(name: &str, view: &ClusterView, down: bool) -> Option<Reply> {
+fn master_info(name: &str, view: &ClusterView, down: bool, peers: &[String]) -> Option<Reply> {
     let m = coordinator(view)?;
     let (ip, port) = split(m.resp_addr.as_deref().expect("filtered"));
     let flags = if down { "master,s_down" } else { "master" };
@@ -128,13 +135,43 @@ fn master_info(name: &str, view: &ClusterView, down: bool) -> Option<Reply> {
         ("runid", format!("dkv-node-{}", m.node_id)),
         ("flags", flags.into()),
         ("num-slaves", replicas(view).len().to_string()),
-        ("num-other-sentinels", "0".into()),
+        ("num-other-sentinels", peers.len().to_string()),
         ("quorum", "1".into()),
         ("config-epoch", view.epoch.to_string()),
     ]))
 }
 
-fn handle(args: &[Vec<u8>], name: &str, view: &ClusterView, down: bool) -> Reply {
+/// A stable 40-hex-digit run id for a Sentinel address (Redis Sentinel names
+/// its peers by run id; we do not know the peers' own, so derive one).
+fn peer_runid(addr: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(format!("dkv-sentinel {addr}").as_bytes());
+    d.iter().take(20).map(|b| format!("{b:02x}")).collect()
+}
+
+/// One entry of `SENTINEL sentinels`, with the fields Redis Sentinel gives
+/// (name, ip, port, runid, flags, link and ping state, last hello, vote).
+fn sentinel_info(addr: &str) -> Reply {
+    let (ip, port) = split(addr);
+    let runid = peer_runid(addr);
+    flat(vec![
+        ("name", runid.clone()),
+        ("ip", ip),
+        ("port", port),
+        ("runid", runid),
+        ("flags", "sentinel".into()),
+        ("link-pending-commands", "0".into()),
+        ("link-refcount", "1".into()),
+        ("last-ping-sent", "0".into()),
+        ("last-ok-ping-reply", "0".into()),
+        ("last-ping-reply", "0".into()),
+        ("last-hello-message", "0".into()),
+        ("voted-leader", "?".into()),
+        ("voted-leader-epoch", "0".into()),
+    ])
+}
+
+fn handle(args: &[Vec<u8>], name: &str, view: &ClusterView, down: bool, peers: &[String]) -> Reply {
     let up = |b: &[u8]| String::from_utf8_lossy(b).to_ascii_uppercase();
     match up(&args[0]).as_str() {
         "PING" => Reply::Simple("PONG".into()),
@@ -152,8 +189,9 @@ fn handle(args: &[Vec<u8>], name: &str, view: &ClusterView, down: bool) -> Reply
             Reply::Bulk(
                 format!(
                     "# Sentinel\r\nsentinel_masters:1\r\nsentinel_tilt:0\r\nsentinel_running_scripts:0\r\n\
-                     master0:name={name},status={status},address={addr},slaves={},sentinels=1\r\n",
-                    replicas(view).len()
+                     master0:name={name},status={status},address={addr},slaves={},sentinels={}\r\n",
+                    replicas(view).len(),
+                    peers.len() + 1
                 )
                 .into_bytes(),
             )
@@ -163,8 +201,10 @@ fn handle(args: &[Vec<u8>], name: &str, view: &ClusterView, down: bool) -> Reply
             let asked = args.get(2).map(|a| String::from_utf8_lossy(a).into_owned());
             let known = asked.as_deref() == Some(name);
             match sub.as_str() {
-                "MASTERS" => Reply::Array(master_info(name, view, down).into_iter().collect()),
-                "MASTER" if known => master_info(name, view, down)
+                "MASTERS" => {
+                    Reply::Array(master_info(name, view, down, peers).into_iter().collect())
+                }
+                "MASTER" if known => master_info(name, view, down, peers)
                     .unwrap_or_else(|| Reply::err("ERR No such master with that name")),
                 "GET-MASTER-ADDR-BY-NAME" if known => match coordinator(view) {
                     Some(m) => {
@@ -208,7 +248,9 @@ fn handle(args: &[Vec<u8>], name: &str, view: &ClusterView, down: bool) -> Reply
                             .collect(),
                     )
                 }
-                "SENTINELS" if known => Reply::Array(vec![]),
+                "SENTINELS" if known => {
+                    Reply::Array(peers.iter().map(|p| sentinel_info(p)).collect())
+                }
                 "MASTER" | "REPLICAS" | "SLAVES" | "SENTINELS" => {
                     Reply::err("ERR No such master with that name")
                 }
@@ -222,5 +264,103 @@ fn handle(args: &[Vec<u8>], name: &str, view: &ClusterView, down: bool) -> Reply
             let shown: String = String::from_utf8_lossy(&args[0]).chars().take(64).collect();
             Reply::err(format!("ERR unknown command '{shown}'"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cmd(words: &[&str]) -> Vec<Vec<u8>> {
+        words.iter().map(|w| w.as_bytes().to_vec()).collect()
+    }
+
+    /// The field/value pairs of one flat entry.
+    fn pairs(r: &Reply) -> Vec<(String, String)> {
+        let Reply::Array(items) = r else {
+            panic!("not an array: {r:?}")
+        };
+        let text = |r: &Reply| match r {
+            Reply::Bulk(b) => String::from_utf8(b.clone()).unwrap(),
+            other => panic!("not a bulk string: {other:?}"),
+        };
+        items
+            .chunks(2)
+            .map(|kv| (text(&kv[0]), text(&kv[1])))
+            .collect()
+    }
+
+    fn field<'a>(p: &'a [(String, String)], k: &str) -> &'a str {
+        &p.iter()
+            .find(|(f, _)| f == k)
+            .unwrap_or_else(|| panic!("{k}"))
+            .1
+    }
+
+    #[test]
+    fn sentinels_lists_the_other_servers_in_redis_format() {
+        let view = ClusterView::default();
+        let peers = vec!["10.0.0.2:26379".to_string(), "[::1]:26380".to_string()];
+        let r = handle(
+            &cmd(&["SENTINEL", "sentinels", "dkv"]),
+            "dkv",
+            &view,
+            false,
+            &peers,
+        );
+        let Reply::Array(entries) = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(entries.len(), 2);
+        let a = pairs(&entries[0]);
+        let b = pairs(&entries[1]);
+        assert_eq!(
+            a.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>()[..5],
+            ["name", "ip", "port", "runid", "flags"],
+            "Redis's field order"
+        );
+        assert_eq!(field(&a, "ip"), "10.0.0.2");
+        assert_eq!(field(&a, "port"), "26379");
+        assert_eq!(field(&a, "flags"), "sentinel");
+        assert_eq!(field(&b, "ip"), "[::1]");
+        assert_eq!(field(&b, "port"), "26380");
+        let runid = field(&a, "runid");
+        assert_eq!(runid.len(), 40);
+        assert!(runid.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(
+            field(&a, "name"),
+            runid,
+            "Redis names a sentinel by its run id"
+        );
+        assert_ne!(runid, field(&b, "runid"));
+        assert_eq!(runid, peer_runid("10.0.0.2:26379"), "stable across calls");
+
+        // Alone, the list is empty; another name is unknown.
+        let alone = handle(
+            &cmd(&["SENTINEL", "sentinels", "dkv"]),
+            "dkv",
+            &view,
+            false,
+            &[],
+        );
+        assert_eq!(alone, Reply::Array(vec![]));
+        let other = handle(
+            &cmd(&["sentinel", "SENTINELS", "x"]),
+            "dkv",
+            &view,
+            false,
+            &peers,
+        );
+        assert_eq!(other, Reply::err("ERR No such master with that name"));
+    }
+
+    #[test]
+    fn info_counts_this_sentinel_and_its_peers() {
+        let view = ClusterView::default();
+        let peers = vec!["a:1".to_string(), "b:2".to_string()];
+        let Reply::Bulk(info) = handle(&cmd(&["INFO"]), "dkv", &view, false, &peers) else {
+            panic!()
+        };
+        assert!(String::from_utf8(info).unwrap().contains("sentinels=3"));
     }
 }

@@ -13,6 +13,7 @@ use crate::errors::{Error, Result};
 use crate::net::{self, ConnLimit, Deadlines, HandshakeError, TimedStream};
 use crate::registry::{file::FileStore, Arbiter, RegistryStore};
 use crate::wire::{self, AuthStats, ConnKind, ErrorKind, ServerRequest, ServerResponse, WireError};
+use parking_lot::RwLock;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -63,6 +64,8 @@ pub struct Server {
     shared: Arc<Shared>,
     addr: SocketAddr,
     sentinel_addr: Option<SocketAddr>,
+    /// The other servers' Sentinel addresses (`SENTINEL sentinels`).
+    sentinel_peers: Arc<RwLock<Vec<String>>>,
     accept: Option<JoinHandle<()>>,
     ticker: Option<JoinHandle<()>>,
 }
@@ -141,6 +144,7 @@ impl Server {
             .spawn(move || tick_loop(sh, every))
             .expect("spawn ticker");
         log::info!("server listening on {addr}");
+        let sentinel_peers = Arc::new(RwLock::new(Vec::new()));
         let sentinel_addr = match opts.sentinel_listen {
             Some(a) => {
                 let l = net::listen(a)?;
@@ -152,6 +156,7 @@ impl Server {
                     password: opts.security.password.clone(),
                     counters: shared.counters.clone(),
                     deadlines: shared.deadlines,
+                    peers: sentinel_peers.clone(),
                 });
                 let stop = Arc::new(AtomicBool::new(false));
                 std::thread::Builder::new()
@@ -170,6 +175,7 @@ impl Server {
             shared,
             addr,
             sentinel_addr,
+            sentinel_peers,
             accept: Some(accept),
             ticker: Some(ticker),
         })
@@ -181,6 +187,12 @@ impl Server {
 
     pub fn sentinel_addr(&self) -> Option<SocketAddr> {
         self.sentinel_addr
+    }
+
+    /// Replaces the Sentinel addresses ("host:port") of the other servers
+    /// sharing this registry, which `SENTINEL sentinels` lists.
+    pub fn set_sentinel_peers(&self, peers: Vec<String>) {
+        *self.sentinel_peers.write() = peers;
     }
 
     /// Stops accepting and waits for the accept thread. Connection threads

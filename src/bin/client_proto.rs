@@ -1,4 +1,4 @@
-//! `client_proto SERVER CMD...` — R,key  W,key,value  D,key  T,ms
+//! `client_proto SERVER[,SERVER...] CMD...` — R,key  W,key,value  D,key  T,ms
 //!
 //! Every command prints one line on stdout: a read prints the value itself,
 //! W and D and T print `OK`. A missing key prints an empty line and a sentence
@@ -10,7 +10,9 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
-const USAGE: &str = "usage: client_proto [--timeout MS] [--password PASS] SERVER_HOST:PORT CMD...
+const USAGE: &str =
+    "usage: client_proto [--timeout MS] [--password PASS] SERVER_HOST:PORT[,HOST:PORT...] CMD...
+servers:   one server, or a comma-separated list: each call moves to the next when one fails
 commands:  R,key   read       W,key,value   write      D,key   delete      T,ms   sleep
 example:   client_proto 127.0.0.1:12345 W,colour,blue R,colour D,colour
 password:  --password, or the DKV_PASSWORD environment variable (not shown by ps)";
@@ -49,9 +51,16 @@ fn main() -> ExitCode {
     if args.is_empty() {
         return usage("no server address given");
     }
-    let server = match String::from_utf8(args.remove(0)) {
-        Ok(s) if s.contains(':') => s,
-        _ => return usage("the first argument must be the server's HOST:PORT"),
+    let servers = match String::from_utf8(args.remove(0)) {
+        Ok(s) if s.contains(':') => match dkv::ServerList::parse(&s) {
+            Ok(l) => l,
+            Err(e) => return usage(&e.to_string()),
+        },
+        _ => {
+            return usage(
+                "the first argument must be the server's HOST:PORT (or a comma-separated list)",
+            )
+        }
     };
     let opts = ClientOptions {
         op_timeout: timeout,
@@ -66,7 +75,7 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return usage(&e),
     };
-    let mut client = match Client::with_options(&server, opts) {
+    let mut client = match Client::with_servers(std::sync::Arc::new(servers), opts) {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };

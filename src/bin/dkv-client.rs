@@ -1,4 +1,5 @@
-//! `dkv-client demo SERVER` and `dkv-client status SERVER [--json]`.
+//! `dkv-client demo SERVER` and `dkv-client status SERVER [--json]`; SERVER
+//! may be a comma-separated list of servers.
 
 use clap::{Parser, Subcommand};
 use dkv::cli::exit;
@@ -30,7 +31,8 @@ fn options(password: &Option<Vec<u8>>) -> dkv::ClientOptions {
 enum Cmd {
     /// Run a scripted write / read / delete sequence and check every answer.
     Demo {
-        /// The server's HOST:PORT.
+        /// The server's HOST:PORT, or a comma-separated list of servers
+        /// (h1:p1,h2:p2): when one fails the client tries the next.
         server: String,
         /// Number of keys to write.
         #[arg(long, default_value_t = 10)]
@@ -42,7 +44,8 @@ enum Cmd {
     /// Write one key in a tight loop and report the longest time between two
     /// successful writes: run it across a failover to measure unavailability.
     Probe {
-        /// The server's HOST:PORT.
+        /// The server's HOST:PORT, or a comma-separated list of servers
+        /// (h1:p1,h2:p2): when one fails the client tries the next.
         server: String,
         /// How long to run, in seconds.
         #[arg(long, default_value_t = 5.0)]
@@ -57,7 +60,8 @@ enum Cmd {
     /// Closed-loop load: N clients doing reads and writes; prints throughput
     /// and latency percentiles.
     Bench {
-        /// The server's HOST:PORT (native), or a RESP endpoint (resp, resp-wait).
+        /// The server's HOST:PORT or a comma-separated list of servers
+        /// (native), or a RESP endpoint (resp, resp-wait).
         server: String,
         /// What to drive: native (DKV through the server), resp (any RESP
         /// endpoint: a DKV node or Redis), resp-wait (SET then WAIT N: Redis
@@ -98,7 +102,8 @@ enum Cmd {
     /// Print the cluster view: epoch, coordinator, and every member's role,
     /// in-sync flag, log position and digest (asked from each node directly).
     Status {
-        /// The server's HOST:PORT.
+        /// The server's HOST:PORT, or a comma-separated list of servers
+        /// (h1:p1,h2:p2): when one fails the client tries the next.
         server: String,
         /// Print JSON instead of a table.
         #[arg(long)]
@@ -189,6 +194,8 @@ fn main() -> ExitCode {
             eprintln!("dkv-client: {e}");
             ExitCode::from(match e {
                 Error::Indeterminate(_) => exit::UNKNOWN,
+                // A malformed server list.
+                Error::Config(_) => exit::USAGE,
                 _ => exit::FAILED,
             })
         }

@@ -1,4 +1,4 @@
-//! `dkv-node [SERVER_ADDR] [--listen HOST:PORT] [--advertise HOST:PORT] [--data-dir DIR] [-c config.json]`
+//! `dkv-node [SERVER_LIST] [--listen HOST:PORT] [--advertise HOST:PORT] [--data-dir DIR] [-c config.json]`
 
 use clap::Parser;
 use dkv::config::Config;
@@ -11,8 +11,10 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(name = "dkv-node", version)]
 struct Args {
-    /// The server's address; defaults to the config's server-ip-port.
-    #[arg(value_name = "SERVER_ADDR")]
+    /// The server's HOST:PORT, or a comma-separated list of servers
+    /// (h1:p1,h2:p2): registration and every server call move to the next
+    /// server when one fails. Default: the config's server-ip-port.
+    #[arg(value_name = "SERVER_LIST")]
     server: Option<String>,
     /// TCP address for clients and replication (UDP beacons use the same
     /// port when free). Default: an ephemeral port on 127.0.0.1.
@@ -95,10 +97,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let servers = args.server.unwrap_or_else(|| cfg.server_ip_port.clone());
+    let server = match dkv::ServerList::parse(&servers) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("dkv-node: bad server address: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let opts = NodeOptions {
         security,
         resp_listen,
-        server: args.server.unwrap_or_else(|| cfg.server_ip_port.clone()),
+        server,
         listen,
         advertise: args.advertise,
         data_dir: args.data_dir,

@@ -14,7 +14,8 @@ struct Args {
     /// Config file (JSON, see README).
     #[arg(short, long, default_value = "config.json")]
     config: PathBuf,
-    /// Listen address; defaults to the config's server-ip-port.
+    /// Listen address; defaults to the config's server-ip-port (required
+    /// when that key lists several servers).
     #[arg(long, value_name = "HOST:PORT")]
     listen: Option<String>,
     /// Where to keep the cluster view across restarts; defaults to the
@@ -44,7 +45,20 @@ fn main() -> ExitCode {
         }
     };
     cfg.log_warnings();
-    let listen = args.listen.unwrap_or_else(|| cfg.server_ip_port.clone());
+    let listen = match args.listen {
+        Some(l) => l,
+        // Config::load checked that server-ip-port is a valid list.
+        None => match dkv::ServerList::parse(&cfg.server_ip_port) {
+            Ok(l) if l.len() == 1 => l.addrs()[0].clone(),
+            _ => {
+                eprintln!(
+                    "dkv-server: server-ip-port lists several servers ({}); give --listen HOST:PORT to say which one this is",
+                    cfg.server_ip_port
+                );
+                return ExitCode::from(2);
+            }
+        },
+    };
     let listen = match dkv::net::resolve(&listen) {
         Ok(a) => a,
         Err(e) => {

@@ -25,10 +25,13 @@ use crate::core::node::{Action, Call, Input, LocalStatus, NodeCore, Serving};
 use crate::errors::{Error, Result};
 use crate::log::ReplLog;
 use crate::net::{self, ConnLimit, HandshakeError, PeerConn, TimedStream};
+use crate::servers::ServerList;
 use crate::storage::Storage;
 use crate::store::Store;
 use crate::types::NodeId;
-use crate::wire::{self, AuthStats, Beacon, ConnKind, ServerRequest, ServerResponse, WireError};
+use crate::wire::{
+    self, AuthStats, Beacon, ConnKind, ErrorKind, ServerRequest, ServerResponse, WireError,
+};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use parking_lot::{Mutex, RwLock};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -42,8 +45,8 @@ use std::time::{Duration, Instant};
 /// How a node is started.
 #[derive(Clone, Debug)]
 pub struct NodeOptions {
-    /// The server's address.
-    pub server: String,
+    /// The servers (one or more, tried in turn when one fails).
+    pub server: ServerList,
     /// TCP address for clients and replication; UDP beacons use the same port
     /// when it is free, an ephemeral one otherwise.
     pub listen: SocketAddr,
@@ -84,8 +87,10 @@ pub(crate) struct Shared {
     pub board: StatusBoard,
     pub serving: RwLock<Serving>,
     pub inbox: Sender<Input>,
-    /// The server's address (RESP connections on replicas forward through it).
-    pub server: String,
+    /// The servers, shared by the server link and the RESP connections that
+    /// forward through them (on replicas), so all start at the one that
+    /// answered last.
+    pub server: Arc<ServerList>,
     pub shutdown: AtomicBool,
     pub conns: ConnLimit,
     pub security: Security,
@@ -265,7 +270,7 @@ impl Node {
             board,
             serving: RwLock::new(core.serving()),
             inbox: inbox_tx,
-            server: opts.server.clone(),
+            server: Arc::new(opts.server.clone()),
             shutdown: AtomicBool::new(false),
             conns: ConnLimit::new(settings.max_connections),
             settings,
@@ -285,10 +290,9 @@ impl Node {
         };
         {
             let sh = shared.clone();
-            let srv = opts.server.clone();
             threads.push(spawn(
                 "server-link",
-                Box::new(move || server_link(sh, srv, server_rx)),
+                Box::new(move || ServerLink::new(sh).run(server_rx)),
             ));
         }
         {
@@ -385,10 +389,16 @@ fn bind_udp(data_addr: SocketAddr) -> Result<UdpSocket> {
     }
 }
 
-/// Registers with the server, retrying `reconnection-attempts` times.
+/// Registers with a server: each attempt walks the server list (the last
+/// good server first), and the walk is retried `reconnection-attempts` + 2
+/// times with a growing pause. A server that refuses the registration
+/// (`Rejected`) ends it: every server shares one registry. One whose cluster
+/// secret differs is skipped; if every server of a walk refuses us that way,
+/// registration fails at once, since retrying does not heal a secret
+/// mismatch.
 #[allow(clippy::too_many_arguments)]
 fn register(
-    server: &str,
+    servers: &ServerList,
     node_id: Option<NodeId>,
     incarnation: u64,
     data_addr: &str,
@@ -400,50 +410,68 @@ fn register(
 ) -> Result<(NodeId, crate::wire::ClusterView, Instant)> {
     let mut delay = Duration::from_millis(100);
     let mut last_err = String::new();
+    let key = security.cluster_key.as_ref();
     for attempt in 0..settings.reconnection_attempts.max(1) + 2 {
         if attempt > 0 {
             std::thread::sleep(delay);
             delay = (delay * 2).min(Duration::from_secs(2));
         }
-        let sent = Instant::now();
-        let key = security.cluster_key.as_ref();
-        let conn = match net::connect_peer(server, ConnKind::Member, Duration::from_secs(2), key) {
-            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-                return Err(Error::Refused(format!(
-                    "server {server} refused registration: {e}"
-                )))
+        let mut denied = None;
+        let mut all_denied = true;
+        for (i, server) in servers.order() {
+            let sent = Instant::now();
+            let conn =
+                match net::connect_peer(server, ConnKind::Member, Duration::from_secs(2), key) {
+                    Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                        let msg = format!("server {server} refused registration: {e}");
+                        log::warn!("{msg}");
+                        denied = Some(msg);
+                        continue;
+                    }
+                    other => other,
+                };
+            all_denied = false;
+            let res = conn.and_then(|mut c| {
+                c.call::<_, ServerResponse>(
+                    &ServerRequest::Register {
+                        node_id,
+                        incarnation,
+                        data_addr: data_addr.to_string(),
+                        beacon_addr: beacon_addr.to_string(),
+                        last,
+                        resp_addr: resp_addr.clone(),
+                    },
+                    wire::MAX_SERVER_FRAME,
+                )
+                .map_err(|e| std::io::Error::other(e.to_string()))
+            });
+            match res {
+                Ok(ServerResponse::Registered { node_id, view }) => {
+                    servers.succeeded(i);
+                    return Ok((node_id, view, sent));
+                }
+                Ok(ServerResponse::Rejected { reason, .. }) => {
+                    return Err(Error::Refused(format!(
+                        "server {server} refused registration: {reason}"
+                    )))
+                }
+                Ok(ServerResponse::Error { message, .. }) => {
+                    last_err = format!("{server} answered: {message}")
+                }
+                Ok(other) => last_err = format!("{server}: unexpected reply {other:?}"),
+                Err(e) => last_err = format!("{server}: {e}"),
             }
-            other => other,
-        };
-        let res = conn.and_then(|mut c| {
-            c.call::<_, ServerResponse>(
-                &ServerRequest::Register {
-                    node_id,
-                    incarnation,
-                    data_addr: data_addr.to_string(),
-                    beacon_addr: beacon_addr.to_string(),
-                    last,
-                    resp_addr: resp_addr.clone(),
-                },
-                wire::MAX_SERVER_FRAME,
-            )
-            .map_err(|e| std::io::Error::other(e.to_string()))
-        });
-        match res {
-            Ok(ServerResponse::Registered { node_id, view }) => return Ok((node_id, view, sent)),
-            Ok(ServerResponse::Rejected { reason, .. }) => {
-                return Err(Error::Refused(format!(
-                    "server refused registration: {reason}"
-                )))
-            }
-            Ok(other) => last_err = format!("unexpected reply {other:?}"),
-            Err(e) => last_err = e.to_string(),
+            log::warn!("registration with server {last_err}");
         }
-        log::warn!("registration with server {server} failed: {last_err}");
+        if let (true, Some(msg)) = (all_denied, denied) {
+            return Err(Error::Refused(msg));
+        }
     }
-    Err(Error::Unavailable(format!(
-        "cannot register with server {server}: {last_err}"
-    )))
+    Err(Error::Unavailable(if servers.len() == 1 {
+        format!("cannot register with server {last_err}")
+    } else {
+        format!("cannot register with any server of {servers}; last failure: {last_err}")
+    }))
 }
 
 struct Driver {
@@ -536,36 +564,158 @@ impl Driver {
 
 /// Performs server calls for the driver, one at a time, over one connection
 /// that is re-opened after any error.
-fn server_link(sh: Arc<Shared>, server: String, rx: Receiver<(Call, ServerRequest)>) {
-    let timeout = (sh.settings.server_update_interval() * 2).max(Duration::from_millis(200));
-    let mut conn: Option<PeerConn> = None;
-    while !sh.stopping() {
-        let (call, req) = match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(x) => x,
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
-            Err(_) => break,
-        };
-        let sent = Instant::now();
-        let reply = (|| {
-            if conn.is_none() {
-                conn = Some(
-                    sh.connect_peer(&server, ConnKind::Member, timeout)
-                        .map_err(|e| e.to_string())?,
-                );
-            }
-            let c = conn.as_mut().expect("connected");
-            c.call::<_, ServerResponse>(&req, wire::MAX_SERVER_FRAME)
-                .map_err(|e| e.to_string())
-        })();
-        if reply.is_err() {
-            conn = None;
+///
+/// Each call goes to the list's current server. A call that fails (cannot
+/// connect, IO error or timeout, or an `Unavailable` answer) moves the list
+/// to the next server for the next call. When the failure was at connect
+/// time, nothing was sent, so the same call is retried at once on the next
+/// server: a coordinator's status push is not lost when one server dies. A
+/// call that may have reached a server is never sent twice.
+struct ServerLink {
+    sh: Arc<Shared>,
+    timeout: Duration,
+    /// The open connection and the index of the server it goes to.
+    conn: Option<(usize, PeerConn)>,
+    /// Server switches since the last call that succeeded (the first is
+    /// logged, the others while every server fails only at debug level).
+    switches: usize,
+}
+
+/// Why one server call failed.
+enum LinkFailure {
+    /// Could not connect (or the handshake failed): the request was not sent.
+    NotSent(String),
+    /// The request may have reached the server.
+    Failed(String),
+}
+
+impl ServerLink {
+    fn new(sh: Arc<Shared>) -> ServerLink {
+        let timeout = (sh.settings.server_update_interval() * 2).max(Duration::from_millis(200));
+        ServerLink {
+            sh,
+            timeout,
+            conn: None,
+            switches: 0,
         }
-        if sh
-            .inbox
-            .send(Input::ServerReply { call, sent, reply })
-            .is_err()
+    }
+
+    fn run(mut self, rx: Receiver<(Call, ServerRequest)>) {
+        while !self.sh.stopping() {
+            let (call, req) = match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(x) => x,
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
+                Err(_) => break,
+            };
+            // The lease counts from the first send, even after a retry.
+            let sent = Instant::now();
+            let reply = self.call(&req);
+            if self
+                .sh
+                .inbox
+                .send(Input::ServerReply { call, sent, reply })
+                .is_err()
+            {
+                break;
+            }
+        }
+    }
+
+    /// One call at the current server and, if that one could not even be
+    /// connected to, once more at the next.
+    fn call(&mut self, req: &ServerRequest) -> std::result::Result<ServerResponse, String> {
+        let servers = self.sh.server.clone();
+        let (i, addr) = servers.current();
+        let why = match self.call_at(i, addr, req) {
+            Ok(r) => return Ok(self.answered(i, addr, r)),
+            Err(f) => f,
+        };
+        let next = self.failed(i, addr, &why);
+        let LinkFailure::NotSent(first) = why else {
+            return Err(format!("server {addr}: {}", why.text()));
+        };
+        if next == i {
+            return Err(format!("server {addr}: {first}"));
+        }
+        let addr2 = &servers.addrs()[next];
+        match self.call_at(next, addr2, req) {
+            Ok(r) => Ok(self.answered(next, addr2, r)),
+            Err(f) => {
+                self.failed(next, addr2, &f);
+                Err(format!(
+                    "server {addr}: {first}; server {addr2}: {}",
+                    f.text()
+                ))
+            }
+        }
+    }
+
+    fn answered(&mut self, i: usize, addr: &str, r: ServerResponse) -> ServerResponse {
+        if self.switches > 1 {
+            log::info!("server {addr} answers; using it");
+        }
+        self.switches = 0;
+        self.sh.server.succeeded(i);
+        r
+    }
+
+    /// Records a failure at server `i`: drops the connection and moves the
+    /// list on. Returns the index now current.
+    fn failed(&mut self, i: usize, addr: &str, why: &LinkFailure) -> usize {
+        self.conn = None;
+        let servers = &self.sh.server;
+        let next = servers.failed(i);
+        if next != i {
+            self.switches += 1;
+            let to = &servers.addrs()[next];
+            if self.switches == 1 {
+                log::warn!("server {addr} unreachable ({}); using {to}", why.text());
+            } else {
+                log::debug!("server {addr} unreachable ({}); using {to}", why.text());
+            }
+        }
+        next
+    }
+
+    fn call_at(
+        &mut self,
+        i: usize,
+        addr: &str,
+        req: &ServerRequest,
+    ) -> std::result::Result<ServerResponse, LinkFailure> {
+        // A connection the server closed (it restarted or died) is dropped
+        // before anything is written to it, so the reconnect, not the call,
+        // fails.
+        if self
+            .conn
+            .as_ref()
+            .is_some_and(|(at, c)| *at != i || net::peer_closed(&c.stream))
         {
-            break;
+            self.conn = None;
+        }
+        if self.conn.is_none() {
+            let c = self
+                .sh
+                .connect_peer(addr, ConnKind::Member, self.timeout)
+                .map_err(|e| LinkFailure::NotSent(e.to_string()))?;
+            self.conn = Some((i, c));
+        }
+        let (_, c) = self.conn.as_mut().expect("connected");
+        match c.call::<_, ServerResponse>(req, wire::MAX_SERVER_FRAME) {
+            Ok(ServerResponse::Error {
+                kind: ErrorKind::Unavailable,
+                message,
+            }) => Err(LinkFailure::Failed(format!("unavailable: {message}"))),
+            Ok(r) => Ok(r),
+            Err(e) => Err(LinkFailure::Failed(e.to_string())),
+        }
+    }
+}
+
+impl LinkFailure {
+    fn text(&self) -> &str {
+        match self {
+            LinkFailure::NotSent(s) | LinkFailure::Failed(s) => s,
         }
     }
 }

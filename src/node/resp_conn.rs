@@ -300,7 +300,7 @@ impl Conn<'_> {
                 max_value_bytes: self.sh.settings.max_value_bytes,
                 password: self.password.clone(),
             };
-            match Client::with_options(&self.sh.server, opts) {
+            match Client::with_servers(self.sh.server.clone(), opts) {
                 Ok(c) => self.forward = Some(c),
                 Err(e) => return client_error(&e),
             }

@@ -312,6 +312,24 @@ impl Cluster {
         self.server = Self::start_server_at(&self.dir, &self.config, &addr, self.next_log);
     }
 
+    /// Kills the server and starts it again on `listen` (another address)
+    /// with the same state file, as a second server of a list would take over.
+    pub fn restart_server_on(&mut self, listen: &str) {
+        self.server.kill();
+        self.next_log += 1;
+        self.server = Self::start_server_at(&self.dir, &self.config, listen, self.next_log);
+    }
+
+    /// Starts one more node whose server argument is `servers` (a list).
+    pub fn add_node_to(&mut self, servers: &str, extra: &[&str]) -> usize {
+        let config = self.config.to_str().unwrap().to_string();
+        let mut args: Vec<String> = vec![servers.to_string(), "-c".into(), config];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let p = self.spawn_node(args);
+        self.nodes.push(p);
+        self.nodes.len() - 1
+    }
+
     pub fn kill_server(&mut self) {
         self.server.kill();
     }
@@ -593,6 +611,17 @@ pub fn encode_frame(body: &[u8]) -> Vec<u8> {
 
 pub fn wire_encode<T: serde::Serialize>(t: &T) -> Vec<u8> {
     wire::encode(t)
+}
+
+/// `n` distinct loopback addresses with nothing listening: ports bound
+/// together (so they differ) and released.
+pub fn dead_addrs(n: usize) -> Vec<String> {
+    let ls: Vec<_> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    ls.iter()
+        .map(|l| l.local_addr().unwrap().to_string())
+        .collect()
 }
 
 /// Polls `cond` until it holds; panics after [`PATIENCE`].
