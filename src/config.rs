@@ -47,6 +47,32 @@ pub struct Config {
     /// else, at the server and at every node. `DKV_PASSWORD` overrides it.
     #[serde(default)]
     pub client_password_file: Option<String>,
+    /// HA registry: etcd endpoints (`http://h1:2379,http://h2:2379`). When
+    /// set, every server keeps the registry in etcd instead of its state
+    /// file, and several servers may serve one cluster. `--etcd-endpoints`
+    /// overrides it.
+    #[serde(default)]
+    pub etcd_endpoints: Option<String>,
+    /// Key prefix in etcd; default `/dkv/<cluster-name>/`.
+    #[serde(default)]
+    pub etcd_prefix: Option<String>,
+    /// etcd user (with `etcd-password-file` or `DKV_ETCD_PASSWORD`).
+    #[serde(default)]
+    pub etcd_user: Option<String>,
+    /// File holding the etcd user's password (mode 600).
+    #[serde(default)]
+    pub etcd_password_file: Option<String>,
+    /// TLS to etcd: CA to trust, and a client certificate and key.
+    #[serde(default)]
+    pub etcd_ca_file: Option<String>,
+    #[serde(default)]
+    pub etcd_cert_file: Option<String>,
+    #[serde(default)]
+    pub etcd_key_file: Option<String>,
+    /// Time for one etcd request (ms). A status push waits for its renewal
+    /// to be recorded, so this must be well under the lease.
+    #[serde(default = "d_etcd_timeout")]
+    pub etcd_timeout: u64,
     #[serde(default)]
     pub node_settings: NodeSettings,
     #[serde(flatten)]
@@ -173,6 +199,13 @@ fn d_snapshot_bytes() -> u64 {
 }
 fn d_segment_bytes() -> u64 {
     64 << 20
+}
+
+fn d_etcd_timeout() -> u64 {
+    // Loopback etcd answers a transaction in a few ms (one fsync); 150 ms
+    // leaves room for a slow disk and still lets a node try another server
+    // within its 200 ms call timeout.
+    150
 }
 
 fn default_state_file() -> Option<String> {
@@ -330,6 +363,14 @@ impl Config {
         if let Err(e) = crate::servers::ServerList::parse(&self.server_ip_port) {
             return Err(format!("server-ip-port: {e}"));
         }
+        if self.etcd_timeout == 0 || self.etcd_timeout > 60_000 {
+            return Err("etcd-timeout must be between 1 and 60000 ms".into());
+        }
+        if let Some(e) = &self.etcd_endpoints {
+            if e.split(',').any(|x| x.trim().is_empty()) {
+                return Err(format!("etcd-endpoints '{e}' has an empty entry"));
+            }
+        }
         let n = &self.node_settings;
         // Bounds first, so the arithmetic below and deadlines computed from
         // these values (instant + duration) cannot overflow.
@@ -435,6 +476,19 @@ impl Config {
             ));
         }
         out
+    }
+
+    /// The etcd key prefix: `etcd-prefix`, else `/dkv/<cluster-name>/`.
+    pub fn etcd_prefix(&self) -> String {
+        let p = self
+            .etcd_prefix
+            .clone()
+            .unwrap_or_else(|| format!("/dkv/{}/", self.cluster_name));
+        if p.ends_with('/') {
+            p
+        } else {
+            format!("{p}/")
+        }
     }
 
     /// Logs the warnings.

@@ -8,7 +8,6 @@
 
 use crate::auth::{AuthCounters, Security};
 use crate::config::NodeSettings;
-use crate::core::server::ServerCore;
 use crate::errors::{Error, Result};
 use crate::net::{self, ConnLimit, Deadlines, HandshakeError, TimedStream};
 use crate::registry::{file::FileStore, Arbiter, RegistryStore};
@@ -81,41 +80,25 @@ impl Server {
     pub fn start_with(opts: ServerOptions, store: Box<dyn RegistryStore>) -> Result<Server> {
         let settings = opts.settings.clone();
         let recover = opts.recover_from_nodes;
-        let arbiter = Arbiter::open(store, Instant::now, |view, now| {
-            let lease = settings.lease_at_server();
-            match view {
-                Some(view) => {
-                    if view.epoch > 0 {
-                        log::info!(
-                            "reloaded view: epoch {}, coordinator {:?}, {} members, in sync {:?}",
-                            view.epoch,
-                            view.coordinator,
-                            view.members.len(),
-                            view.isr
-                        );
-                    }
-                    let core = ServerCore::new(view, lease, now);
-                    if recover {
-                        core.with_recover_from_nodes(settings.failure_timeout())
-                    } else {
-                        core
-                    }
+        let shared_store = store.shared();
+        let mut store = Some(store);
+        let mut arbiter = None;
+        // A shared store may be electing a leader just now: keep trying.
+        let give_up = Instant::now() + Duration::from_secs(if shared_store { 15 } else { 0 });
+        while arbiter.is_none() {
+            match Arbiter::open(store.take().expect("store"), Instant::now, |view, now| {
+                crate::registry::new_core(&settings, recover, view, now)
+            }) {
+                Ok(a) => arbiter = Some(a),
+                Err((e, back)) if Instant::now() < give_up => {
+                    log::warn!("{e}; trying again");
+                    store = Some(back);
+                    std::thread::sleep(Duration::from_millis(200));
                 }
-                None => {
-                    // A first start, or a lost state: running nodes rejoin
-                    // before a brand-new node may found a cluster.
-                    let wait = settings.failure_timeout() + settings.server_update_interval() * 2;
-                    let core = ServerCore::new(Default::default(), lease, now)
-                        .with_bootstrap_wait(now + wait);
-                    if recover {
-                        core.with_recover_from_nodes(settings.failure_timeout())
-                    } else {
-                        core
-                    }
-                }
+                Err((e, _)) => return Err(Error::Config(e.to_string())),
             }
-        })
-        .map_err(|e| Error::Config(e.to_string()))?;
+        }
+        let arbiter = arbiter.expect("opened");
         log::info!("registry: {}", arbiter.describe());
         let listener = net::listen(opts.listen)?;
         let addr = listener.local_addr()?;

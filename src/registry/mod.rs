@@ -16,6 +16,7 @@
 
 pub mod file;
 
+use crate::config::NodeSettings;
 use crate::core::server::{DurableView, Renewal, ServerCore};
 use crate::wire::{ErrorKind, ServerRequest, ServerResponse};
 use parking_lot::Mutex;
@@ -82,6 +83,42 @@ pub trait RegistryStore: Send {
     fn describe(&self) -> String;
 }
 
+/// The server core for a view read from the store (`None`: the store holds
+/// none: a first start, or a lost state). The server binary and the
+/// simulator build it the same way.
+pub fn new_core(
+    settings: &NodeSettings,
+    recover_from_nodes: bool,
+    view: Option<DurableView>,
+    now: Instant,
+) -> ServerCore {
+    let lease = settings.lease_at_server();
+    let core = match view {
+        Some(view) => {
+            if view.epoch > 0 {
+                log::info!(
+                    "reloaded view: epoch {}, coordinator {:?}, {} members, in sync {:?}",
+                    view.epoch,
+                    view.coordinator,
+                    view.members.len(),
+                    view.isr
+                );
+            }
+            ServerCore::new(view, lease, now)
+        }
+        None => {
+            // Running nodes rejoin before a brand-new node may found a cluster.
+            let wait = settings.failure_timeout() + settings.server_update_interval() * 2;
+            ServerCore::new(DurableView::default(), lease, now).with_bootstrap_wait(now + wait)
+        }
+    };
+    if recover_from_nodes {
+        core.with_recover_from_nodes(settings.failure_timeout())
+    } else {
+        core
+    }
+}
+
 /// How often one decision is tried against a store whose records keep
 /// changing under it before the arbiter gives up with `Unavailable`.
 const MAX_ATTEMPTS: usize = 4;
@@ -103,12 +140,17 @@ struct Decider {
 impl Arbiter {
     /// Reads the store and builds the core from it. `make_core` gets the
     /// view read (`None`: the store holds none) and builds the core.
+    /// On failure the store is handed back, to try again.
+    #[allow(clippy::type_complexity)]
     pub fn open(
         mut store: Box<dyn RegistryStore>,
         now: impl Fn() -> Instant,
         make_core: impl FnOnce(Option<DurableView>, Instant) -> ServerCore,
-    ) -> Result<Arbiter, StoreError> {
-        let records = store.read()?;
+    ) -> Result<Arbiter, (StoreError, Box<dyn RegistryStore>)> {
+        let records = match store.read() {
+            Ok(r) => r,
+            Err(e) => return Err((e, store)),
+        };
         let mut core = make_core(records.view, now());
         if let Some(r) = &records.renewal {
             core.observe_renewal(now(), r);
