@@ -217,6 +217,8 @@ pub struct Etcd {
     token: Mutex<Option<String>>,
     /// Index of the endpoint that answered last.
     current: AtomicUsize,
+    /// Whether a TLS client certificate is configured (for error hints).
+    has_client_cert: bool,
 }
 
 /// Whether a call may be resent to another endpoint after its request left.
@@ -317,6 +319,7 @@ impl Etcd {
             credentials,
             token: Mutex::new(None),
             current: AtomicUsize::new(0),
+            has_client_cert: opts.cert_file.is_some(),
         })
     }
 
@@ -328,38 +331,42 @@ impl Etcd {
     /// Reads one key; `kvs` is empty when it does not exist.
     pub fn get(&self, key: &[u8]) -> Result<RangeResult, EtcdError> {
         let body = json!({ "key": B64.encode(key) });
-        let v = self.call("get", "/v3/kv/range", &body, Retry::Always)?;
-        parse_range(&v, None).map_err(|e| protocol("get", &e))
+        self.request("get", "/v3/kv/range", &body, Retry::Always, |v| {
+            parse_range(v, None)
+        })
     }
 
     /// Reads every key starting with `prefix` (all keys for an empty one),
     /// in key order.
     pub fn get_prefix(&self, prefix: &[u8]) -> Result<RangeResult, EtcdError> {
-        let v = self.call(
-            "get_prefix",
-            "/v3/kv/range",
-            &prefix_range(prefix),
-            Retry::Always,
-        )?;
-        parse_range(&v, None).map_err(|e| protocol("get_prefix", &e))
+        let body = prefix_range(prefix);
+        self.request("get_prefix", "/v3/kv/range", &body, Retry::Always, |v| {
+            parse_range(v, None)
+        })
     }
 
     /// Writes a key (`lease` 0 = no lease) and returns the new revision.
     pub fn put(&self, key: &[u8], value: &[u8], lease: i64) -> Result<i64, EtcdError> {
-        let v = self.call(
+        let body = put_body(key, value, lease);
+        self.request(
             "put",
             "/v3/kv/put",
-            &put_body(key, value, lease),
+            &body,
             Retry::IfNotApplied,
-        )?;
-        header_revision(&v).map_err(|e| protocol("put", &e))
+            header_revision,
+        )
     }
 
     /// Deletes a key and returns the store revision after the delete.
     pub fn delete(&self, key: &[u8]) -> Result<i64, EtcdError> {
         let body = json!({ "key": B64.encode(key) });
-        let v = self.call("delete", "/v3/kv/deleterange", &body, Retry::IfNotApplied)?;
-        header_revision(&v).map_err(|e| protocol("delete", &e))
+        self.request(
+            "delete",
+            "/v3/kv/deleterange",
+            &body,
+            Retry::IfNotApplied,
+            header_revision,
+        )
     }
 
     /// Runs `success` if every compare holds, else `failure`, atomically.
@@ -374,8 +381,9 @@ impl Etcd {
             "success": success.iter().map(op_json).collect::<Vec<_>>(),
             "failure": failure.iter().map(op_json).collect::<Vec<_>>(),
         });
-        let v = self.call("txn", "/v3/kv/txn", &body, Retry::IfNotApplied)?;
-        parse_txn(&v, success, failure).map_err(|e| protocol("txn", &e))
+        self.request("txn", "/v3/kv/txn", &body, Retry::IfNotApplied, |v| {
+            parse_txn(v, success, failure)
+        })
     }
 
     /// Grants a lease of `ttl_secs` seconds and returns its id. Retried like
@@ -383,49 +391,49 @@ impl Etcd {
     /// which expires by itself after its TTL.
     pub fn lease_grant(&self, ttl_secs: i64) -> Result<i64, EtcdError> {
         let body = json!({ "TTL": ttl_secs.to_string(), "ID": "0" });
-        let v = self.call("lease_grant", "/v3/lease/grant", &body, Retry::Always)?;
-        let parsed = (|| -> Result<i64, String> {
-            if let Some(err) = v.get("error").and_then(Value::as_str) {
-                if !err.is_empty() {
-                    return Err(format!("etcd refused the lease: {err}"));
+        self.request(
+            "lease_grant",
+            "/v3/lease/grant",
+            &body,
+            Retry::Always,
+            |v| {
+                if let Some(err) = v.get("error").and_then(Value::as_str) {
+                    if !err.is_empty() {
+                        return Err(format!("a refusal: {}", clip(err)));
+                    }
                 }
-            }
-            let id = int_field(&v, "ID")?;
-            if id == 0 {
-                return Err("the answer has no lease id".to_string());
-            }
-            Ok(id)
-        })();
-        parsed.map_err(|e| protocol("lease_grant", &e))
+                match int_field(v, "ID")? {
+                    0 => Err("no lease id".to_string()),
+                    id => Ok(id),
+                }
+            },
+        )
     }
 
     /// Refreshes a lease; returns its remaining TTL in seconds, 0 when the
     /// lease is gone (expired or revoked).
     pub fn lease_keepalive(&self, id: i64) -> Result<i64, EtcdError> {
+        let what = "lease_keepalive";
         let body = json!({ "ID": id.to_string() });
-        match self.call_refusable(
-            "lease_keepalive",
-            "/v3/lease/keepalive",
-            &body,
-            Retry::Always,
-        ) {
-            Ok(v) => {
+        match self.call_refusable(what, "/v3/lease/keepalive", &body, Retry::Always) {
+            Ok((ep, v)) => {
                 let result = v.get("result").unwrap_or(&v);
-                int_field(result, "TTL").map_err(|e| protocol("lease_keepalive", &e))
+                int_field(result, "TTL").map_err(|e| unexpected(what, ep, &e))
             }
             Err(Failure::Refused { message, .. }) if is_lease_not_found(&message) => Ok(0),
-            Err(f) => Err(self.refused_to_error("lease_keepalive", f)),
+            Err(f) => Err(refused_to_error(what, f)),
         }
     }
 
     /// Revokes a lease, deleting every key attached to it. Revoking a lease
     /// that is already gone succeeds (so the call can be retried).
     pub fn lease_revoke(&self, id: i64) -> Result<(), EtcdError> {
+        let what = "lease_revoke";
         let body = json!({ "ID": id.to_string() });
-        match self.call_refusable("lease_revoke", "/v3/lease/revoke", &body, Retry::Always) {
+        match self.call_refusable(what, "/v3/lease/revoke", &body, Retry::Always) {
             Ok(_) => Ok(()),
             Err(Failure::Refused { message, .. }) if is_lease_not_found(&message) => Ok(()),
-            Err(f) => Err(self.refused_to_error("lease_revoke", f)),
+            Err(f) => Err(refused_to_error(what, f)),
         }
     }
 
@@ -449,7 +457,7 @@ impl Etcd {
                     EtcdError::Unavailable(msg)
                 });
             }
-            Err(f) => return Err(self.refused_to_error("status", f)),
+            Err(f) => return Err(refused_to_error("status", f)),
         };
         let parsed = (|| -> Result<MemberStatus, String> {
             let header = v.get("header").ok_or("the answer has no header")?;
@@ -464,27 +472,25 @@ impl Etcd {
                 raft_term,
             })
         })();
-        parsed.map_err(|e| EtcdError::Protocol(format!("etcd status of {ep}: {e}")))
+        parsed.map_err(|e| unexpected("status", &ep, &e))
     }
 
     // ---- the call machinery -------------------------------------------
 
-    /// One call with failover; etcd refusals become errors.
-    fn call(&self, what: &str, path: &str, body: &Value, retry: Retry) -> Result<Value, EtcdError> {
-        self.call_refusable(what, path, body, retry)
-            .map_err(|f| self.refused_to_error(what, f))
-    }
-
-    fn refused_to_error(&self, what: &str, f: Failure) -> EtcdError {
-        match f {
-            Failure::Stop(e) => e,
-            Failure::Refused { endpoint, message } => {
-                EtcdError::Protocol(format!("etcd at {endpoint} refused the {what}: {message}"))
-            }
-            Failure::Next { reason, .. } => {
-                EtcdError::Unavailable(format!("etcd {what} failed: {reason}"))
-            }
-        }
+    /// One call with failover whose answer `parse` turns into the result;
+    /// etcd refusals and unexpected answers become errors.
+    fn request<T>(
+        &self,
+        what: &str,
+        path: &str,
+        body: &Value,
+        retry: Retry,
+        parse: impl FnOnce(&Value) -> Result<T, String>,
+    ) -> Result<T, EtcdError> {
+        let (ep, v) = self
+            .call_refusable(what, path, body, retry)
+            .map_err(|f| refused_to_error(what, f))?;
+        parse(&v).map_err(|e| unexpected(what, ep, &e))
     }
 
     /// One call with failover over the endpoints, starting with the one
@@ -495,7 +501,7 @@ impl Etcd {
         path: &str,
         body: &Value,
         retry: Retry,
-    ) -> Result<Value, Failure> {
+    ) -> Result<(&str, Value), Failure> {
         let n = self.endpoints.len();
         let start = self.current.load(Ordering::Relaxed) % n;
         let mut failures = Vec::new();
@@ -508,7 +514,7 @@ impl Etcd {
                     if k > 0 {
                         self.current.store(i, Ordering::Relaxed);
                     }
-                    return Ok(v);
+                    return Ok((ep, v));
                 }
                 Err(Failure::Next { reason, tls }) => {
                     if k + 1 < n {
@@ -520,9 +526,10 @@ impl Etcd {
                     failures.push(format!("{ep}: {reason}"));
                 }
                 Err(f) => {
-                    // etcd answered: this endpoint works, even if the
-                    // request was refused.
-                    if k > 0 {
+                    // An endpoint that answered works, even if it refused
+                    // the request; one whose answer was lost does not.
+                    let answered = !matches!(f, Failure::Stop(EtcdError::Indeterminate(_)));
+                    if k > 0 && answered {
                         self.current.store(i, Ordering::Relaxed);
                     }
                     return Err(f);
@@ -741,6 +748,23 @@ impl Etcd {
                 use io::ErrorKind as K;
                 match io.kind() {
                     K::ConnectionRefused => not_sent("connection refused".into(), false),
+                    // EPIPE: our bytes hit a connection the server had
+                    // already closed; it reset them unread. (A TLS server
+                    // that rejects the client certificate after the
+                    // handshake closes this way too.)
+                    K::BrokenPipe if !answering => {
+                        let hint = if tls && !self.has_client_cert {
+                            " (does etcd require a client certificate? set cert_file and key_file)"
+                        } else {
+                            ""
+                        };
+                        not_sent(
+                            format!(
+                                "the connection was closed before the request reached etcd{hint}"
+                            ),
+                            false,
+                        )
+                    }
                     K::AddrNotAvailable
                     | K::NetworkUnreachable
                     | K::HostUnreachable
@@ -799,8 +823,22 @@ fn io_detail(e: &io::Error) -> String {
     }
 }
 
-fn protocol(what: &str, detail: &str) -> EtcdError {
-    EtcdError::Protocol(format!("etcd answered the {what} with {detail}"))
+fn unexpected(what: &str, ep: &str, detail: &str) -> EtcdError {
+    EtcdError::Protocol(format!(
+        "etcd at {ep} answered the {what} with something unexpected: {detail}"
+    ))
+}
+
+fn refused_to_error(what: &str, f: Failure) -> EtcdError {
+    match f {
+        Failure::Stop(e) => e,
+        Failure::Refused { endpoint, message } => {
+            EtcdError::Protocol(format!("etcd at {endpoint} refused the {what}: {message}"))
+        }
+        Failure::Next { reason, .. } => {
+            EtcdError::Unavailable(format!("etcd {what} failed: {reason}"))
+        }
+    }
 }
 
 // ---- classification of etcd's error messages ---------------------------
