@@ -592,7 +592,7 @@ impl Etcd {
                 }
                 Reply::Garbage(reason) => {
                     return Err(Failure::Stop(EtcdError::Protocol(format!(
-                        "etcd {what} via {ep}: {reason}"
+                        "etcd at {ep} gave a bad answer to the {what}: {reason}"
                     ))))
                 }
             }
@@ -886,6 +886,8 @@ fn is_not_applied_error(message: &str) -> bool {
         || message.contains("not capable")
         || message.contains("not enough started members")
         || message.contains("unhealthy cluster")
+        // The gateway could not reach its own gRPC server.
+        || message.contains("error while dialing")
 }
 
 fn is_lease_not_found(message: &str) -> bool {
@@ -1509,10 +1511,10 @@ mod tests {
         assert_eq!(t.ranges[0].kvs[0].value, b"v");
         // The failure branch was taken ("succeeded" left out) with no ops.
         let v: Value = serde_json::from_str(r#"{"header":{"revision":"4"}}"#).unwrap();
-        let t = parse_txn(&v, &[put.clone()], &[]).unwrap();
+        let t = parse_txn(&v, std::slice::from_ref(&put), &[]).unwrap();
         assert!(!t.succeeded);
         // Responses that do not match the branch.
-        assert!(parse_txn(&v, &[], &[get.clone()]).is_err());
+        assert!(parse_txn(&v, &[], std::slice::from_ref(&get)).is_err());
         let v: Value = serde_json::from_str(
             r#"{"header":{"revision":"3"},"succeeded":true,"responses":[{"response_put":{}}]}"#,
         )

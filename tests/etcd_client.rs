@@ -167,6 +167,48 @@ fn txn_compare_on_mod_revision_succeeds_once() {
 }
 
 #[test]
+fn concurrent_compare_and_swap_increments_lose_no_update() {
+    // Four threads share one client (Send + Sync, one agent) and increment
+    // a counter by read + txn on mod_revision; a lost CAS is retried. The
+    // final count must equal the number of successful swaps.
+    let c = EtcdCluster::start(1);
+    let etcd = std::sync::Arc::new(client(&c));
+    etcd.put(b"counter", b"0", 0).unwrap();
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let etcd = etcd.clone();
+            std::thread::spawn(move || {
+                let (mut won, mut lost) = (0u64, 0u64);
+                while won < 15 {
+                    let kv = etcd.get(b"counter").unwrap().kvs.remove(0);
+                    let n: u64 = std::str::from_utf8(&kv.value).unwrap().parse().unwrap();
+                    let t = etcd
+                        .txn(
+                            &[Compare::ModRevision {
+                                key: b"counter".to_vec(),
+                                equals: kv.mod_revision,
+                            }],
+                            &[put_op(b"counter", (n + 1).to_string().as_bytes())],
+                            &[],
+                        )
+                        .unwrap();
+                    if t.succeeded {
+                        won += 1;
+                    } else {
+                        lost += 1;
+                    }
+                }
+                (won, lost)
+            })
+        })
+        .collect();
+    let results: Vec<(u64, u64)> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let won: u64 = results.iter().map(|r| r.0).sum();
+    assert_eq!(won, 60);
+    assert_eq!(value_of(&etcd, b"counter").unwrap(), b"60");
+}
+
+#[test]
 fn txn_on_a_missing_keys_mod_revision_zero_creates_it_once() {
     let c = EtcdCluster::start(1);
     let etcd = client(&c);
@@ -344,8 +386,9 @@ fn every_member_dead_is_unavailable() {
     assert_eq!(value_of(&etcd, b"k").unwrap(), b"v");
 }
 
-/// A POST to the gateway by hand, for the admin calls the client lacks.
-fn admin(endpoint: &str, token: Option<&str>, path: &str, body: &str) {
+/// A POST to the gateway by hand, for the admin calls the client lacks:
+/// (HTTP status, body).
+fn raw_post(endpoint: &str, token: Option<&str>, path: &str, body: &str) -> (u16, String) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()
@@ -355,9 +398,14 @@ fn admin(endpoint: &str, token: Option<&str>, path: &str, body: &str) {
         req = req.header("Authorization", t);
     }
     let mut resp = req.send(body).unwrap();
-    let status = resp.status();
-    let text = resp.body_mut().read_to_string().unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.body_mut().read_to_string().unwrap())
+}
+
+fn admin(endpoint: &str, token: Option<&str>, path: &str, body: &str) -> serde_json::Value {
+    let (status, text) = raw_post(endpoint, token, path, body);
     assert!(status == 200, "{path} {body}: HTTP {status} {text}");
+    serde_json::from_str(&text).unwrap()
 }
 
 #[test]
@@ -417,11 +465,36 @@ fn auth_wrong_or_missing_credentials_fail_and_right_ones_work() {
         .unwrap();
     assert!(t.succeeded);
 
-    // A restart forgets every token: the client authenticates again.
+    // Changing a user's password (here: to the same one) drops every token
+    // of that user. The client's next call meets "invalid auth token" and
+    // authenticates again.
+    let admin_token = admin(
+        &ep,
+        None,
+        "/v3/auth/authenticate",
+        r#"{"name":"root","password":"rootpw"}"#,
+    )["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    admin(
+        &ep,
+        Some(&admin_token),
+        "/v3/auth/user/changepw",
+        r#"{"name":"root","password":"rootpw"}"#,
+    );
+    let (status, text) = raw_post(&ep, Some(&admin_token), "/v3/kv/range", r#"{"key":"aw=="}"#);
+    assert!(
+        status == 401 && text.contains("invalid auth token"),
+        "tokens must be gone after the password change: HTTP {status} {text}"
+    );
+    assert_eq!(value_of(&etcd, b"k").unwrap(), b"w");
+
+    // The client keeps working across a restart of the member.
     c.restart(0);
     c.wait_healthy();
-    assert_eq!(value_of(&etcd, b"k").unwrap(), b"w");
     etcd.put(b"k2", b"after restart", 0).unwrap();
+    assert_eq!(value_of(&etcd, b"k2").unwrap(), b"after restart");
 }
 
 #[test]
@@ -668,10 +741,7 @@ fn a_huge_answer_is_a_protocol_error() {
         1,
     );
     let r = fake_client(&ep).get(b"k");
-    assert!(
-        !matches!(r, Ok(_)),
-        "a truncated answer must not be accepted: {r:?}"
-    );
+    assert!(r.is_err(), "a truncated answer must not be accepted: {r:?}");
 }
 
 #[test]
@@ -707,7 +777,7 @@ fn a_write_fails_over_only_when_it_was_not_sent() {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         format!("http://{}", l.local_addr().unwrap())
     };
-    let lost = fake_server(Fake::Close, 1);
+    let lost = fake_server(Fake::Close, 3);
     let third = fake_server(
         Fake::Answer(http("200 OK", r#"{"header":{"revision":"9"}}"#)),
         2,
@@ -721,8 +791,9 @@ fn a_write_fails_over_only_when_it_was_not_sent() {
         Err(EtcdError::Indeterminate(m)) => assert!(m.contains(&lost), "{m}"),
         other => panic!("{other:?}"),
     }
-    // A read goes on to the third endpoint, which then becomes the current
-    // one: the next write goes straight there.
+    // A read goes past the lost answer to the third endpoint, which then
+    // becomes the current one: the next write goes straight there (were it
+    // sent to the second again, it would be indeterminate).
     assert_eq!(etcd.get(b"k").unwrap().revision, 9);
     assert_eq!(etcd.put(b"k", b"v", 0).unwrap(), 9);
 }
