@@ -20,6 +20,7 @@ pub mod client;
 pub mod config;
 pub mod core;
 pub mod errors;
+pub mod etcd;
 pub mod history;
 pub mod identity;
 pub mod log;

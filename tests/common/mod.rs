@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod etcd;
+
 use dkv::wire::{self, ClusterView, NodeStatus, Request, Response};
 use dkv::{Client, ClientOptions};
 use std::io::{BufRead, BufReader};
