@@ -241,6 +241,12 @@ pub fn client_password(flag: Option<String>) -> Option<Vec<u8>> {
     })
 }
 
+/// A secret file's text (mode 600, at most 4 KiB, trailing newline cut).
+pub fn read_secret_text(path: &Path) -> Result<String, String> {
+    let bytes = read_secret_file(path)?;
+    String::from_utf8(bytes).map_err(|_| format!("{}: not UTF-8 text", path.display()))
+}
+
 /// A secret file's contents without a trailing newline. Refuses files others
 /// can read, as ssh does for keys.
 fn read_secret_file(path: &Path) -> Result<Vec<u8>, String> {

@@ -10,7 +10,8 @@ use crate::auth::{AuthCounters, Security};
 use crate::config::NodeSettings;
 use crate::errors::{Error, Result};
 use crate::net::{self, ConnLimit, Deadlines, HandshakeError, TimedStream};
-use crate::registry::{file::FileStore, Arbiter, RegistryStore};
+use crate::registry::etcd::{Presence, ServerPresence};
+use crate::registry::{etcd::EtcdStore, file::FileStore, Arbiter, RegistryStore};
 use crate::wire::{self, AuthStats, ConnKind, ErrorKind, ServerRequest, ServerResponse, WireError};
 use parking_lot::RwLock;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -36,6 +37,23 @@ pub struct ServerOptions {
     /// The operator's choice for a server that lost its state and cannot
     /// prove a coordinator safe: appoint the most complete reporting node.
     pub recover_from_nodes: bool,
+    /// HA: keep the registry in etcd (shared with other servers) instead of
+    /// the state file.
+    pub etcd: Option<EtcdRegistry>,
+}
+
+/// Where an HA registry lives.
+#[derive(Clone)]
+pub struct EtcdRegistry {
+    pub etcd: Arc<crate::etcd::Etcd>,
+    /// Key prefix, ending in `/`.
+    pub prefix: String,
+}
+
+impl std::fmt::Debug for EtcdRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "etcd {:?} under {}", self.etcd.endpoints(), self.prefix)
+    }
 }
 
 struct Shared {
@@ -71,9 +89,14 @@ pub struct Server {
 
 impl Server {
     pub fn start(opts: ServerOptions) -> Result<Server> {
-        let store =
-            FileStore::open(opts.state_file.clone()).map_err(|e| Error::Config(e.to_string()))?;
-        Server::start_with(opts, Box::new(store))
+        let store: Box<dyn RegistryStore> = match &opts.etcd {
+            Some(reg) => Box::new(EtcdStore::new(reg.etcd.clone(), &reg.prefix)),
+            None => Box::new(
+                FileStore::open(opts.state_file.clone())
+                    .map_err(|e| Error::Config(e.to_string()))?,
+            ),
+        };
+        Server::start_with(opts, store)
     }
 
     /// Starts a server over `store` (the state file, or a shared store).
@@ -120,12 +143,6 @@ impl Server {
             .name("server-accept".into())
             .spawn(move || accept_loop(sh, listener))
             .expect("spawn accept");
-        let sh = shared.clone();
-        let every = (opts.settings.heartbeat() / 2).max(Duration::from_millis(5));
-        let ticker = std::thread::Builder::new()
-            .name("server-tick".into())
-            .spawn(move || tick_loop(sh, every))
-            .expect("spawn ticker");
         log::info!("server listening on {addr}");
         let sentinel_peers = Arc::new(RwLock::new(Vec::new()));
         let sentinel_addr = match opts.sentinel_listen {
@@ -154,6 +171,23 @@ impl Server {
             }
             None => None,
         };
+        let presence = opts.etcd.as_ref().map(|reg| {
+            Presence::new(
+                reg.etcd.clone(),
+                &reg.prefix,
+                ServerPresence {
+                    addr: addr.to_string(),
+                    sentinel: sentinel_addr.map(|a| a.to_string()),
+                },
+            )
+        });
+        let sh = shared.clone();
+        let every = (opts.settings.heartbeat() / 2).max(Duration::from_millis(5));
+        let peers = sentinel_peers.clone();
+        let ticker = std::thread::Builder::new()
+            .name("server-tick".into())
+            .spawn(move || tick_loop(sh, every, presence, peers))
+            .expect("spawn ticker");
         Ok(Server {
             shared,
             addr,
@@ -199,8 +233,17 @@ impl Server {
     }
 }
 
-fn tick_loop(sh: Arc<Shared>, every: Duration) {
+/// Lets the arbiter decide what time decides and read what other servers
+/// decided; with etcd, also keeps this server's presence record and the
+/// list of the other servers' Sentinel ports up to date (every second).
+fn tick_loop(
+    sh: Arc<Shared>,
+    every: Duration,
+    mut presence: Option<Presence>,
+    peers: Arc<RwLock<Vec<String>>>,
+) {
     let mut failing = false;
+    let mut next_presence = Instant::now();
     while !sh.shutdown.load(Ordering::Acquire) {
         std::thread::sleep(every);
         match sh.arbiter.tick(&Instant::now) {
@@ -212,11 +255,27 @@ fn tick_loop(sh: Arc<Shared>, every: Duration) {
             }
             Err(e) => {
                 if !failing {
-                    log::warn!("{e}");
+                    log::warn!("{e}; changes are refused until it answers again");
                 }
                 failing = true;
             }
         }
+        if let Some(p) = presence
+            .as_mut()
+            .filter(|_| Instant::now() >= next_presence)
+        {
+            next_presence = Instant::now() + Duration::from_secs(1);
+            match p.refresh() {
+                Ok(others) => {
+                    let list: Vec<String> = others.into_iter().filter_map(|o| o.sentinel).collect();
+                    *peers.write() = list;
+                }
+                Err(e) => log::debug!("server presence in etcd: {e}"),
+            }
+        }
+    }
+    if let Some(mut p) = presence {
+        p.withdraw();
     }
 }
 

@@ -258,6 +258,7 @@ fn sentinel_sentinels_lists_the_peers_set_on_the_server() {
         cluster_name: "dkv".into(),
         security: Default::default(),
         recover_from_nodes: false,
+        etcd: None,
     })
     .unwrap();
     let port = server.sentinel_addr().unwrap().port().to_string();

@@ -28,6 +28,16 @@ struct Args {
     /// acknowledged only by nodes that do not report may be lost.
     #[arg(long)]
     recover_from_nodes: bool,
+    /// HA registry: keep the cluster view in etcd (3.4+, its v3 JSON
+    /// gateway), shared by every server given the same endpoints and
+    /// prefix, e.g. http://h1:2379,http://h2:2379,http://h3:2379. Defaults
+    /// to the config's etcd-endpoints, else the state file is used.
+    #[arg(long, value_name = "URLS")]
+    etcd_endpoints: Option<String>,
+    /// Key prefix in etcd; defaults to the config's etcd-prefix, else
+    /// /dkv/<cluster-name>/.
+    #[arg(long, value_name = "PREFIX")]
+    etcd_prefix: Option<String>,
     /// Where to answer Sentinel discovery commands (RESP), e.g.
     /// 127.0.0.1:26379; defaults to the config's sentinel-listen, else off.
     #[arg(long, value_name = "HOST:PORT")]
@@ -69,9 +79,6 @@ fn main() -> ExitCode {
     let state_file = args
         .state_file
         .or_else(|| cfg.server_state_file.as_ref().map(PathBuf::from));
-    if state_file.is_none() {
-        log::warn!("no state file: the cluster view is kept in memory only");
-    }
     let sentinel = args.sentinel_listen.or_else(|| cfg.sentinel_listen.clone());
     let sentinel_listen = match sentinel.as_deref().map(dkv::net::resolve).transpose() {
         Ok(a) => a,
@@ -87,7 +94,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let etcd = match etcd_registry(&cfg, args.etcd_endpoints, args.etcd_prefix) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("dkv-server: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if etcd.is_none() && state_file.is_none() {
+        log::warn!("no state file: the cluster view is kept in memory only");
+    }
     let opts = ServerOptions {
+        etcd,
         security,
         sentinel_listen,
         cluster_name: cfg.cluster_name.clone(),
@@ -112,4 +130,55 @@ fn main() -> ExitCode {
             ExitCode::from(3)
         }
     }
+}
+
+/// The etcd registry named by flags or config, if any.
+fn etcd_registry(
+    cfg: &Config,
+    endpoints: Option<String>,
+    prefix: Option<String>,
+) -> Result<Option<dkv::server::EtcdRegistry>, String> {
+    let Some(endpoints) = endpoints.or_else(|| cfg.etcd_endpoints.clone()) else {
+        return Ok(None);
+    };
+    let list: Vec<String> = endpoints
+        .split(',')
+        .map(|e| e.trim().to_string())
+        .filter(|e| !e.is_empty())
+        .collect();
+    if list.is_empty() {
+        return Err("--etcd-endpoints is empty".into());
+    }
+    let password = match std::env::var("DKV_ETCD_PASSWORD") {
+        Ok(p) => Some(p),
+        Err(_) => match &cfg.etcd_password_file {
+            Some(f) => Some(
+                dkv::auth::read_secret_text(std::path::Path::new(f))
+                    .map_err(|e| format!("etcd-password-file: {e}"))?,
+            ),
+            None => None,
+        },
+    };
+    if password.is_some() && cfg.etcd_user.is_none() {
+        return Err("an etcd password is set but etcd-user is not".into());
+    }
+    let opts = dkv::etcd::EtcdOptions {
+        endpoints: list,
+        user: cfg.etcd_user.clone(),
+        password,
+        ca_file: cfg.etcd_ca_file.as_ref().map(PathBuf::from),
+        cert_file: cfg.etcd_cert_file.as_ref().map(PathBuf::from),
+        key_file: cfg.etcd_key_file.as_ref().map(PathBuf::from),
+        timeout: std::time::Duration::from_millis(cfg.etcd_timeout),
+    };
+    let etcd = dkv::etcd::Etcd::new(opts).map_err(|e| e.to_string())?;
+    let prefix = match prefix {
+        Some(p) if p.ends_with('/') => p,
+        Some(p) => format!("{p}/"),
+        None => cfg.etcd_prefix(),
+    };
+    Ok(Some(dkv::server::EtcdRegistry {
+        etcd: std::sync::Arc::new(etcd),
+        prefix,
+    }))
 }

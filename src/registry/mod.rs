@@ -14,6 +14,7 @@
 //! `etcd::EtcdStore` (several servers over one etcd cluster). The
 //! simulator has its own in-memory linearizable store with faults.
 
+pub mod etcd;
 pub mod file;
 
 use crate::config::NodeSettings;
