@@ -221,6 +221,17 @@ pub struct Etcd {
     has_client_cert: bool,
 }
 
+impl std::fmt::Debug for Etcd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Etcd")
+            .field("endpoints", &self.endpoints)
+            .field("current", &self.current.load(Ordering::Relaxed))
+            .field("timeout", &self.timeout)
+            .field("user", &self.credentials.as_ref().map(|(u, _)| u))
+            .finish_non_exhaustive()
+    }
+}
+
 /// Whether a call may be resent to another endpoint after its request left.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Retry {
@@ -1390,6 +1401,9 @@ mod tests {
             ..EtcdOptions::new(["h:1"])
         };
         assert!(!format!("{o:?}").contains("s3cret"));
+        let e = Etcd::new(o).unwrap();
+        assert!(!format!("{e:?}").contains("s3cret"));
+        assert!(format!("{e:?}").contains("root"));
     }
 
     #[test]
