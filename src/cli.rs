@@ -123,6 +123,17 @@ pub fn parse_all<'a>(
     Ok(cmds)
 }
 
+/// Command-line tools die quietly when their output pipe closes
+/// (`dkv-client status | head -1`), as Unix tools do, instead of panicking
+/// on the write. Rust ignores SIGPIPE by default; this puts it back.
+pub fn restore_sigpipe() {
+    // SAFETY: setting a signal's disposition to the default is
+    // async-signal-safe and done before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

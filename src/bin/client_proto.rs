@@ -18,6 +18,7 @@ example:   client_proto 127.0.0.1:12345 W,colour,blue R,colour D,colour
 password:  --password, or the DKV_PASSWORD environment variable (not shown by ps)";
 
 fn main() -> ExitCode {
+    dkv::cli::restore_sigpipe();
     dkv::init_logging_quiet();
     let mut args: Vec<Vec<u8>> = std::env::args_os().skip(1).map(into_bytes).collect();
     let mut timeout = Duration::from_secs(5);

@@ -112,6 +112,7 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    dkv::cli::restore_sigpipe();
     dkv::init_logging_quiet();
     let args = Args::parse();
     let pw = dkv::auth::client_password(args.password);

@@ -411,11 +411,23 @@ fn register(
     let mut delay = Duration::from_millis(100);
     let mut last_err = String::new();
     let key = security.cluster_key.as_ref();
-    for attempt in 0..settings.reconnection_attempts.max(1) + 2 {
-        if attempt > 0 {
+    // A server that answers `Unavailable` (it just started without a view
+    // and lets running nodes rejoin first, or its registry store is briefly
+    // unreachable) is asked again soon, without using up an attempt.
+    let patience = Instant::now() + Duration::from_secs(10);
+    let mut busy = false;
+    let mut attempt = 0;
+    while attempt < settings.reconnection_attempts.max(1) + 2 {
+        if busy && Instant::now() < patience {
+            std::thread::sleep(Duration::from_millis(50));
+        } else if attempt > 0 {
             std::thread::sleep(delay);
             delay = (delay * 2).min(Duration::from_secs(2));
         }
+        if !busy || Instant::now() >= patience {
+            attempt += 1;
+        }
+        busy = false;
         let mut denied = None;
         let mut all_denied = true;
         for (i, server) in servers.order() {
@@ -455,13 +467,18 @@ fn register(
                         "server {server} refused registration: {reason}"
                     )))
                 }
-                Ok(ServerResponse::Error { message, .. }) => {
+                Ok(ServerResponse::Error { kind, message }) => {
+                    busy |= kind == crate::wire::ErrorKind::Unavailable;
                     last_err = format!("{server} answered: {message}")
                 }
                 Ok(other) => last_err = format!("{server}: unexpected reply {other:?}"),
                 Err(e) => last_err = format!("{server}: {e}"),
             }
-            log::warn!("registration with server {last_err}");
+            if busy {
+                log::debug!("registration with server {last_err}");
+            } else {
+                log::warn!("registration with server {last_err}");
+            }
         }
         if let (true, Some(msg)) = (all_denied, denied) {
             return Err(Error::Refused(msg));
