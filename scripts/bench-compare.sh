@@ -31,8 +31,8 @@ bench() {
 }
 
 echo "starting Redis (1 primary, 2 replicas), etcd (3 members) and DKV (3 nodes)..." >&2
-RP=$(free_port); bg redis-server --port "$RP" --save "" --appendonly no
-for _ in 1 2; do bg redis-server --port "$(free_port)" --save "" --appendonly no --replicaof 127.0.0.1 "$RP"; done
+RP=$(free_port); bg redis-server --port "$RP" --dir "$WORK" --save "" --appendonly no
+for _ in 1 2; do bg redis-server --port "$(free_port)" --dir "$WORK" --save "" --appendonly no --replicaof 127.0.0.1 "$RP"; done
 until redis-cli -p "$RP" INFO replication 2>/dev/null | grep -q connected_slaves:2; do sleep 0.1; done
 RPID=$(pgrep -f "redis-server.*:$RP" | head -n1)
 

@@ -5,11 +5,15 @@
 //! Threads that share it:
 //! * client connections append (coordinator) and wait for their entry's outcome;
 //! * per-replica senders wait for new entries / commit changes and stream them;
-//! * ack readers record acknowledgements, which may advance the commit;
-//! * the follower thread (replica) appends what the coordinator streams;
-//! * the apply thread applies committed entries to the [`Store`](crate::store::Store).
+//! * ack readers record acknowledgements, which may advance the commit; the
+//!   one that moved it applies the newly committed entries itself;
+//! * the follower thread (replica) appends what the coordinator streams and
+//!   applies what became committed;
+//! * the apply thread applies committed entries to the
+//!   [`Store`](crate::store::Store) whenever the thread that moved the commit
+//!   could not (another held the apply guard; the write-ahead log thread).
 //!
-//! Lock order: `apply_lock` before `inner`. The apply thread holds
+//! Lock order: `apply_lock` before `inner`. Whoever applies holds
 //! `apply_lock` while it applies a batch; installing a snapshot holds it for
 //! the whole install, so no stale batch can land on the new state.
 
@@ -21,7 +25,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The outcome of one write, delivered once by the apply thread. A write
+/// The outcome of one write, delivered once by whichever thread applies it. A write
 /// whose promise is dropped unfulfilled (the coordinator stepped down) reads
 /// as `Disconnected`: its outcome is unknown. Waiting parks the thread; unlike
 /// a channel it never spins, which matters with many writers on few cores.

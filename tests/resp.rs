@@ -48,6 +48,8 @@ impl RealRedis {
                 "",
                 "--appendonly",
                 "no",
+                "--dir",
+                std::env::temp_dir().to_str().unwrap_or("/tmp"),
             ])
             .stdout(Stdio::null())
             .spawn()
