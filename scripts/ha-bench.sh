@@ -3,16 +3,19 @@
 # project's own tools (dkv-client probe / bench, client_proto) on loopback.
 # Each run starts a fresh 3-member etcd cluster and, for every figure, fresh
 # dkv-servers and nodes (a fresh etcd prefix each):
-#   A. kill -9 server 1, the one the nodes use: longest write gap, epoch
-#      checked before and after; then kill -9 the coordinator with that
-#      server gone (failover time: the probe's longest gap);
+#   A. a control probe with nothing killed; kill -9 the server the
+#      coordinator uses: longest write gap, epoch checked before and after;
+#      then kill -9 the coordinator with that server gone (failover time:
+#      the probe's longest gap);
 #   B. the same coordinator kill with every server up;
 #   C. standalone server (state file): kill -9 and restart with the nodes
 #      running, state file kept / deleted: process start to first write;
 #   D. write throughput, dkv-client bench write-only, standalone vs HA;
 #   E. kill -9 the etcd leader: longest write gap, etcd's own election time.
-# Prints one line per run and measurement, then a table of median / max over
-# RUNS with each goal. Nothing is written outside the temp directories.
+# Prints one line per run and measurement (with where the time went, from
+# the logs), then a table of median / max over RUNS with each goal. BENCH_SECS
+# (5) and CLIENTS (32) set the throughput rows; KEEP=1 keeps the logs. Nothing
+# is written outside the temp directory, which is removed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release}
@@ -203,7 +206,7 @@ throughput() {
   fi
 }
 
-declare -a SRV_GAP SRV_REL SRV_SAME FO_DOWN FO_UP ETCD_GAP ETCD_ELECT ETCD_SAME ETCD_OK
+declare -a CTRL_GAP SRV_GAP SRV_REL SRV_SAME FO_DOWN FO_UP ETCD_GAP ETCD_ELECT ETCD_SAME ETCD_OK
 declare -a UP_KEPT FIRST_KEPT UP_DEL FIRST_DEL OPS_SA OPS_HA COST
 BENCH_FAILOVERS=0
 loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
@@ -216,6 +219,11 @@ for r in $(seq 1 "$RUNS"); do
 
   # A. A server dies, then the coordinator (through the remaining server).
   ha_cluster A
+  # Control: the same probe with nothing killed (this machine's noise floor).
+  probe_bg 3 "$WORK/A-control.json"
+  probe_wait
+  CTRL_GAP+=("$(json_field max_gap_ms "$WORK/A-control.json")")
+  printf 'run %d  control, nothing killed:  longest write gap %7.1f ms\n' "$r" "${CTRL_GAP[-1]}"
   e0=$(retry cluster_epoch)
   probe_bg 3 "$WORK/A-server-kill.json"
   sleep 1
@@ -355,6 +363,7 @@ row "server kill -9 (the nodes' server): longest write gap, ms" "$(med "${SRV_GA
 row "  runs with the epoch unchanged (no failover)" "$same/$n" "" "$n/$n" "$([ "$same" = "$n" ] && echo met || echo "MISSED: $((n - same)) failovers")"
 near=0; for v in "${SRV_REL[@]}"; do [ "${v#[-+]}" -le 150 ] && near=$((near + 1)); done
 row "  runs whose longest gap began within 150 ms of the kill" "$near/$n" "" "(attribution)" ""
+row "  control: the same probe with nothing killed, ms" "$(med "${CTRL_GAP[@]}")" "$(max "${CTRL_GAP[@]}")" "(this machine's noise floor)" ""
 row "failover, one server down (kill server, then coordinator), ms" "$fo_med" "$(max "${FO_DOWN[@]}")" "median <= 300 ms" "$(verdict "$fo_med" 300 ms)"
 row "failover, every server up (kill coordinator), ms" "$(med "${FO_UP[@]}")" "$(max "${FO_UP[@]}")" "(same runs, side by side)" ""
 row "etcd leader kill -9: longest write gap, ms" "$(med "${ETCD_GAP[@]}")" "$(max "${ETCD_GAP[@]}")" "<= etcd election + $LEASE_MS ms, each run" "$([ "$etcd_ok" = "$n" ] && echo met || echo "MISSED in $((n - etcd_ok))/$n runs")"
