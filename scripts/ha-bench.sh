@@ -43,7 +43,7 @@ since_kill() {
   local pat=$1 t ts
   shift
   t=$(iso_ms "$T_KILL")
-  ts=$(grep -h -- "$pat" "$@" 2>/dev/null | sed -n 's/^\[\([0-9T:.-]*Z\) .*/\1/p' |
+  ts=$({ grep -h -- "$pat" "$@" 2>/dev/null || true; } | sed -n 's/^\[\([0-9T:.-]*Z\) .*/\1/p' |
     awk -v t="$t" '$0 >= t' | sort | head -n1)
   if [ -n "$ts" ]; then echo $(($(date -u -d "$ts" +%s%3N) - T_KILL)); else echo -; fi
 }
@@ -52,14 +52,14 @@ count_since_kill() {
   local pat=$1 t
   shift
   t=$(iso_ms "$T_KILL")
-  grep -h -- "$pat" "$@" 2>/dev/null | sed -n 's/^\[\([0-9T:.-]*Z\) .*/\1/p' | awk -v t="$t" '$0 >= t' | wc -l
+  { grep -h -- "$pat" "$@" 2>/dev/null || true; } | sed -n 's/^\[\([0-9T:.-]*Z\) .*/\1/p' | awk -v t="$t" '$0 >= t' | wc -l
 }
 
 # node_server N: the server node N talks to now, from its log (the last
 # "using ADDR" / "server ADDR answers; using it"); server 1 if none.
 node_server() {
   local l
-  l=$(grep -oE 'using [0-9.]+:[0-9]+$|server [0-9.]+:[0-9]+ answers; using it' "$WORK/node$1.log" | tail -n1)
+  l=$({ grep -oE 'using [0-9.]+:[0-9]+$|server [0-9.]+:[0-9]+ answers; using it' "$WORK/node$1.log" || true; } | tail -n1)
   case $l in
     using*) echo "${l#using }" ;;
     server*) l=${l#server }; echo "${l%% *}" ;;
@@ -124,15 +124,22 @@ standalone_cluster() {
 # start time in PROBE_T0).
 probe_bg() {
   PROBE_T0=$(now_ms)
+  PROBE_OUT=$2
   "$BIN/dkv-client" probe "$SERVER" --duration "$1" --json >"$2" 2>>"$WORK/probe.log" &
   PROBE=$!
   PIDS+=($PROBE)
 }
 
-# probe_wait: waits for the probe and forgets its pid.
+# probe_wait: waits for the probe and forgets its pid. A probe that failed
+# (its stderr is in probe.log) counts as a 99999 ms gap, and says so.
 probe_wait() {
-  wait "$PROBE"
+  local rc=0
+  wait "$PROBE" || rc=$?
   forget "$PROBE"
+  if [ "$rc" != 0 ]; then
+    echo "  the probe exited with code $rc: $(tail -n1 "$WORK/probe.log")"
+    [ -s "$PROBE_OUT" ] || echo '{"last_ack_reads_back":false,"max_gap_at_s":0,"max_gap_ms":99999}' >"$PROBE_OUT"
+  fi
 }
 
 # coordinator_kill FILE: probe across a kill -9 of the coordinator; sets GAP.
@@ -187,12 +194,13 @@ throughput() {
   c0=$(cpu_ticks "${ETCD_PID[@]}")/$(cpu_ticks "${SERVER_PID[@]}")/$(cpu_ticks "${NODE_PID[@]}")
   m0=$(machine_ticks)
   "$BIN/dkv-client" bench "$SERVER" --clients "$CLIENTS" --duration "$BENCH_SECS" --warmup 1 \
-    --read-ratio 0 --json >"$2" 2>>"$WORK/bench.log"
+    --read-ratio 0 --json >"$2" 2>>"$WORK/bench.log" || echo "  the $1 bench exited with code $?"
   t1=$(now_ms)
   c1=$(cpu_ticks "${ETCD_PID[@]}")/$(cpu_ticks "${SERVER_PID[@]}")/$(cpu_ticks "${NODE_PID[@]}")
   m1=$(machine_ticks)
   e1=$(retry cluster_epoch)
   OPS=$(sed -n 's/.*"ops_per_sec":\([0-9.]*\).*/\1/p' "$2" | cut -d. -f1)
+  OPS=${OPS:-0}
   # CPU over the bench (warm-up included), in % of one core.
   read -r CPU_ETCD CPU_SRV CPU_NODES CPU_ALL < <(awk -v a="$c0" -v b="$c1" -v m0="$m0" -v m1="$m1" \
     -v ms=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" 'BEGIN {
@@ -242,7 +250,7 @@ for r in $(seq 1 "$RUNS"); do
   at=$(json_field max_gap_at_s "$WORK/A-server-kill.json")
   rel=$(awk -v a="$at" -v k=$((T_KILL - PROBE_T0)) 'BEGIN { printf "%+.0f", a * 1000 - k }')
   SRV_REL+=("$rel")
-  switched=$(grep -l "server ${SERVER_ADDR[$k]} unreachable" "$WORK"/node*.log 2>/dev/null | wc -l)
+  switched=$({ grep -l "server ${SERVER_ADDR[$k]} unreachable" "$WORK"/node*.log 2>/dev/null || true; } | wc -l)
   slow=$(count_since_kill 'etcd .* got no answer' "$WORK"/server*.log)
   printf 'run %d  server kill -9:           longest write gap %7.1f ms, beginning %s ms from the kill; epoch %s -> %s; killed server %d, %d/3 nodes logged the switch; %s etcd calls timed out after the kill\n' \
     "$r" "${SRV_GAP[-1]}" "$rel" "$e0" "$e1" "$k" "$switched" "$slow"
@@ -308,7 +316,7 @@ for r in $(seq 1 "$RUNS"); do
   probe_wait
   # etcd's own election: from the kill to the first "became leader" a
   # surviving member logged (zap timestamps, ms).
-  ts=$(grep -h 'became leader at term' "$WORK"/etcd*.log | sed -n 's/.*"ts":"\([^"]*\)".*/\1/p' |
+  ts=$({ grep -h 'became leader at term' "$WORK"/etcd*.log || true; } | sed -n 's/.*"ts":"\([^"]*\)".*/\1/p' |
     awk -v t="$(iso_ms "$T_KILL")" '$0 >= t' | sort | head -n1)
   elect=""
   [ -n "$ts" ] && elect=$(($(date -u -d "$ts" +%s%3N) - T_KILL))
