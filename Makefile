@@ -1,5 +1,7 @@
 # DKV — see README.md.
 #   make demo            local cluster doing real work, then stops it
+#   make demo-ha         the same over the HA registry (3 etcd members, 2 servers): kills a server, then the coordinator
+#   make ha-bench        HA registry figures, median / max over RUNS fresh clusters (default 5)
 #   make test            fmt check, clippy, every test
 #   make run-server      server from config.json
 #   make run-node        a node on an ephemeral loopback port (ADDR=host:port to pick)
@@ -15,7 +17,7 @@ ifeq ($(SERVER),)
 SERVER  := 127.0.0.1:12345
 endif
 
-.PHONY: build run-server run-node run-client demo test clean failover-bench soak durability-bench sim chaos bench-compare bench fuzz
+.PHONY: build run-server run-node run-client demo demo-ha ha-bench test clean failover-bench soak durability-bench sim chaos bench-compare bench fuzz
 
 build:
 	$(CARGO) build --release --bins
@@ -31,6 +33,14 @@ run-client: build
 
 demo: build
 	bash scripts/demo.sh
+
+demo-ha: build
+	bash scripts/demo-ha.sh
+
+# Server kill, failover with a server down, etcd leader kill, standalone
+# server restart and the throughput cost of HA, each run on fresh clusters.
+ha-bench: build
+	RUNS=$(or $(RUNS),5) bash scripts/ha-bench.sh
 
 test:
 	$(CARGO) fmt --all -- --check

@@ -3,11 +3,15 @@
 # on exit. Callers set BIN and WORK.
 
 PIDS=()
+# etcd members (see start_etcd): killed with SIGKILL, their data is thrown
+# away with $WORK (a member asked to stop waits for its peers for seconds).
+ETCD_PIDS=()
 declare -A NODE_PID NODE_ADDR
 
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -n "${KEEP:-}" ] || rm -rf "$WORK"
+  for p in "${ETCD_PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  [ -n "${KEEP:-}" ] || rm -rf "${WORK_ROOT:-$WORK}"
 }
 trap cleanup EXIT
 trap 'echo; echo "interrupted (SIGINT): stopping the cluster"; exit 130' INT
@@ -31,6 +35,7 @@ banner() {
 
 # start_server: sets SERVER to its address.
 start_server() {
+  rm -f "$WORK/server.out"
   "$BIN/dkv-server" -c "${CONFIG:-config.json}" --listen 127.0.0.1:0 \
     --state-file "$WORK/server-state.json" >"$WORK/server.out" 2>"$WORK/server.log" &
   PIDS+=($!)
@@ -43,6 +48,7 @@ start_server() {
 start_node() {
   local n=$1
   shift
+  rm -f "$WORK/node$n.out"
   "$BIN/dkv-node" "$SERVER" -c "${CONFIG:-config.json}" "$@" >"$WORK/node$n.out" 2>>"$WORK/node$n.log" &
   PIDS+=($!)
   disown $!
@@ -101,4 +107,133 @@ kill_node() {
     grep -q '^State:[[:space:]]*[ZX]' "/proc/$pid/status" 2>/dev/null || [ ! -e "/proc/$pid" ] && return 0
     sleep 0.01
   done
+}
+
+# --- HA registry: an etcd cluster on loopback and servers over it ---------
+
+# Installs etcd (Debian's etcd-server, etcdctl) and curl when missing; the
+# project's other set-up does the same, as root.
+need_etcd() {
+  command -v etcd >/dev/null && command -v etcdctl >/dev/null && command -v curl >/dev/null && return 0
+  if [ "$(id -u)" != 0 ]; then
+    echo "etcd, etcdctl and curl are needed: apt-get install etcd-server etcd-client curl (as root)" >&2
+    exit 1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server etcd-client curl
+}
+
+# free_ports N: N distinct free TCP ports on loopback, one a line.
+free_ports() {
+  python3 -c 'import socket,sys
+ss=[socket.socket() for _ in range(int(sys.argv[1]))]
+for s in ss: s.bind(("127.0.0.1",0))
+print("\n".join(str(s.getsockname()[1]) for s in ss))' "$1"
+}
+
+declare -A ETCD_PID ETCD_URL
+
+# start_etcd N: starts an N-member etcd cluster on free loopback ports, data
+# in $WORK/etcdI, logs in $WORK/etcdI.log (zap: millisecond timestamps).
+# Sets ETCD_URL[I], ETCD_PID[I] (I = 1..N) and ETCD_ENDPOINTS (the client
+# URLs, comma-separated); returns once a leader is elected (up to 30 s).
+# etcd's own timing stays at its defaults (heartbeat 100 ms, election
+# timeout 1000 ms).
+start_etcd() {
+  local n=$1 ports cluster="" i token="dkv-$$-$RANDOM"
+  mapfile -t ports < <(free_ports $((2 * n)))
+  for i in $(seq 1 "$n"); do
+    cluster+="${cluster:+,}e$i=http://127.0.0.1:${ports[$((2 * i - 1))]}"
+  done
+  ETCD_ENDPOINTS=""
+  for i in $(seq 1 "$n"); do
+    local c=${ports[$((2 * i - 2))]} p=${ports[$((2 * i - 1))]}
+    ETCD_URL[$i]="http://127.0.0.1:$c"
+    ETCD_ENDPOINTS+="${ETCD_ENDPOINTS:+,}${ETCD_URL[$i]}"
+    etcd --name "e$i" --data-dir "$WORK/etcd$i" --logger zap --log-outputs stderr \
+      --listen-client-urls "${ETCD_URL[$i]}" --advertise-client-urls "${ETCD_URL[$i]}" \
+      --listen-peer-urls "http://127.0.0.1:$p" --initial-advertise-peer-urls "http://127.0.0.1:$p" \
+      --initial-cluster "$cluster" --initial-cluster-state new \
+      --initial-cluster-token "$token" >"$WORK/etcd$i.log" 2>&1 &
+    ETCD_PID[$i]=$!
+    ETCD_PIDS+=($!)
+    disown $!
+  done
+  for _ in $(seq 1 600); do
+    etcd_leader >/dev/null && return 0
+    sleep 0.05
+  done
+  echo "etcd elected no leader within 30 s; its logs are in $WORK/etcd*.log" >&2
+  return 1
+}
+
+# etcd_status URL: the member's status (JSON), straight from its gateway.
+etcd_status() { curl -s -m 1 -XPOST "$1/v3/maintenance/status" -d '{}'; }
+
+# etcd_leader: prints I of the member that says it is the leader (its
+# member_id equals the leader it reports); fails when none does.
+etcd_leader() {
+  local i s me ld
+  for i in "${!ETCD_URL[@]}"; do
+    s=$(etcd_status "${ETCD_URL[$i]}") || continue
+    me=$(sed -n 's/.*"member_id":"\([0-9]*\)".*/\1/p' <<<"$s")
+    ld=$(sed -n 's/.*"leader":"\([0-9]*\)".*/\1/p' <<<"$s")
+    if [ -n "$me" ] && [ "$me" = "$ld" ]; then echo "$i"; return 0; fi
+  done
+  return 1
+}
+
+# etcd_leader_id URL: the leader's member id as member URL sees it (0: none).
+etcd_leader_id() {
+  etcd_status "$1" | sed -n 's/.*"leader":"\([0-9]*\)".*/\1/p'
+}
+
+declare -A SERVER_PID SERVER_ADDR SERVER_SENTINEL
+
+# start_ha_server N [ARGS...]: dkv-server number N over $ETCD_ENDPOINTS under
+# the prefix $ETCD_PREFIX, on a free loopback port, output in $WORK/serverN.*.
+# Sets SERVER_PID[N], SERVER_ADDR[N] (and SERVER_SENTINEL[N] when ARGS turn
+# Sentinel on) and appends the address to SERVER, the list nodes and clients
+# are given.
+start_ha_server() {
+  local n=$1
+  shift
+  rm -f "$WORK/server$n.out"
+  "$BIN/dkv-server" -c "${CONFIG:-config.json}" --etcd-endpoints "$ETCD_ENDPOINTS" \
+    --etcd-prefix "${ETCD_PREFIX:-/dkv/demo/}" --listen 127.0.0.1:0 "$@" \
+    >"$WORK/server$n.out" 2>"$WORK/server$n.log" &
+  PIDS+=($!)
+  disown $!
+  SERVER_PID[$n]=$!
+  local line
+  line=$(banner "$WORK/server$n.out" "$WORK/server$n.log")
+  SERVER_ADDR[$n]=$(awk '{print $4}' <<<"$line")
+  SERVER_SENTINEL[$n]=$(awk '{print $6}' <<<"$line")
+  SERVER="${SERVER:+$SERVER,}${SERVER_ADDR[$n]}"
+  [ -n "${QUIET:-}" ] || echo "server $n: $line (pid ${SERVER_PID[$n]})"
+}
+
+# wait_gone PID: waits (up to 5 s) until a killed process has exited.
+wait_gone() {
+  for _ in $(seq 1 500); do
+    grep -q '^State:[[:space:]]*[ZX]' "/proc/$1/status" 2>/dev/null || [ ! -e "/proc/$1" ] && return 0
+    sleep 0.01
+  done
+}
+
+# forget PID: drops a process this script killed (and that has exited) from
+# PIDS and ETCD_PIDS, so cleanup never signals a pid the system reused.
+forget() {
+  local p keep=() keep_etcd=()
+  for p in "${PIDS[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done
+  for p in "${ETCD_PIDS[@]}"; do [ "$p" = "$1" ] || keep_etcd+=("$p"); done
+  PIDS=("${keep[@]}")
+  ETCD_PIDS=("${keep_etcd[@]}")
+}
+
+# kill9 PID: kill -9, wait until it has exited, forget it.
+kill9() {
+  kill -9 "$1" 2>/dev/null || true
+  wait_gone "$1"
+  forget "$1"
 }
