@@ -183,10 +183,13 @@ impl Server {
         });
         let sh = shared.clone();
         let every = (opts.settings.heartbeat() / 2).max(Duration::from_millis(5));
+        // A few reads a second: a lookup may lag another server's decision
+        // by this much (clients are redirected meanwhile).
+        let refresh_every = opts.settings.lease_at_server().max(Duration::from_millis(200));
         let peers = sentinel_peers.clone();
         let ticker = std::thread::Builder::new()
             .name("server-tick".into())
-            .spawn(move || tick_loop(sh, every, presence, peers))
+            .spawn(move || tick_loop(sh, every, refresh_every, presence, peers))
             .expect("spawn ticker");
         Ok(Server {
             shared,
@@ -239,14 +242,28 @@ impl Server {
 fn tick_loop(
     sh: Arc<Shared>,
     every: Duration,
+    refresh_every: Duration,
     mut presence: Option<Presence>,
     peers: Arc<RwLock<Vec<String>>>,
 ) {
     let mut failing = false;
     let mut next_presence = Instant::now();
+    let mut next_refresh = Instant::now();
     while !sh.shutdown.load(Ordering::Acquire) {
         std::thread::sleep(every);
-        match sh.arbiter.tick(&Instant::now) {
+        // Other servers' decisions are read every `refresh_every`; grants
+        // and rejoins read the store themselves, and every decision is a
+        // compare-and-swap, so this only bounds how stale lookups are.
+        let refresh = Instant::now() >= next_refresh;
+        if refresh {
+            next_refresh = Instant::now() + refresh_every;
+        }
+        let ticked = if refresh {
+            sh.arbiter.tick(&Instant::now)
+        } else {
+            sh.arbiter.tick_local(&Instant::now)
+        };
+        match ticked {
             Ok(()) => {
                 if failing {
                     log::info!("registry reachable again");

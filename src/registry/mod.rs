@@ -228,8 +228,20 @@ impl Arbiter {
     /// Lets time-driven decisions happen (recovery's settle period) and, with
     /// a shared store, reads what other servers decided.
     pub fn tick(&self, now: &dyn Fn() -> Instant) -> Result<(), StoreError> {
+        self.tick_with(now, true)
+    }
+
+    /// [`Arbiter::tick`] without reading the store first: time-driven
+    /// decisions only. The runtime reads a shared store less often than it
+    /// ticks (grants and rejoins read it anyway, and every decision compares
+    /// revisions), which keeps the store's load to a few reads a second.
+    pub fn tick_local(&self, now: &dyn Fn() -> Instant) -> Result<(), StoreError> {
+        self.tick_with(now, false)
+    }
+
+    fn tick_with(&self, now: &dyn Fn() -> Instant, refresh: bool) -> Result<(), StoreError> {
         let mut d = self.decide.lock();
-        if d.store.shared() {
+        if refresh && d.store.shared() {
             self.refresh_locked(&mut d, now)?;
         }
         for _ in 0..MAX_ATTEMPTS {
