@@ -73,14 +73,16 @@ sim:
 	DKV_SIM_SEED=$(SEED) DKV_SIM_SEEDS=$(or $(SEEDS),200) DKV_SIM_TRACE=$(TRACE) \
 		$(CARGO) test --release --lib sim::tests::simulated -- --nocapture
 
-# Chaos against real processes in network namespaces (root). DURATION in s;
-# SEED picks the nemesis schedule. Namespaces are removed on exit and Ctrl-C.
+# Chaos against real processes in network namespaces (root): the HA registry
+# (2 servers over 3 etcd members) and the standalone server, one after the
+# other. DURATION in s, each; SEED picks the nemesis schedule. Namespaces are
+# removed on exit and Ctrl-C.
 chaos:
 	@tag=$$(( $$$$ % 10000 )); \
 	trap 'for ns in $$(ip netns list | grep -o "^dkv$${tag}[a-z0-9]*"); do ip netns del $$ns; done; \
-	      for l in $$(ip -o link | grep -o "dkv$${tag}[a-z0-9]*" | sort -u); do ip link del $$l 2>/dev/null; done' EXIT INT TERM; \
+	      for l in $$(ip -o link | grep -o "dkv$${tag}[a-z0-9]*" | sort -u); do ip link del $$l 2>/dev/null; done' EXIT HUP INT TERM; \
 	DKV_CHAOS_TAG=$$tag DKV_CHAOS_SECONDS=$(or $(DURATION),60) DKV_CHAOS_SEED=$(SEED) \
-		$(CARGO) test --release --test chaos -- --nocapture
+		$(CARGO) test --release --test chaos -- --nocapture --test-threads=1
 
 # DKV, Redis (primary + 2 replicas) and etcd (3 members) side by side.
 bench-compare: build
