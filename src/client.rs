@@ -34,6 +34,9 @@ use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// How long a lookup waits for one server when others are left to try.
+const LOOKUP_PATIENCE: Duration = Duration::from_millis(300);
+
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
     /// Total time one operation may take, retries included.
@@ -207,9 +210,14 @@ impl Client {
             if k > 0 && left.is_zero() {
                 break;
             }
-            let share = (left / (n - k) as u32)
+            let mut share = (left / (n - k) as u32)
                 .min(self.opts.io_timeout)
                 .max(Duration::from_millis(100));
+            if k + 1 < n {
+                // A server answers lookups from memory: one that is silent
+                // this long is stopped or cut off, and another one is left.
+                share = share.min(LOOKUP_PATIENCE);
+            }
             tried.push(addr);
             match self.call_server(addr, req, share) {
                 Ok(r) => {
