@@ -52,6 +52,31 @@ fn assert_settled(c: &HaCluster, live: &[usize], epoch: u64, coordinator: u64) {
     }
 }
 
+/// Resumes the stopped server `paused` and sends it `req` on a Member
+/// connection opened while it was still stopped (the kernel completes the
+/// TCP handshake and queues it), so the request is among the first things
+/// it handles once it runs. Returns its answer.
+fn resume_and_ask(c: &HaCluster, paused: usize, req: ServerRequest) -> ServerResponse {
+    let me = std::process::id() as i32;
+    let addr = c.servers[paused].addr.clone();
+    let port: u16 = addr.rsplit_once(':').unwrap().1.parse().unwrap();
+    let mine = || -> BTreeSet<u16> {
+        established_conns(me)
+            .into_iter()
+            .filter(|&(_, r)| r == port)
+            .map(|(l, _)| l)
+            .collect()
+    };
+    let before = mine();
+    let asker = std::thread::spawn(move || server_call(&addr, ConnKind::Member, &req));
+    wait_until(
+        "the request's connection to be queued at the paused server",
+        || mine().difference(&before).next().is_some(),
+    );
+    c.cont_server(paused);
+    asker.join().unwrap().expect("the resumed server answers")
+}
+
 /// One line on what the writers and the watch saw (shown with --no-capture).
 fn report(log: &WriterLog, claims: &Claims) {
     eprintln!(
@@ -201,38 +226,12 @@ fn a_server_paused_past_the_lease_grants_nothing_stale_when_it_resumes() {
     );
     let last = c.status(cand).unwrap().last;
 
-    // Connect while it is still stopped (the kernel completes the TCP
-    // handshake), so the request is among the first things it handles.
-    let me = std::process::id() as i32;
-    let port: u16 = c.servers[paused]
-        .addr
-        .rsplit_once(':')
-        .unwrap()
-        .1
-        .parse()
-        .unwrap();
-    let before: BTreeSet<u16> = established_conns(me)
-        .into_iter()
-        .filter(|&(_, r)| r == port)
-        .map(|(l, _)| l)
-        .collect();
-    let addr = c.servers[paused].addr.clone();
     let stale = ServerRequest::RequestGrant {
         candidate: cand_id,
         epoch: e0,
         last,
     };
-    let asker = std::thread::spawn(move || server_call(&addr, ConnKind::Member, &stale));
-    wait_until(
-        "the request's connection to be queued at the paused server",
-        || {
-            established_conns(me)
-                .into_iter()
-                .any(|(l, r)| r == port && !before.contains(&l))
-        },
-    );
-    c.cont_server(paused);
-    let answer = asker.join().unwrap().expect("the resumed server answers");
+    let answer = resume_and_ask(&c, paused, stale);
     eprintln!("the resumed server answered the stale grant request: {answer:?}");
     match &answer {
         ServerResponse::Rejected { epoch, .. } => assert!(*epoch >= e1, "{answer:?}"),
@@ -254,6 +253,60 @@ fn a_server_paused_past_the_lease_grants_nothing_stale_when_it_resumes() {
     assert_eq!(
         claims.coordinators.get(&e1),
         Some(&BTreeSet::from([new_id]))
+    );
+    assert_all_read_back(&list, &log);
+}
+
+/// A variant of (c) without a failover: the server the coordinator uses is
+/// paused past the lease while the coordinator goes on renewing it through
+/// another server. By its own clock the resumed server saw no renewal for
+/// longer than a lease; asked at once to grant the next epoch to a replica,
+/// it must refuse (the lease record moved in etcd), and nothing fails over.
+#[test]
+fn a_server_paused_past_the_lease_grants_nothing_while_the_lease_is_renewed_elsewhere() {
+    let c = HaCluster::start("ha-sigstop-renewed", 3, 3, json!({}));
+    let list = c.server_list();
+    let v = c.view();
+    let (e0, coord_id) = (v.epoch, v.coordinator.unwrap());
+    let coord = c.node_index(coord_id);
+    let watch = c.watch_coordinators();
+    let writers = Writers::start(&list, 4, "g");
+    writers.wait_acked(200);
+
+    let paused = c.server_used_by(coord);
+    c.stop_server(paused);
+    wait_until(
+        "the coordinator to use another server",
+        || matches!(c.servers_used_by(coord)[..], [s] if s != paused),
+    );
+    wait_more_acked(&writers, 100);
+    // A fixed wait, only to let a time-based property elapse: the paused
+    // server must stay stopped past the lease as it counts it (lease-timeout
+    // x (1 + clock-drift), 263 ms by default) after the last renewal it saw.
+    std::thread::sleep(Duration::from_millis(600));
+    let replica = (0..3).find(|&i| i != coord).unwrap();
+    let grant = ServerRequest::RequestGrant {
+        candidate: c.nodes[replica].id,
+        epoch: e0,
+        last: c.status(replica).unwrap().last,
+    };
+    let answer = resume_and_ask(&c, paused, grant);
+    eprintln!("the resumed server answered the grant request: {answer:?}");
+    assert!(
+        matches!(answer, ServerResponse::Rejected { epoch, .. } if epoch == e0),
+        "the resumed server did not refuse a grant while the lease is renewed elsewhere: {answer:?}"
+    );
+
+    wait_more_acked(&writers, 200);
+    let log = writers.stop();
+    let claims = watch.stop();
+    report(&log, &claims);
+    assert_settled(&c, &[0, 1, 2], e0, coord_id);
+    claims.assert_one_coordinator_per_epoch();
+    assert_eq!(
+        claims.epochs,
+        BTreeSet::from([e0]),
+        "no failover: {claims:?}"
     );
     assert_all_read_back(&list, &log);
 }
