@@ -515,7 +515,11 @@ fn two_servers_racing_to_register_new_nodes_never_hand_out_the_same_id() {
         "the first registration founded epoch 1, nobody else"
     );
     let listed: BTreeSet<u64> = v.members.iter().map(|m| m.node_id).collect();
-    assert_eq!(listed, ids);
+    assert_eq!(
+        listed, ids,
+        "the view lists exactly the running nodes (an extra member would be a registration \
+         recorded in etcd although its answer was lost, and the node registered again)"
+    );
     assert_settled(&c, &[0, 1, 2, 3, 4, 5], 1, coordinator);
     let acting: Vec<u64> = c
         .statuses()
