@@ -4,7 +4,10 @@
 //! resumed; etcd loses its leader, then every member. Each test asserts what
 //! a user relies on: no acknowledged write is lost, at most one coordinator
 //! per epoch (from the nodes' own statuses, polled throughout), and a server's
-//! death alone is no failover. Nothing here asserts timing.
+//! death alone is no failover. Nothing here asserts timing. The cluster runs
+//! with a longer status-push interval than the default, so that a slow etcd
+//! on a busy machine does not cause failovers of its own (see
+//! `common::ha::UPDATE_INTERVAL_MS`).
 
 mod common;
 
@@ -281,9 +284,9 @@ fn a_server_paused_past_the_lease_grants_nothing_while_the_lease_is_renewed_else
     );
     wait_more_acked(&writers, 100);
     // A fixed wait, only to let a time-based property elapse: the paused
-    // server must stay stopped past the lease as it counts it (lease-timeout
-    // x (1 + clock-drift), 263 ms by default) after the last renewal it saw.
-    std::thread::sleep(Duration::from_millis(600));
+    // server must stay stopped past the lease as it counts it after the
+    // last renewal it saw (twice that, to be sure).
+    std::thread::sleep(lease_at_server() * 2);
     let replica = (0..3).find(|&i| i != coord).unwrap();
     let grant = ServerRequest::RequestGrant {
         candidate: c.nodes[replica].id,
@@ -477,10 +480,10 @@ fn two_servers_racing_to_register_new_nodes_never_hand_out_the_same_id() {
     let lists = [c.list_of(&[0, 1]), c.list_of(&[1, 0])];
     // A fixed wait, only to let a time-based property elapse: a server that
     // starts without a view refuses to let a brand-new node found a cluster
-    // for failure-timeout + 2 x server-update-interval (350 ms by default).
-    // Nodes that started inside it would all retry on the same backoff
-    // schedule and mostly end at whichever server's wait ended first.
-    std::thread::sleep(Duration::from_millis(500));
+    // for failure-timeout + 2 x server-update-interval. Nodes that started
+    // inside it would all retry on the same backoff schedule and mostly end
+    // at whichever server's wait ended first: no race.
+    std::thread::sleep(bootstrap_wait() + Duration::from_millis(200));
     // All six start at once, then their banners are read.
     let starting: Vec<StartingNode> = (0..6)
         .map(|k| {

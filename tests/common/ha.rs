@@ -19,6 +19,31 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+/// The HA tests' status-push interval (ms). Every lease renewal waits for
+/// an etcd transaction, which fsyncs on a majority of members; on a 2-core
+/// machine running other tests at once such a transaction was seen to take
+/// more than the default etcd-timeout (150 ms), so that three pushes in a
+/// row failed and the coordinator stepped down: a failover the tests did not
+/// cause. These tests check what happens when a server or etcd fails, not
+/// how short the lease can be, so they lengthen the path a renewal may take:
+/// interval 150 ms (the default is 50), hence a lease of 750 ms and a node's
+/// server call timeout of 300 ms, and etcd-timeout 250 ms below that. Every
+/// other setting keeps its default.
+pub const UPDATE_INTERVAL_MS: u64 = 150;
+pub const ETCD_TIMEOUT_MS: u64 = 250;
+
+/// The coordinator's lease as a server counts it: lease-timeout (5 x the
+/// status-push interval) x (1 + clock-drift 0.05).
+pub fn lease_at_server() -> Duration {
+    Duration::from_millis(UPDATE_INTERVAL_MS * 5).mul_f64(1.05)
+}
+
+/// How long a server that started without a view keeps brand-new nodes from
+/// founding a cluster: failure-timeout (5 x heartbeat 50 ms) + 2 x interval.
+pub fn bootstrap_wait() -> Duration {
+    Duration::from_millis(250 + 2 * UPDATE_INTERVAL_MS)
+}
+
 /// One `dkv-server` of the cluster; `proc` is `None` while it is killed.
 pub struct HaServer {
     pub proc: Option<Proc>,
@@ -44,6 +69,8 @@ pub struct HaCluster {
 impl HaCluster {
     /// A 3-member etcd cluster, `servers` servers and `nodes` nodes (with
     /// the full server list, in server order), every node in sync.
+    /// `settings` are node-settings overrides on top of the HA tests' own
+    /// ([`UPDATE_INTERVAL_MS`]).
     pub fn start(name: &str, servers: usize, nodes: usize, settings: serde_json::Value) -> Self {
         let mut c = Self::start_servers(name, servers, settings);
         for _ in 0..nodes {
@@ -59,9 +86,16 @@ impl HaCluster {
         let etcd = EtcdCluster::start(3);
         let dir = temp_dir(name);
         let config = dir.join("config.json");
+        let mut node_settings = serde_json::json!({
+            "server-update-interval": UPDATE_INTERVAL_MS,
+        });
+        for (k, v) in settings.as_object().expect("settings are an object") {
+            node_settings[k] = v.clone();
+        }
         let cfg = serde_json::json!({
             "server-ip-port": "127.0.0.1:0",
-            "node-settings": settings,
+            "etcd-timeout": ETCD_TIMEOUT_MS,
+            "node-settings": node_settings,
         });
         std::fs::write(&config, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
         // A prefix of the test's own: nothing it reads was written by
