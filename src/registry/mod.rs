@@ -213,7 +213,12 @@ impl Arbiter {
                     log::warn!("{e}");
                     if matches!(e, StoreError::Indeterminate(_)) {
                         // The next read tells what happened.
-                        let _ = self.refresh_locked(&mut d, now);
+                        if self.refresh_locked(&mut d, now).is_ok()
+                            && registered(&self.core.lock(), &req, &reply)
+                        {
+                            log::info!("the registration was recorded after all");
+                            return reply;
+                        }
                     }
                     return unavailable(&e);
                 }
@@ -308,6 +313,36 @@ impl Arbiter {
     }
 }
 
+/// Whether the view read after a commit with an unknown outcome holds the
+/// registration `req` decided as `reply`: the member record under the id it
+/// handed out. Ids are handed out by compare-and-swap and the record names
+/// the node's own addresses and incarnation, so only this registration's
+/// transaction (atomic: with all its other effects) can have written it.
+/// Telling the node then avoids its registering again under another id,
+/// which would leave a member that never runs in the view. (A renewal cannot
+/// be resolved this way: two pushes may carry identical records.)
+fn registered(core: &ServerCore, req: &ServerRequest, reply: &ServerResponse) -> bool {
+    let (
+        ServerRequest::Register {
+            incarnation,
+            data_addr,
+            beacon_addr,
+            resp_addr,
+            ..
+        },
+        ServerResponse::Registered { node_id, .. },
+    ) = (req, reply)
+    else {
+        return false;
+    };
+    core.durable().members.get(node_id).is_some_and(|m| {
+        m.incarnation == *incarnation
+            && m.data_addr == *data_addr
+            && m.beacon_addr == *beacon_addr
+            && m.resp_addr == *resp_addr
+    })
+}
+
 fn unavailable(e: &StoreError) -> ServerResponse {
     let message = match e {
         StoreError::Indeterminate(_) => {
@@ -318,5 +353,137 @@ fn unavailable(e: &StoreError) -> ServerResponse {
     ServerResponse::Error {
         kind: ErrorKind::Unavailable,
         message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{LogPos, NodeId};
+    use std::time::Duration;
+
+    #[derive(Default)]
+    struct FakeState {
+        records: Records,
+        last_rev: i64,
+        /// The next commit's answer is lost: `Some(true)` after it was
+        /// applied, `Some(false)` before.
+        lose_next: Option<bool>,
+    }
+
+    /// A shared store in memory whose answers the test can lose.
+    struct FakeStore(Arc<Mutex<FakeState>>);
+
+    impl RegistryStore for FakeStore {
+        fn read(&mut self) -> Result<Records, StoreError> {
+            Ok(self.0.lock().records.clone())
+        }
+
+        fn commit(&mut self, c: Change<'_>) -> Result<Committed, StoreError> {
+            let mut st = self.0.lock();
+            let lose = st.lose_next.take();
+            if lose == Some(false) {
+                return Err(StoreError::Indeterminate("lost on the way".into()));
+            }
+            let revs = st.records.revs;
+            if c.expect.view != revs.view || (c.compare_lease && c.expect.lease != revs.lease) {
+                return Ok(Committed::Conflict);
+            }
+            st.last_rev += 1;
+            let rev = st.last_rev;
+            if let Some(v) = c.view {
+                st.records.view = Some(v.clone());
+                st.records.revs.view = rev;
+            }
+            if let Some(r) = c.renewal {
+                st.records.renewal = Some(r.clone());
+                st.records.revs.lease = rev;
+            }
+            if lose == Some(true) {
+                return Err(StoreError::Indeterminate("applied, answer lost".into()));
+            }
+            Ok(Committed::Done(st.records.revs))
+        }
+
+        fn shared(&self) -> bool {
+            true
+        }
+
+        fn describe(&self) -> String {
+            "fake".into()
+        }
+    }
+
+    fn register(addr: &str) -> ServerRequest {
+        ServerRequest::Register {
+            node_id: None,
+            incarnation: 1,
+            data_addr: addr.into(),
+            beacon_addr: addr.into(),
+            last: LogPos::ZERO,
+            resp_addr: None,
+        }
+    }
+
+    fn registered_as(r: &ServerResponse) -> Option<NodeId> {
+        match r {
+            ServerResponse::Registered { node_id, .. } => Some(*node_id),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_registration_whose_answer_was_lost_is_settled_by_the_next_read() {
+        let state = Arc::new(Mutex::new(FakeState::default()));
+        let t0 = Instant::now();
+        let lease = Duration::from_millis(250);
+        let arbiter = Arbiter::open(
+            Box::new(FakeStore(state.clone())),
+            || t0,
+            |view, now| ServerCore::new(view.unwrap_or_default(), lease, now),
+        )
+        .unwrap_or_else(|(e, _)| panic!("{e}"));
+        let now = || t0;
+        assert_eq!(
+            registered_as(&arbiter.handle(&now, register("a:1"))),
+            Some(1)
+        );
+
+        // Applied, its answer lost: the read shows the member; the node is
+        // told its id instead of registering again under another one.
+        state.lock().lose_next = Some(true);
+        assert_eq!(
+            registered_as(&arbiter.handle(&now, register("b:1"))),
+            Some(2)
+        );
+
+        // Lost before it was applied: unavailable; the retry gets the id.
+        state.lock().lose_next = Some(false);
+        let r = arbiter.handle(&now, register("c:1"));
+        assert!(
+            matches!(
+                r,
+                ServerResponse::Error {
+                    kind: ErrorKind::Unavailable,
+                    ..
+                }
+            ),
+            "{r:?}"
+        );
+        assert_eq!(
+            registered_as(&arbiter.handle(&now, register("c:1"))),
+            Some(3)
+        );
+        let st = state.lock();
+        let members: Vec<NodeId> = st
+            .records
+            .view
+            .as_ref()
+            .unwrap()
+            .members
+            .keys()
+            .copied()
+            .collect();
+        assert_eq!(members, [1, 2, 3], "every member is a running node");
     }
 }

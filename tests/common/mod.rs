@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod etcd;
+pub mod ha;
 
 use dkv::wire::{self, ClusterView, NodeStatus, Request, Response};
 use dkv::{Client, ClientOptions};
@@ -94,7 +95,7 @@ pub fn default_settings() -> serde_json::Value {
     serde_json::json!({})
 }
 
-fn temp_dir(name: &str) -> PathBuf {
+pub fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "dkv-test-{name}-{}-{}",
         std::process::id(),
@@ -113,7 +114,9 @@ fn rand_u64() -> u64 {
 }
 
 /// Makes the child get SIGKILL if the test process dies without cleaning
-/// up (an abort skips every Drop).
+/// up (an abort skips every Drop). The kernel ties this to the *thread*
+/// that spawned the child: spawn from a thread that outlives the child (the
+/// test's own), never from a short-lived helper thread.
 pub fn die_with_parent(cmd: &mut Command) {
     use std::os::unix::process::CommandExt;
     // SAFETY: prctl is async-signal-safe and touches no memory of ours.
@@ -126,37 +129,79 @@ pub fn die_with_parent(cmd: &mut Command) {
 }
 
 /// Spawns `bin args`, waits for its first stdout line, and returns it.
-fn spawn(bin: &str, args: &[&str], log: &Path) -> (Child, String) {
+pub fn spawn(bin: &str, args: &[&str], log: &Path) -> (Child, String) {
+    try_spawn(bin, args, log).unwrap_or_else(|why| panic!("{why}"))
+}
+
+/// Like [`spawn`], but a process that exits before its first line is an
+/// `Err` with its log, for callers that may retry (a port taken meanwhile).
+pub fn try_spawn(bin: &str, args: &[&str], log: &Path) -> Result<(Child, String), String> {
+    start_process(bin, args, log).ready()
+}
+
+/// A process started by [`start_process`] whose first stdout line has not
+/// been read yet: several can be started at once, then waited for.
+pub struct Starting {
+    child: Child,
+    reader: BufReader<std::process::ChildStdout>,
+    what: String,
+    log: PathBuf,
+}
+
+/// Starts `bin args` (stderr to `log`, `RUST_LOG` from `DKV_TEST_LOG`,
+/// default `info`) without waiting for it.
+pub fn start_process(bin: &str, args: &[&str], log: &Path) -> Starting {
     let logf = std::fs::File::create(log).unwrap();
     let mut cmd = Command::new(bin);
     die_with_parent(&mut cmd);
     let mut child = cmd
         .args(args)
-        .env("RUST_LOG", "info")
+        .env(
+            "RUST_LOG",
+            std::env::var("DKV_TEST_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(logf)
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
     let stdout = child.stdout.take().unwrap();
-    let mut reader = BufReader::new(stdout);
-    let mut line = String::new();
-    reader.read_line(&mut line).unwrap();
-    if line.is_empty() {
-        let _ = child.wait();
-        panic!(
-            "{bin} {args:?} exited before it was ready:\n{}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
+    Starting {
+        child,
+        reader: BufReader::new(stdout),
+        what: format!("{bin} {args:?}"),
+        log: log.to_path_buf(),
     }
-    // Keep draining so the child never blocks on a full pipe.
-    std::thread::spawn(move || {
-        let mut sink = String::new();
-        while reader.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
-            sink.clear();
+}
+
+impl Starting {
+    /// Waits for the first stdout line and returns it; `Err` (with the log)
+    /// when the process exits first.
+    pub fn ready(self) -> Result<(Child, String), String> {
+        let Starting {
+            mut child,
+            mut reader,
+            what,
+            log,
+        } = self;
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        if line.is_empty() {
+            let _ = child.wait();
+            return Err(format!(
+                "{what} exited before it was ready:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            ));
         }
-    });
-    (child, line.trim().to_string())
+        // Keep draining so the child never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut sink = String::new();
+            while reader.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+                sink.clear();
+            }
+        });
+        Ok((child, line.trim().to_string()))
+    }
 }
 
 impl Cluster {
@@ -279,23 +324,7 @@ impl Cluster {
     fn spawn_node(&mut self, args: Vec<String>) -> Proc {
         self.next_log += 1;
         let log = self.dir.join(format!("node-{}.log", self.next_log));
-        let argv: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-        let (child, line) = spawn(NODE_BIN, &argv, &log);
-        // "dkv-node ID listening on ADDR beacons ADDR"
-        let parts: Vec<&str> = line.split_whitespace().collect();
-        assert!(
-            parts.len() >= 7 && parts[0] == "dkv-node",
-            "unexpected node banner: {line}"
-        );
-        Proc {
-            child,
-            args: args.clone(),
-            id: parts[1].parse().unwrap(),
-            addr: parts[4].to_string(),
-            beacon_addr: parts[6].to_string(),
-            resp_addr: parts.get(8).map(|s| s.to_string()).unwrap_or_default(),
-            log,
-        }
+        spawn_node_proc(args, log)
     }
 
     /// Kills node `i` (if alive) and starts it again with the same arguments.
@@ -442,6 +471,51 @@ impl Cluster {
     }
 }
 
+/// Starts `dkv-node args` with its stderr in `log` and reads its banner.
+pub fn spawn_node_proc(args: Vec<String>, log: PathBuf) -> Proc {
+    start_node(args, log).ready()
+}
+
+/// A node started by [`start_node`], its banner not read yet.
+pub struct StartingNode {
+    starting: Starting,
+    args: Vec<String>,
+    log: PathBuf,
+}
+
+/// Starts `dkv-node args` without waiting for it, so several nodes can
+/// start (and register) at the same moment.
+pub fn start_node(args: Vec<String>, log: PathBuf) -> StartingNode {
+    let argv: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    StartingNode {
+        starting: start_process(NODE_BIN, &argv, &log),
+        args,
+        log,
+    }
+}
+
+impl StartingNode {
+    /// Waits for the banner; panics if the node exits first.
+    pub fn ready(self) -> Proc {
+        let (child, line) = self.starting.ready().unwrap_or_else(|why| panic!("{why}"));
+        // "dkv-node ID listening on ADDR beacons ADDR [resp ADDR]"
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        assert!(
+            parts.len() >= 7 && parts[0] == "dkv-node",
+            "unexpected node banner: {line}"
+        );
+        Proc {
+            child,
+            id: parts[1].parse().unwrap(),
+            addr: parts[4].to_string(),
+            beacon_addr: parts[6].to_string(),
+            resp_addr: parts.get(8).map(|s| s.to_string()).unwrap_or_default(),
+            args: self.args,
+            log: self.log,
+        }
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         for n in &mut self.nodes {
@@ -544,6 +618,11 @@ impl Writers {
         wait_until("writers to make progress", || {
             self.acked.load(std::sync::atomic::Ordering::Acquire) >= n
         });
+    }
+
+    /// Writes acknowledged so far, in total.
+    pub fn acked(&self) -> usize {
+        self.acked.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Stops the writers and returns what they saw.
