@@ -8,7 +8,7 @@
 
 use crate::auth::{AuthCounters, Security};
 use crate::config::NodeSettings;
-use crate::core::server::ServerCore;
+use crate::core::server::{DurableView, ServerCore};
 use crate::errors::{Error, Result};
 use crate::net::{self, ConnLimit, Deadlines, HandshakeError, TimedStream};
 use crate::registry::{file::FileStore, Arbiter, RegistryStore};
@@ -82,38 +82,7 @@ impl Server {
         let settings = opts.settings.clone();
         let recover = opts.recover_from_nodes;
         let arbiter = Arbiter::open(store, Instant::now, |view, now| {
-            let lease = settings.lease_at_server();
-            match view {
-                Some(view) => {
-                    if view.epoch > 0 {
-                        log::info!(
-                            "reloaded view: epoch {}, coordinator {:?}, {} members, in sync {:?}",
-                            view.epoch,
-                            view.coordinator,
-                            view.members.len(),
-                            view.isr
-                        );
-                    }
-                    let core = ServerCore::new(view, lease, now);
-                    if recover {
-                        core.with_recover_from_nodes(settings.failure_timeout())
-                    } else {
-                        core
-                    }
-                }
-                None => {
-                    // A first start, or a lost state: running nodes rejoin
-                    // before a brand-new node may found a cluster.
-                    let wait = settings.failure_timeout() + settings.server_update_interval() * 2;
-                    let core = ServerCore::new(Default::default(), lease, now)
-                        .with_bootstrap_wait(now + wait);
-                    if recover {
-                        core.with_recover_from_nodes(settings.failure_timeout())
-                    } else {
-                        core
-                    }
-                }
-            }
+            new_core(&settings, recover, view, now)
         })
         .map_err(|e| Error::Config(e.to_string()))?;
         log::info!("registry: {}", arbiter.describe());
@@ -213,6 +182,43 @@ impl Server {
         if let Some(t) = self.accept.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// Builds a server's core over the view read from its store (`None`: the
+/// store holds none), the one way every server does it: `Server::start_with`
+/// here, and the simulator's servers.
+pub fn new_core(
+    settings: &NodeSettings,
+    recover_from_nodes: bool,
+    view: Option<DurableView>,
+    now: Instant,
+) -> ServerCore {
+    let lease = settings.lease_at_server();
+    let core = match view {
+        Some(view) => {
+            if view.epoch > 0 {
+                log::info!(
+                    "reloaded view: epoch {}, coordinator {:?}, {} members, in sync {:?}",
+                    view.epoch,
+                    view.coordinator,
+                    view.members.len(),
+                    view.isr
+                );
+            }
+            ServerCore::new(view, lease, now)
+        }
+        None => {
+            // A first start, or a lost state: running nodes rejoin before a
+            // brand-new node may found a cluster.
+            let wait = settings.failure_timeout() + settings.server_update_interval() * 2;
+            ServerCore::new(Default::default(), lease, now).with_bootstrap_wait(now + wait)
+        }
+    };
+    if recover_from_nodes {
+        core.with_recover_from_nodes(settings.failure_timeout())
+    } else {
+        core
     }
 }
 
