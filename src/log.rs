@@ -508,9 +508,20 @@ impl ReplLog {
         self.committed.notify_all();
     }
 
-    pub fn add_to_commit_set(&self, id: NodeId) {
-        if let Some(l) = self.inner.lock().leader.as_mut() {
-            l.progress.add_to_commit_set(id);
+    /// Makes the commit wait for `id` too. Returns whether `id` holds every
+    /// committed entry now: it was caught up when the core decided to add it,
+    /// but the commit may have moved on since (another member left the
+    /// commit set, or more acks arrived). If not, `id` must not be recorded
+    /// in sync yet: the driver fails the `SetIsr` call of the same batch and
+    /// the core asks again at a later tick, once `id` caught up (the commit
+    /// now waits for it, so it cannot run away again).
+    pub fn add_to_commit_set(&self, id: NodeId) -> bool {
+        match self.inner.lock().leader.as_mut() {
+            Some(l) => {
+                l.progress.add_to_commit_set(id);
+                l.progress.caught_up(id)
+            }
+            None => false,
         }
     }
 
@@ -975,6 +986,27 @@ mod tests {
         assert_eq!(log.state().commit, 1);
         log.on_ack(2, LogPos::new(1, 2));
         assert_eq!(log.state().commit, 2);
+    }
+
+    /// Simulator seed 6: replica 3 caught up while replica 2 held the commit
+    /// back; removing 2 moved the commit past 3, which was then added (and
+    /// recorded in sync) without the newest committed entry.
+    #[test]
+    fn a_member_added_behind_the_commit_is_reported_behind() {
+        let log = ReplLog::new(10, false);
+        log.become_leader(1, 1, &[1, 2], 1);
+        log.track(3, 0, 7);
+        log.append_leader(put("a")).unwrap();
+        log.on_ack(2, LogPos::new(1, 1));
+        assert!(log.on_ack(3, LogPos::new(1, 1)), "3 caught up at commit 1");
+        log.append_leader(put("b")).unwrap();
+        log.remove_from_commit_set(2);
+        assert_eq!(log.state().commit, 2, "2 no longer holds the commit back");
+        assert!(!log.add_to_commit_set(3), "3 lacks committed entry 2");
+        log.append_leader(put("c")).unwrap();
+        assert_eq!(log.state().commit, 2, "the commit now waits for 3");
+        log.on_ack(3, LogPos::new(1, 2));
+        assert!(log.add_to_commit_set(3), "3 holds every committed entry");
     }
 
     #[test]

@@ -183,9 +183,7 @@ impl Server {
         });
         let sh = shared.clone();
         let every = (opts.settings.heartbeat() / 2).max(Duration::from_millis(5));
-        // A few reads a second: a lookup may lag another server's decision
-        // by this much (clients are redirected meanwhile).
-        let refresh_every = opts.settings.lease_at_server().max(Duration::from_millis(200));
+        let refresh_every = crate::registry::refresh_interval(&opts.settings);
         let peers = sentinel_peers.clone();
         let ticker = std::thread::Builder::new()
             .name("server-tick".into())

@@ -8,7 +8,11 @@
 //! inside one returned batch is meaningful:
 //!
 //! * `AddToCommitSet(id)` comes *before* the `SetIsr` call that records `id`
-//!   as in sync, so the server never lists a member the commit does not wait for;
+//!   as in sync, so the server never lists a member the commit does not wait
+//!   for; if the log says `id` no longer holds every committed entry when it
+//!   is added (the commit moved on since `id` caught up), the driver does not
+//!   send that `SetIsr` and answers the core with a failure, so the core asks
+//!   again at a later tick;
 //! * `RemoveFromCommitSet(id)` comes only *after* the server confirmed the
 //!   removal, so no write is acknowledged without a member the server still
 //!   lists as in sync;

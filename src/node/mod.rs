@@ -526,8 +526,25 @@ impl Driver {
 
     fn execute(&mut self, actions: Vec<Action>) {
         let sh = self.shared.clone();
+        // A member added to the commit set that fell behind the commit must
+        // not be recorded in sync by this batch's SetIsr (see `core::node`).
+        let mut behind = None;
         for a in actions {
             match a {
+                Action::CallServer {
+                    call: Call::SetIsr, ..
+                } if behind.is_some() => {
+                    let id: NodeId = behind.take().expect("behind");
+                    let input = Input::ServerReply {
+                        call: Call::SetIsr,
+                        sent: Instant::now(),
+                        reply: Err(format!(
+                            "replica {id} fell behind the commit before it joined the in-sync set"
+                        )),
+                    };
+                    let more = self.core.handle(Instant::now(), input);
+                    self.execute(more);
+                }
                 Action::SendBeacon { to, mut beacon } => {
                     beacon.seq = sh.beacon_seq.fetch_add(1, Ordering::Relaxed);
                     let bytes = beacon.encode(sh.security.cluster_key.as_ref());
@@ -570,7 +587,11 @@ impl Driver {
                     }
                     self.follower = Some(replication::follow(sh.clone(), addr, epoch));
                 }
-                Action::AddToCommitSet(id) => sh.log.add_to_commit_set(id),
+                Action::AddToCommitSet(id) => {
+                    if !sh.log.add_to_commit_set(id) {
+                        behind = Some(id);
+                    }
+                }
                 Action::RemoveFromCommitSet(id) => sh.log.remove_from_commit_set(id),
                 Action::SetRequired(n) => sh.log.set_required(n),
                 Action::Publish(s) => *sh.serving.write() = s,

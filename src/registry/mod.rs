@@ -120,6 +120,16 @@ pub fn new_core(
     }
 }
 
+/// How often a server over a shared store reads what other servers decided
+/// (the server's ticker and the simulator's). Grants and rejoins read the
+/// store anyway and every decision compares revisions, so this only bounds
+/// how stale a lookup may be; a few reads a second keep the store's load low.
+pub fn refresh_interval(settings: &NodeSettings) -> std::time::Duration {
+    settings
+        .lease_at_server()
+        .max(std::time::Duration::from_millis(200))
+}
+
 /// How often one decision is tried against a store whose records keep
 /// changing under it before the arbiter gives up with `Unavailable`.
 const MAX_ATTEMPTS: usize = 4;
