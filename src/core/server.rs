@@ -347,7 +347,17 @@ impl ServerCore {
                 resp_addr: r.resp_addr.clone(),
             },
         );
-        let max_id = self.view.members.keys().copied().max().unwrap_or(0);
+        // Ids of members not yet reported are taken too: a brand-new node
+        // registering meanwhile must not get one of them.
+        let known = self.view.recovery.iter().flat_map(|r| r.known.keys());
+        let max_id = self
+            .view
+            .members
+            .keys()
+            .chain(known)
+            .copied()
+            .max()
+            .unwrap_or(0);
         self.view.next_id = self.view.next_id.max(max_id + 1);
         let rep = self.reports.entry(id).or_default();
         rep.applied = r.last;
@@ -374,6 +384,9 @@ impl ServerCore {
         // Every member must report again: until it does it is not listed,
         // so it sees a view without itself and rejoins.
         let known = std::mem::take(&mut self.view.members);
+        if let Some(&max_id) = known.keys().max() {
+            self.view.next_id = self.view.next_id.max(max_id + 1);
+        }
         self.view.recovery = Some(Recovery {
             reports: BTreeMap::new(),
             known,
@@ -1326,6 +1339,18 @@ mod tests {
         };
         assert_eq!((view.epoch, view.coordinator), (5, None));
         assert!(c.recovering());
+    }
+
+    #[test]
+    fn a_new_node_registering_during_recovery_gets_an_id_nobody_holds() {
+        let (mut c, now) = empty_server();
+        // Node 2 reports, knowing of 1 and 3, who have not reported yet.
+        c.handle(now, report(2, 7, Role::Replica, LogPos::new(7, 90), false));
+        let later = now + Duration::from_secs(1);
+        let ServerResponse::Registered { node_id, .. } = reg(&mut c, later, None, 1) else {
+            panic!()
+        };
+        assert_eq!(node_id, 4, "ids 1 and 3 belong to members that will rejoin");
     }
 
     #[test]
