@@ -34,7 +34,8 @@
 //! 2. every acknowledged write is in the log of every member of the in-sync
 //!    set the store records (no acknowledged write can be lost);
 //! 3. epochs never go down: at any server (until it loses its state), in
-//!    the store, or at any node;
+//!    the store, or at any node (across its restarts too, until a server
+//!    lost its state: nodes do not persist the epochs they saw);
 //! 4. at most one coordinator is ever committed to the store for an epoch
 //!    (the recovery path may commit the same one again), and a grant goes to
 //!    a member of the in-sync set it replaces.
@@ -266,6 +267,10 @@ struct SimNode {
     pending: Vec<(usize, u64, crate::log::Outcome, LogPos)>,
     durable: bool,
     max_epoch: Epoch,
+    /// A server lost its state since this node started: a node does not
+    /// persist the epochs it saw, so its next life knows only its log's
+    /// epochs and what the (recovering) server tells it.
+    forgets_epoch: bool,
     /// The server link: the index of the current server...
     server: usize,
     /// ...and the calls waiting for an answer, by link number.
@@ -365,6 +370,7 @@ impl Sim {
                 pending: Vec::new(),
                 durable: i % 2 == 0,
                 max_epoch: 0,
+                forgets_epoch: false,
                 server: 0,
                 calls: BTreeMap::new(),
             })
@@ -532,6 +538,9 @@ impl Sim {
         if self.cfg.bug == Some(Bug::AckBeforeReplication) {
             self.nodes[i].log.inject_ack_before_replication();
         }
+        if std::mem::take(&mut self.nodes[i].forgets_epoch) {
+            self.nodes[i].max_epoch = self.nodes[i].log.state().last.epoch;
+        }
         self.register(i, 0);
     }
 
@@ -564,7 +573,10 @@ impl Sim {
                     self.nodes[i].server = k;
                     return self.registered(i, node_id, view, sent);
                 }
-                ServerResponse::Rejected { .. } => {
+                ServerResponse::Rejected { reason, .. } => {
+                    if self.trace {
+                        eprintln!("          node#{i}: registration refused ({reason}); the process exits");
+                    }
                     self.nodes[i].alive = false;
                     return;
                 }
@@ -572,6 +584,9 @@ impl Sim {
             }
         }
         if attempt + 1 >= self.settings.reconnection_attempts.max(1) + 2 {
+            if self.trace {
+                eprintln!("          node#{i}: no server registered it; the process exits");
+            }
             self.nodes[i].alive = false;
             return;
         }
@@ -1750,6 +1765,9 @@ impl Sim {
                     let empty = self.store.lock().emptied(seed);
                     self.store = Arc::new(Mutex::new(empty));
                     self.servers[0].max_epoch = 0;
+                    for n in &mut self.nodes {
+                        n.forgets_epoch = true;
+                    }
                     self.start_server(0);
                     "server restart without its state"
                 } else {
@@ -1808,6 +1826,9 @@ impl Sim {
                 "heal"
             }
         };
+        if self.trace {
+            eprintln!("          fault: {name}");
+        }
         *self.report.faults.entry(name).or_default() += 1;
         // Breaking a link breaks the streams across it.
         let cut: Vec<StreamId> = self
@@ -1880,7 +1901,8 @@ impl Sim {
                     }
                 }
             }
-            // 3. Epochs never go down at a node (across its restarts too).
+            // 3. Epochs never go down at a node (across its restarts too,
+            // unless a server lost its state meanwhile: see `forgets_epoch`).
             let e = core.epoch();
             if e < self.nodes[i].max_epoch && self.nodes[i].durable {
                 let msg = format!(
@@ -2068,6 +2090,7 @@ mod tests {
                     }
                     store.commits += r.store.commits;
                     store.conflicts += r.store.conflicts;
+                    store.lease_conflicts += r.store.lease_conflicts;
                     store.refused += r.store.refused;
                     store.answer_lost += r.store.answer_lost;
                     store.request_lost += r.store.request_lost;

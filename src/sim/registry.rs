@@ -57,6 +57,9 @@ pub struct InFlight {
 pub struct StoreStats {
     pub commits: u64,
     pub conflicts: u64,
+    /// Conflicts of a grant with a renewal committed after the grant's
+    /// decision read the lease record.
+    pub lease_conflicts: u64,
     pub refused: u64,
     pub answer_lost: u64,
     pub request_lost: u64,
@@ -197,6 +200,9 @@ impl ModelStore {
         let lease_moved = self.shared && c.compare_lease && c.expect.lease != self.lease_rev;
         if c.expect.view != self.view_rev || lease_moved {
             self.stats.conflicts += 1;
+            if c.expect.view == self.view_rev {
+                self.stats.lease_conflicts += 1;
+            }
             return Committed::Conflict;
         }
         let renewal = c.renewal.as_ref().filter(|_| self.shared);
