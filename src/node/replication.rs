@@ -352,11 +352,8 @@ fn run_follower(
                     return Err("unexpected snapshot".into());
                 }
                 let guard = sh.log.apply_guard();
-                // Until the snapshot is complete this node holds nothing: a
-                // stream that ends half way must make the next one start
-                // from scratch, not from the snapshot's position.
-                sh.log.reset(LogPos::ZERO);
-                sh.store.clear(LogPos::ZERO);
+                sh.log.reset(pos);
+                sh.store.clear(pos);
                 log::info!("node {}: installing snapshot at {pos}", sh.id);
                 snapshot = Some((pos, Delta::default(), guard));
             }
@@ -372,7 +369,6 @@ fn run_follower(
                 let Some((pos, delta, guard)) = snapshot.take() else {
                     return Err("snapshot end outside a snapshot".into());
                 };
-                sh.log.reset(pos);
                 sh.store.commit(pos, delta);
                 if let Some(st) = &sh.storage {
                     super::persist::persist_installed_snapshot(st, sh, pos).map_err(|e| {
