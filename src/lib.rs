@@ -27,6 +27,7 @@ pub mod log;
 pub mod net;
 pub mod node;
 pub mod registry;
+pub mod repl;
 pub mod resp;
 pub mod sentinel;
 pub mod server;

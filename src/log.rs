@@ -194,6 +194,10 @@ struct Inner {
     /// shares with the coordinator's. Entries after it may be a divergent
     /// suffix: they are never acknowledged or committed on its word.
     confirmed: LogPos,
+    /// The replica stream allowed to change this log: bumped when a stream
+    /// begins and when this node becomes coordinator, so a stream that was
+    /// superseded (its thread not yet ended) cannot touch the log.
+    stream_token: u64,
     storage_error: Option<String>,
     #[cfg(test)]
     bug_ack_early: bool,
@@ -214,6 +218,17 @@ impl Inner {
         self.entries
             .get((index - self.base.index - 1) as usize)
             .map(|e| e.pos)
+    }
+
+    /// Only the current stream of a replica changes its log.
+    fn check_stream(&self, token: u64) -> Result<(), String> {
+        if self.leader.is_some() {
+            return Err("this node is the coordinator now".into());
+        }
+        if token != self.stream_token {
+            return Err("a newer replication stream replaced this one".into());
+        }
+        Ok(())
     }
 
     /// Raises the commit index; true when it moved (wake the applier).
@@ -269,6 +284,7 @@ impl ReplLog {
                 persisted: 0,
                 commit_written: 0,
                 confirmed: LogPos::ZERO,
+                stream_token: 0,
                 storage_error: None,
                 #[cfg(test)]
                 bug_ack_early: false,
@@ -357,6 +373,7 @@ impl ReplLog {
             }
         }
         g.epoch = g.epoch.max(epoch);
+        g.stream_token += 1;
         g.leader = Some(Leader {
             epoch,
             barrier: last,
@@ -573,14 +590,31 @@ impl ReplLog {
     }
 
     /// Where a replica whose log ends at `last`, committed through
-    /// `committed`, can resume: right after `last` if this log holds it,
-    /// else right after `committed` (the replica then drops its divergent
-    /// suffix as the entries arrive), else nowhere: it needs a snapshot.
+    /// `committed`, can resume: the end of the longest prefix both logs
+    /// share, if this log still holds it. Else nowhere: it needs a snapshot.
+    ///
+    /// Entries are unique by (epoch, index): one coordinator per epoch
+    /// appends them, contiguously. So if this log holds entries of
+    /// `last.epoch`, the replica's log matches ours through the smaller of
+    /// `last.index` and our last entry of that epoch (the log matching
+    /// property). Otherwise every entry of that epoch the replica holds is
+    /// divergent, and its commit is the longest prefix known to match. The
+    /// replica drops its divergent suffix as the new entries arrive.
     pub fn resume_point(&self, last: LogPos, committed: LogPos) -> Option<LogPos> {
         let g = self.inner.lock();
         if g.pos_at(last.index) == Some(last) {
-            Some(last)
-        } else if g.pos_at(committed.index) == Some(committed) {
+            return Some(last);
+        }
+        let n = g.entries.partition_point(|e| e.pos.epoch <= last.epoch);
+        if let Some(end) = n.checked_sub(1).map(|i| g.entries[i].pos) {
+            if end.epoch == last.epoch {
+                let shared = end.index.min(last.index);
+                if let Some(p) = g.pos_at(shared).filter(|p| p.epoch == last.epoch) {
+                    return Some(p);
+                }
+            }
+        }
+        if g.pos_at(committed.index) == Some(committed) {
             Some(committed)
         } else {
             None
@@ -643,24 +677,29 @@ impl ReplLog {
         entries: Vec<Arc<Entry>>,
         commit: u64,
     ) -> Result<LogPos, String> {
-        let (confirmed, committed) = self.append_follower_deferred(epoch, prev, entries, commit)?;
+        let token = self.inner.lock().stream_token;
+        let (confirmed, committed) =
+            self.append_follower_deferred(token, epoch, prev, entries, commit)?;
         if committed {
             self.wake_applier();
         }
         Ok(confirmed)
     }
 
-    /// [`ReplLog::append_follower`] without waking the apply thread; the
+    /// [`ReplLog::append_follower`] by the stream holding `token` (see
+    /// [`ReplLog::begin_stream`]), without waking the apply thread; the
     /// flag says the commit index moved, and the caller applies or calls
     /// [`ReplLog::wake_applier`].
     pub fn append_follower_deferred(
         &self,
+        token: u64,
         epoch: Epoch,
         prev: LogPos,
         entries: Vec<Arc<Entry>>,
         commit: u64,
     ) -> Result<(LogPos, bool), String> {
         let mut g = self.inner.lock();
+        g.check_stream(token)?;
         if epoch < g.epoch {
             return Err(format!(
                 "replication from epoch {epoch} refused: epoch {} is current",
@@ -722,10 +761,14 @@ impl ReplLog {
         self.inner.lock().follower_writes = on;
     }
 
-    /// A new stream starts: nothing beyond the base is confirmed yet.
-    pub fn begin_stream(&self) {
+    /// A new stream starts: nothing beyond the base is confirmed yet. The
+    /// token it returns is what the stream's changes carry; any earlier
+    /// stream's are refused from now on.
+    pub fn begin_stream(&self) -> u64 {
         let mut g = self.inner.lock();
         g.confirmed = g.base;
+        g.stream_token += 1;
+        g.stream_token
     }
 
     /// What a replica may acknowledge: confirmed by its stream and persisted.
@@ -816,10 +859,11 @@ impl ReplLog {
         self.inner.lock().storage_error.clone()
     }
 
-    /// Drops everything: a snapshot taken at `pos` will be installed.
-    /// Caller holds the apply guard.
-    pub fn reset(&self, pos: LogPos) {
+    /// Drops everything: a snapshot taken at `pos` is being installed by
+    /// the stream holding `token`. Caller holds the apply guard.
+    pub fn reset(&self, token: u64, pos: LogPos) -> Result<(), String> {
         let mut g = self.inner.lock();
+        g.check_stream(token)?;
         g.entries.clear();
         g.base = pos;
         g.commit = pos.index;
@@ -831,6 +875,7 @@ impl ReplLog {
         g.pending_truncate = None;
         g.generation += 1;
         self.changed.notify_all();
+        Ok(())
     }
 
     // -- apply thread -----------------------------------------------------

@@ -99,6 +99,8 @@ pub(crate) struct Shared {
     pub beacon_seq: AtomicU64,
     /// Number of the next replication stream this node feeds.
     pub next_stream: AtomicU64,
+    /// What the follower thread follows (a replica's one stream).
+    follower: replication::FollowerCtl,
 }
 
 impl Shared {
@@ -108,6 +110,14 @@ impl Shared {
         if self.inbox.try_send(input).is_err() {
             log::debug!("node {}: driver inbox full, input dropped", self.id);
         }
+    }
+
+    /// Sends an input the core must see (it is not repeated: a stream's
+    /// start and end, a replica caught up), waiting while the inbox is full.
+    /// The driver never waits for the threads that call this, so the wait
+    /// is short; it ends at once when the driver has stopped.
+    pub fn notify_surely(&self, input: Input) {
+        let _ = self.inbox.send(input);
     }
 
     pub fn stopping(&self) -> bool {
@@ -278,6 +288,7 @@ impl Node {
             counters: AuthCounters::default(),
             beacon_seq: AtomicU64::new(1),
             next_stream: AtomicU64::new(1),
+            follower: Default::default(),
         });
 
         let (server_tx, server_rx) = bounded(64);
@@ -303,6 +314,13 @@ impl Node {
         {
             let sh = shared.clone();
             threads.push(spawn("apply", Box::new(move || apply_loop(sh))));
+        }
+        {
+            let sh = shared.clone();
+            threads.push(spawn(
+                "follower",
+                Box::new(move || replication::follower_loop(sh)),
+            ));
         }
         if let Some(st) = storage {
             let (snap_tx, snap_rx) = bounded(1);
@@ -346,7 +364,6 @@ impl Node {
                         inbox: inbox_rx,
                         server_tx,
                         udp,
-                        follower: None,
                     }
                     .run(initial)
                 }),
@@ -497,7 +514,6 @@ struct Driver {
     inbox: Receiver<Input>,
     server_tx: Sender<(Call, ServerRequest)>,
     udp: UdpSocket,
-    follower: Option<replication::FollowerHandle>,
 }
 
 impl Driver {
@@ -519,9 +535,7 @@ impl Driver {
             }
             self.execute(actions);
         }
-        if let Some(f) = self.follower.take() {
-            f.stop();
-        }
+        self.shared.follower.set(None);
     }
 
     fn execute(&mut self, actions: Vec<Action>) {
@@ -575,18 +589,13 @@ impl Driver {
                     isr,
                     required,
                 } => {
-                    if let Some(f) = self.follower.take() {
-                        f.stop();
-                    }
+                    // The follower thread ends its stream by itself; the
+                    // log refuses that stream's changes from here on.
+                    sh.follower.set(None);
                     sh.log.become_leader(sh.id, epoch, &isr, required);
                 }
                 Action::StepDown => sh.log.step_down(),
-                Action::Follow { addr, epoch, .. } => {
-                    if let Some(f) = self.follower.take() {
-                        f.stop();
-                    }
-                    self.follower = Some(replication::follow(sh.clone(), addr, epoch));
-                }
+                Action::Follow { addr, epoch, .. } => sh.follower.set(Some((addr, epoch))),
                 Action::AddToCommitSet(id) => {
                     if !sh.log.add_to_commit_set(id) {
                         behind = Some(id);

@@ -45,22 +45,26 @@
 //! `LinearizabilityTester`) and that every in-sync node holds the same data.
 //! A failure names its seed; the same seed replays the same run.
 
+mod disk;
 mod net;
 mod registry;
 
 use crate::config::NodeSettings;
 use crate::core::node::{Action, Call, Input, LocalStatus, NodeCore, Serving};
 use crate::history::{self, History, KvOp};
-use crate::log::{Fetch, ReplLog};
+use crate::log::ReplLog;
+use crate::repl::{Feeder, Follower, Poll, Step, IDLE_WAIT};
 use crate::node::requests::{finish, Begun, DataPath};
 use crate::registry::Arbiter;
-use crate::store::{Delta, Store};
-use crate::types::{Entry, Epoch, LogPos, NodeId, Op, Role};
+use crate::store::Store;
+use crate::types::{Epoch, LogPos, NodeId, Role};
 use crate::wire::{
     ClusterView, ErrorKind, FollowRequest, ReplMsg, Request, Response, ServerRequest,
     ServerResponse,
 };
+use crate::storage::FsyncPolicy;
 use crossbeam_channel::TryRecvError;
+use disk::Disk;
 use net::{Net, Rng};
 use parking_lot::Mutex;
 use registry::{InFlight, ModelStore, StoreHandle, StoreStats};
@@ -223,6 +227,16 @@ enum Ev {
         client: usize,
         attempt: u64,
     },
+    /// Node `node`'s write-ahead log write (incarnation `inc`) is done; the
+    /// log ends at `last`; `sync`: the write is forced (fsync: always).
+    DiskDone {
+        node: usize,
+        inc: u64,
+        last: LogPos,
+        sync: bool,
+    },
+    /// Node `.0`'s background fsync (fsync: interval), incarnation `.1`.
+    DiskSync(usize, u64),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -239,14 +253,16 @@ enum StoreFault {
     Slow,
 }
 
+/// One replication stream: the shipped state machines at both ends
+/// (`crate::repl`), with this module as their driver.
 struct Stream {
     follower: usize,
     coordinator: usize,
     open: bool,
-    /// Coordinator side.
-    next: u64,
-    sent_commit: Option<u64>,
-    generation: u64,
+    /// The coordinator's end, once it served the request.
+    feeder: Option<Feeder>,
+    /// The replica's end.
+    replica: Follower,
     last_send: Instant,
     fifo_at: Instant,
 }
@@ -263,9 +279,11 @@ struct SimNode {
     /// Clock rate relative to true time.
     rate: f64,
     follower: Option<StreamId>,
-    snapshot: Option<(LogPos, Delta)>,
     pending: Vec<(usize, u64, crate::log::Outcome, LogPos)>,
-    durable: bool,
+    /// A data directory (write-ahead log and snapshot), for durable nodes.
+    disk: Option<Disk>,
+    /// A slow disk: writes take milliseconds until then.
+    disk_slow_until: Option<Instant>,
     max_epoch: Epoch,
     /// A server lost its state since this node started: a node does not
     /// persist the epochs it saw, so its next life knows only its log's
@@ -366,9 +384,15 @@ impl Sim {
                 // Rates within ±drift/2 of true time: any two differ by < drift.
                 rate: 1.0 + drift * (rng.f64() - 0.5),
                 follower: None,
-                snapshot: None,
                 pending: Vec::new(),
-                durable: i % 2 == 0,
+                disk: (i % 2 == 0).then(|| {
+                    Disk::new(match rng.below(4) {
+                        0 | 1 => FsyncPolicy::Always,
+                        2 => FsyncPolicy::Interval(settings.fsync_interval()),
+                        _ => FsyncPolicy::Never,
+                    })
+                }),
+                disk_slow_until: None,
                 max_epoch: 0,
                 forgets_epoch: false,
                 server: 0,
@@ -484,13 +508,12 @@ impl Sim {
     // -- nodes ------------------------------------------------------------
 
     fn start_node(&mut self, i: usize) {
-        let keep = self.nodes[i].durable && self.nodes[i].id != 0;
+        let keep = self.nodes[i].disk.is_some() && self.nodes[i].id != 0;
         let n = &mut self.nodes[i];
         n.incarnation += 1;
         n.alive = true;
         n.paused_until = None;
         n.follower = None;
-        n.snapshot = None;
         n.pending.clear();
         n.core = None;
         n.serving = idle_serving();
@@ -503,37 +526,37 @@ impl Sim {
         let n = &mut self.nodes[i];
         n.calls.clear();
         if keep {
-            // Restart with its data: rebuild the store from the log (fsync
-            // always: everything appended was on disk).
-            let st = n.log.state();
-            let entries: Vec<Entry> = (st.base.index + 1..=st.last.index)
-                .filter_map(|ix| n.log.entry_at(ix))
-                .collect();
-            let log = ReplLog::new(50, false);
-            let store = Store::new();
-            // The base (a snapshot) is kept as the old store's content.
-            let mut delta = Delta::default();
-            for (k, v) in (0..n.store.shard_count()).flat_map(|s| n.store.shard_pairs(s)) {
-                store.apply(&Op::Put { key: k, value: v }, &mut delta);
+            // Restart with its data directory: what recovery finds there.
+            let disk = n.disk.as_mut().expect("durable");
+            disk.busy = false;
+            match disk.recover() {
+                Ok(r) => {
+                    let log = ReplLog::new(50, true);
+                    log.restore(r.base, r.entries, r.commit);
+                    n.log = log;
+                    n.store = r.store;
+                }
+                Err(e) => {
+                    let id = n.id;
+                    return self.fail(format!("node {id} cannot recover its data: {e}"));
+                }
             }
-            let commit = st.commit.min(st.last.index);
-            let applied = st.applied;
-            let mut pos = n.store.meta().applied;
-            for e in entries
-                .iter()
-                .filter(|e| e.pos.index > applied && e.pos.index <= commit)
-            {
-                store.apply(&e.op, &mut delta);
-                pos = e.pos;
+            if let Some(FsyncPolicy::Interval(every)) = n.disk.as_ref().map(|d| d.policy) {
+                let inc = n.incarnation;
+                self.at(every, Ev::DiskSync(i, inc));
             }
-            store.commit(pos, delta);
-            log.restore(st.base, entries, pos.index.max(st.base.index));
-            n.log = log;
-            n.store = store;
         } else {
             n.id = 0;
-            n.log = ReplLog::new(50, false);
+            let durable = n.disk.is_some();
+            if let Some(d) = n.disk.as_mut() {
+                *d = Disk::new(d.policy);
+            }
+            n.log = ReplLog::new(50, durable);
             n.store = Store::new();
+            if let Some(FsyncPolicy::Interval(every)) = n.disk.as_ref().map(|d| d.policy) {
+                let inc = n.incarnation;
+                self.at(every, Ev::DiskSync(i, inc));
+            }
         }
         if self.cfg.bug == Some(Bug::AckBeforeReplication) {
             self.nodes[i].log.inject_ack_before_replication();
@@ -646,6 +669,46 @@ impl Sim {
         }
     }
 
+    /// Whether node `i`'s machine may lose power within what its fsync
+    /// policy promises: with `always` at any time; with `interval` or
+    /// `never` (which may lose the unsynced tail) only while it holds no
+    /// write the cluster counts on: outside the recorded in-sync set and
+    /// every coordinator's commit set.
+    fn may_lose_power(&self, i: usize) -> bool {
+        let n = &self.nodes[i];
+        if n.disk.as_ref().is_some_and(|d| d.policy == FsyncPolicy::Always) {
+            return true;
+        }
+        let id = n.id;
+        !self.recorded_isr().contains(&id)
+            && !self
+                .nodes
+                .iter()
+                .any(|m| m.alive && m.log.commit_set().contains(&id))
+    }
+
+    /// Node `i` (already crashed) lost power: its unsynced log tail is gone.
+    /// Durability rule checked here: with `fsync: always`, every
+    /// acknowledged write an in-sync node held was on stable storage.
+    fn power_loss(&mut self, i: usize) {
+        let n = &self.nodes[i];
+        let disk = n.disk.as_ref().expect("durable");
+        if disk.policy == FsyncPolicy::Always && self.recorded_isr().contains(&n.id) {
+            let synced = disk.synced();
+            for (pos, what) in &self.acked {
+                if n.log.pos_at(pos.index) == Some(*pos) && !synced.holds(*pos) {
+                    let msg = format!(
+                        "fsync always: acknowledged write {what} at {pos} was not on stable storage of in-sync node {} when it lost power",
+                        n.id
+                    );
+                    return self.fail(msg);
+                }
+            }
+        }
+        let lost = self.nodes[i].disk.as_mut().expect("durable").power_loss();
+        *self.report.faults.entry("records lost to power loss").or_default() += lost as u64;
+    }
+
     fn input(&mut self, i: usize, input: Input) {
         if !self.nodes[i].alive {
             return;
@@ -720,12 +783,13 @@ impl Sim {
                     let Some(j) = Self::node_by_addr(&addr) else {
                         continue;
                     };
-                    if !self.nodes[i].log.observe_epoch(epoch) {
+                    let n = &self.nodes[i];
+                    let durable = n.disk.is_some();
+                    let Ok((replica, req)) =
+                        Follower::start(&n.log, n.id, n.incarnation, epoch, durable)
+                    else {
                         continue;
-                    }
-                    self.nodes[i].log.begin_stream();
-                    let st = self.nodes[i].log.state();
-                    let committed = self.nodes[i].log.pos_at(st.commit).unwrap_or(st.base);
+                    };
                     let id = self.next_stream;
                     self.next_stream += 1;
                     self.streams.insert(
@@ -734,21 +798,13 @@ impl Sim {
                             follower: i,
                             coordinator: j,
                             open: true,
-                            next: 0,
-                            sent_commit: None,
-                            generation: 0,
+                            feeder: None,
+                            replica,
                             last_send: self.now,
                             fifo_at: self.now,
                         },
                     );
                     self.nodes[i].follower = Some(id);
-                    let req = FollowRequest {
-                        node_id: self.nodes[i].id,
-                        incarnation: self.nodes[i].incarnation,
-                        epoch,
-                        last: st.last,
-                        committed,
-                    };
                     self.send_stream(
                         id,
                         Endpoint::Node(i),
@@ -934,6 +990,27 @@ impl Sim {
                 }
             }
             Ev::ClientTimeout { client, attempt } => self.client_timeout(client, attempt),
+            Ev::DiskDone {
+                node,
+                inc,
+                last,
+                sync,
+            } => {
+                if self.nodes[node].incarnation == inc && self.nodes[node].alive {
+                    self.disk_done(node, last, sync);
+                }
+            }
+            Ev::DiskSync(i, inc) => {
+                let n = &mut self.nodes[i];
+                if n.incarnation == inc && n.alive {
+                    if let Some(d) = n.disk.as_mut() {
+                        d.sync();
+                        if let FsyncPolicy::Interval(every) = d.policy {
+                            self.at(every, Ev::DiskSync(i, inc));
+                        }
+                    }
+                }
+            }
             Ev::Fault => {
                 if loading {
                     self.fault();
@@ -954,6 +1031,7 @@ impl Sim {
             return;
         }
         self.nodes[i].paused_until = None;
+        self.persist_log(i);
         self.apply(i);
         self.feed(i);
         let meta = self.nodes[i].store.meta();
@@ -993,43 +1071,21 @@ impl Sim {
         }
     }
 
+    /// The coordinator's senders: one poll of each stream's feeder.
     fn feed(&mut self, i: usize) {
         let ids: Vec<StreamId> = self
             .streams
             .iter()
-            .filter(|(_, s)| s.open && s.coordinator == i && s.generation != 0)
+            .filter(|(_, s)| s.open && s.coordinator == i && s.feeder.is_some())
             .map(|(&id, _)| id)
             .collect();
         for id in ids {
-            let (gen, next, sent, follower, last_send) = {
-                let s = &self.streams[&id];
-                (s.generation, s.next, s.sent_commit, s.follower, s.last_send)
-            };
-            let sent = if self.now - last_send > Duration::from_millis(500) {
-                None
-            } else {
-                sent
-            };
-            match self.nodes[i]
-                .log
-                .fetch(gen, next, sent, 1 << 20, Duration::ZERO)
-            {
-                Fetch::Entries {
-                    prev,
-                    entries,
-                    commit,
-                } => {
-                    let epoch = self.nodes[i].log.state().epoch;
-                    let s = self.streams.get_mut(&id).expect("stream");
-                    s.next += entries.len() as u64;
-                    s.sent_commit = Some(commit);
+            let s = self.streams.get_mut(&id).expect("stream");
+            let feeder = s.feeder.as_mut().expect("feeder");
+            match feeder.poll(&self.nodes[i].log, 1 << 20, Duration::ZERO) {
+                Poll::Send(msg) => {
                     s.last_send = self.now;
-                    let msg = ReplMsg::Append {
-                        epoch,
-                        prev,
-                        entries,
-                        commit,
-                    };
+                    let follower = s.follower;
                     self.send_stream(
                         id,
                         Endpoint::Node(i),
@@ -1037,8 +1093,12 @@ impl Sim {
                         Msg::Data { stream: id, msg },
                     );
                 }
-                Fetch::Idle => {}
-                Fetch::NeedSnapshot | Fetch::Stale => self.close_stream(id, false),
+                Poll::Idle => {
+                    if self.now - s.last_send >= IDLE_WAIT {
+                        feeder.on_idle();
+                    }
+                }
+                Poll::End(_) => self.close_stream(id, false),
             }
         }
     }
@@ -1312,9 +1372,15 @@ impl Sim {
                 if !s.open {
                     return;
                 }
-                let f = s.follower;
-                let id = self.nodes[f].id;
-                if self.nodes[i].log.on_ack(id, last) {
+                let Some(feeder) = s.feeder.as_ref() else {
+                    return;
+                };
+                let id = feeder.replica();
+                let effect = feeder.on_ack(&self.nodes[i].log, last);
+                if effect.committed {
+                    self.apply(i);
+                }
+                if effect.caught_up {
                     self.input(i, Input::FollowerCaughtUp(id));
                 }
             }
@@ -1333,9 +1399,9 @@ impl Sim {
                             },
                         );
                     }
-                } else {
-                    let id = self.nodes[s.follower].id;
-                    self.nodes[i].log.untrack(id, stream);
+                } else if let Some(feeder) = s.feeder.as_ref() {
+                    let id = feeder.replica();
+                    feeder.close(&self.nodes[i].log);
                     self.input(i, Input::FollowerGone(id, stream));
                 }
             }
@@ -1366,103 +1432,148 @@ impl Sim {
     }
 
     fn open_stream(&mut self, c: usize, stream: StreamId, req: FollowRequest) {
-        let st = self.nodes[c].log.state();
-        let member = self.nodes[c].serving.members.contains(&req.node_id);
-        if !st.leader || req.epoch > st.epoch || !member {
-            self.close_stream(stream, false);
-            return;
-        }
-        let id = req.node_id;
-        self.nodes[c].log.track(id, 0, stream);
-        let (next, snapshot) = match self.nodes[c].log.resume_point(req.last, req.committed) {
-            Some(p) => (p.index + 1, None),
-            None => {
-                let pos = self.nodes[c].store.meta().applied;
-                (pos.index + 1, Some(pos))
+        let n = &self.nodes[c];
+        let member = n.serving.members.contains(&req.node_id);
+        let feeder = match Feeder::open(&n.log, &n.store, n.id, member, &req, stream) {
+            Ok(f) => f,
+            Err(_refused) => {
+                self.close_stream(stream, false);
+                return;
             }
         };
-        self.nodes[c].log.track(id, next - 1, stream);
         let f = self.streams[&stream].follower;
-        if let Some(pos) = snapshot {
-            let pairs: Vec<_> = (0..self.nodes[c].store.shard_count())
-                .flat_map(|s| self.nodes[c].store.shard_pairs(s))
-                .collect();
-            for msg in [
-                ReplMsg::SnapshotBegin {
-                    epoch: st.epoch,
-                    pos,
-                },
-                ReplMsg::SnapshotChunk { pairs },
-                ReplMsg::SnapshotEnd { epoch: st.epoch },
-            ] {
-                self.send_stream(
-                    stream,
-                    Endpoint::Node(c),
-                    Endpoint::Node(f),
-                    Msg::Data { stream, msg },
-                );
-            }
+        let frames: Vec<ReplMsg> = feeder
+            .snapshot_frames(&self.nodes[c].store, 1 << 20)
+            .map(|it| it.collect())
+            .unwrap_or_default();
+        for msg in frames {
+            self.send_stream(
+                stream,
+                Endpoint::Node(c),
+                Endpoint::Node(f),
+                Msg::Data { stream, msg },
+            );
         }
-        if let Some(s) = self.streams.get_mut(&stream) {
-            s.next = next;
-            s.generation = st.generation;
+        let id = feeder.replica();
+        match self.streams.get_mut(&stream) {
+            Some(s) if s.open => s.feeder = Some(feeder),
+            // Cut while the snapshot went out.
+            _ => {
+                feeder.close(&self.nodes[c].log);
+                return;
+            }
         }
         self.input(c, Input::FollowerConnected(id, stream));
     }
 
+    /// A frame reaches the replica's end of `stream`.
     fn follower_receive(&mut self, i: usize, stream: StreamId, msg: ReplMsg) {
         if self.nodes[i].follower != Some(stream)
             || !self.streams.get(&stream).is_some_and(|s| s.open)
         {
             return;
         }
-        let c = self.streams[&stream].coordinator;
-        let n = &mut self.nodes[i];
-        let ack = match msg {
-            ReplMsg::SnapshotBegin { pos, .. } => {
-                n.log.reset(pos);
-                n.store.clear(pos);
-                n.snapshot = Some((pos, Delta::default()));
-                None
-            }
-            ReplMsg::SnapshotChunk { pairs } => {
-                if let Some((_, d)) = n.snapshot.as_mut() {
-                    for (key, value) in pairs {
-                        n.store.apply(&Op::Put { key, value }, d);
-                    }
-                }
-                None
-            }
-            ReplMsg::SnapshotEnd { .. } => {
-                let (pos, d) = n.snapshot.take().expect("snapshot");
-                n.store.commit(pos, d);
-                Some(pos)
-            }
-            ReplMsg::Append {
-                epoch,
-                prev,
-                entries,
-                commit,
-            } => match n.log.append_follower(epoch, prev, entries, commit) {
-                Ok(last) => Some(last),
-                Err(_) => {
-                    self.close_stream(stream, false);
-                    None
-                }
-            },
-            ReplMsg::Refused { .. } => {
-                self.close_stream(stream, false);
-                None
-            }
-        };
-        if let Some(last) = ack {
-            self.send_stream(
-                stream,
-                Endpoint::Node(i),
-                Endpoint::Node(c),
-                Msg::Ack { stream, last },
-            );
+        let s = self.streams.get_mut(&stream).expect("stream");
+        let n = &self.nodes[i];
+        match s.replica.on_msg(&n.log, &n.store, msg) {
+            Ok(step) => self.run_step(i, stream, step),
+            Err(_) => self.close_stream(stream, false),
         }
+    }
+
+    /// Executes a replica's [`Step`], as the node's follower thread does.
+    fn run_step(&mut self, i: usize, stream: StreamId, mut step: Step) {
+        while let Some(pos) = step.persist_snapshot {
+            self.persist_snapshot(i, pos);
+            let s = self.streams.get_mut(&stream).expect("stream");
+            match s.replica.snapshot_persisted(&self.nodes[i].log) {
+                Ok(next) => step = next,
+                Err(_) => return self.close_stream(stream, false),
+            }
+        }
+        if step.persist_log {
+            self.persist_log(i);
+        }
+        if let Some(last) = step.ack {
+            self.send_ack(i, stream, last);
+        }
+        if step.apply {
+            self.apply(i);
+        }
+    }
+
+    /// The wal thread: takes what the write-ahead log has not recorded and
+    /// writes it, one write at a time; a slow disk takes milliseconds.
+    fn persist_log(&mut self, i: usize) {
+        let slow = self.nodes[i].disk_slow_until.is_some_and(|t| self.now < t);
+        let n = &mut self.nodes[i];
+        let Some(disk) = n.disk.as_mut() else {
+            return;
+        };
+        if disk.busy {
+            return;
+        }
+        let batch = n.log.take_unwritten();
+        if batch.entries.is_empty() && batch.truncate.is_none() && batch.commit.is_none() {
+            return;
+        }
+        disk.write(&batch);
+        disk.busy = true;
+        let sync = disk.policy == FsyncPolicy::Always
+            && (!batch.entries.is_empty() || batch.truncate.is_some());
+        let took = if slow {
+            Duration::from_millis(5 + self.rng.below(40))
+        } else {
+            Duration::from_micros(50 + self.rng.below(450))
+        };
+        let (inc, last) = (n.incarnation, batch.last);
+        self.at(
+            took,
+            Ev::DiskDone {
+                node: i,
+                inc,
+                last,
+                sync,
+            },
+        );
+    }
+
+    /// A write-ahead log write returned: mark it persisted (the
+    /// coordinator's own acknowledgement), acknowledge what a replica now
+    /// holds, and write what arrived meanwhile.
+    fn disk_done(&mut self, i: usize, last: LogPos, sync: bool) {
+        let n = &mut self.nodes[i];
+        let disk = n.disk.as_mut().expect("durable");
+        if sync {
+            disk.sync();
+        }
+        disk.busy = false;
+        n.log.set_persisted(last);
+        if let (Some(stream), Some(p)) = (n.follower, n.log.ack_position()) {
+            if self.streams.get(&stream).is_some_and(|s| s.open) {
+                self.send_ack(i, stream, p);
+            }
+        }
+        self.apply(i);
+        self.persist_log(i);
+    }
+
+    /// An installed snapshot is made durable (`persist_installed_snapshot`).
+    fn persist_snapshot(&mut self, i: usize, pos: LogPos) {
+        let n = &mut self.nodes[i];
+        if let Some(d) = n.disk.as_mut() {
+            d.install_snapshot(pos, &n.store);
+        }
+    }
+
+    fn send_ack(&mut self, i: usize, stream: StreamId, last: LogPos) {
+        let c = self.streams[&stream].coordinator;
+        self.send_stream(
+            stream,
+            Endpoint::Node(i),
+            Endpoint::Node(c),
+            Msg::Ack { stream, last },
+        );
     }
 
     // -- clients ----------------------------------------------------------
@@ -1716,8 +1827,17 @@ impl Sim {
         let name = match kind {
             0 => {
                 let i = self.rng.below(n as u64) as usize;
+                let power = self.nodes[i].disk.is_some()
+                    && self.nodes[i].alive
+                    && self.rng.chance(0.5)
+                    && self.may_lose_power(i);
                 self.crash(i);
-                "crash"
+                if power {
+                    self.power_loss(i);
+                    "power loss"
+                } else {
+                    "crash"
+                }
             }
             1 => {
                 let dead: Vec<usize> = (0..n).filter(|&i| !self.nodes[i].alive).collect();
@@ -1731,8 +1851,13 @@ impl Sim {
             2 => {
                 let i = self.rng.below(n as u64) as usize;
                 let d = Duration::from_millis(100 + self.rng.below(900));
-                self.nodes[i].paused_until = Some(self.now + d);
-                "pause"
+                if self.nodes[i].disk.is_some() && self.rng.chance(0.5) {
+                    self.nodes[i].disk_slow_until = Some(self.now + 2 * d);
+                    "slow disk"
+                } else {
+                    self.nodes[i].paused_until = Some(self.now + d);
+                    "pause"
+                }
             }
             3 => {
                 let i = self.rng.below(n as u64) as usize;
@@ -1904,7 +2029,7 @@ impl Sim {
             // 3. Epochs never go down at a node (across its restarts too,
             // unless a server lost its state meanwhile: see `forgets_epoch`).
             let e = core.epoch();
-            if e < self.nodes[i].max_epoch && self.nodes[i].durable {
+            if e < self.nodes[i].max_epoch && self.nodes[i].disk.is_some() {
                 let msg = format!(
                     "node {} went from epoch {} back to {e}",
                     self.nodes[i].id, self.nodes[i].max_epoch
@@ -1940,14 +2065,14 @@ impl Sim {
                 continue;
             };
             let n = &self.nodes[i];
-            if !n.alive && !n.durable {
+            if !n.alive && n.disk.is_none() {
                 continue;
             }
             let st = n.log.state();
             for (pos, what) in &self.acked {
                 let held = n.log.pos_at(pos.index) == Some(*pos)
                     || (pos.index <= st.base.index && st.base.epoch >= pos.epoch);
-                if !held && n.snapshot.is_none() {
+                if !held {
                     let msg = format!(
                         "acknowledged write {what} at {pos} is missing from in-sync node {id} (log {}..{}, base {})",
                         st.base, st.last, st.base

@@ -74,6 +74,20 @@ pub struct Recovered {
     pub took: Duration,
 }
 
+/// Applies the recovered entries through `commit` to `store`, which holds
+/// the snapshot at `base`; returns the position applied. Shared with the
+/// simulator's model of a data directory.
+pub fn apply_recovered(store: &Store, base: LogPos, entries: &[Entry], commit: u64) -> LogPos {
+    let mut delta = Delta::default();
+    let mut applied = base;
+    for e in entries.iter().take_while(|e| e.pos.index <= commit) {
+        store.apply(&e.op, &mut delta);
+        applied = e.pos;
+    }
+    store.commit(applied, delta);
+    applied
+}
+
 fn err(path: &Path, what: &str, e: impl std::fmt::Display) -> Error {
     Error::Storage(format!("{what} {}: {e}", path.display()))
 }
@@ -120,17 +134,7 @@ impl Storage {
             None => LogPos::ZERO,
         };
         let replay = wal::replay(dir, base)?;
-        let mut delta = Delta::default();
-        let mut applied = base;
-        for e in replay
-            .entries
-            .iter()
-            .take_while(|e| e.pos.index <= replay.commit)
-        {
-            store.apply(&e.op, &mut delta);
-            applied = e.pos;
-        }
-        store.commit(applied, delta);
+        let applied = apply_recovered(store, base, &replay.entries, replay.commit);
         let last = replay.entries.last().map(|e| e.pos).unwrap_or(base);
         let policy = FsyncPolicy::parse(&settings.fsync, settings.fsync_interval())
             .map_err(Error::Config)?;

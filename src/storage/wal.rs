@@ -94,8 +94,8 @@ pub fn replay(dir: &Path, base: LogPos) -> Result<Replay> {
         }
     }
     segs.sort_by_key(|s| s.seq);
-    let mut out = Replay::default();
-    let mut last = base;
+    let mut fold = ReplayFold::new(base);
+    let mut bytes_after = 0;
     let n = segs.len();
     for (i, seg) in segs.iter_mut().enumerate() {
         let bytes = fs::read(&seg.path).map_err(|e| storage_err(&seg.path, e))?;
@@ -148,34 +148,75 @@ pub fn replay(dir: &Path, base: LogPos) -> Result<Replay> {
                 WalRecord::SegmentStart { .. } => {
                     return Err(corrupt("second segment header".into()))
                 }
-                WalRecord::Entry(e) => {
-                    if e.pos.index <= base.index {
-                        // Covered by the snapshot.
-                    } else if e.pos.index == last.index + 1 && e.pos.epoch >= last.epoch {
-                        last = e.pos;
-                        out.entries.push(e);
-                    } else {
-                        return Err(corrupt(format!("entry {} cannot follow {last}", e.pos)));
-                    }
-                }
-                WalRecord::Truncate { to } => {
-                    if to.index < last.index {
-                        let keep = to.index.saturating_sub(base.index) as usize;
-                        out.entries.truncate(keep);
-                        last = out.entries.last().map(|e| e.pos).unwrap_or(base);
-                    }
-                }
-                WalRecord::Commit(c) => out.commit = out.commit.max(c),
+                rec => fold.record(rec).map_err(corrupt)?,
             }
             first = false;
         }
         if seg.prev.index >= base.index || i + 1 == n {
-            out.bytes += bytes.len() as u64;
+            bytes_after += bytes.len() as u64;
         }
     }
-    out.commit = out.commit.min(last.index).max(base.index);
-    out.segments = segs;
-    Ok(out)
+    let (entries, commit) = fold.finish();
+    Ok(Replay {
+        entries,
+        commit,
+        segments: segs,
+        bytes: bytes_after,
+    })
+}
+
+/// The rules of recovery, record by record: entries after the snapshot at
+/// `base` must follow one another, a truncation drops a divergent suffix,
+/// the commit is the highest recorded (never past the last entry). Shared
+/// by [`replay`] and the simulator's model of the data directory.
+pub struct ReplayFold {
+    base: LogPos,
+    last: LogPos,
+    entries: Vec<Entry>,
+    commit: u64,
+}
+
+impl ReplayFold {
+    pub fn new(base: LogPos) -> Self {
+        ReplayFold {
+            base,
+            last: base,
+            entries: Vec::new(),
+            commit: 0,
+        }
+    }
+
+    /// Takes one record (not a segment header); `Err` says what is wrong.
+    pub fn record(&mut self, rec: WalRecord) -> std::result::Result<(), String> {
+        match rec {
+            WalRecord::Entry(e) => {
+                if e.pos.index <= self.base.index {
+                    // Covered by the snapshot.
+                } else if e.pos.index == self.last.index + 1 && e.pos.epoch >= self.last.epoch {
+                    self.last = e.pos;
+                    self.entries.push(e);
+                } else {
+                    return Err(format!("entry {} cannot follow {}", e.pos, self.last));
+                }
+            }
+            WalRecord::Truncate { to } => {
+                if to.index < self.last.index {
+                    let keep = to.index.saturating_sub(self.base.index) as usize;
+                    self.entries.truncate(keep);
+                    self.last = self.entries.last().map(|e| e.pos).unwrap_or(self.base);
+                }
+            }
+            WalRecord::Commit(c) => self.commit = self.commit.max(c),
+            WalRecord::SegmentStart { .. } => return Err("second segment header".into()),
+        }
+        Ok(())
+    }
+
+    /// The entries after the base, and the commit index.
+    pub fn finish(self) -> (Vec<Entry>, u64) {
+        let commit = self.commit.min(self.last.index).max(self.base.index);
+        (self.entries, commit)
+    }
 }
 
 fn storage_err(path: &Path, e: std::io::Error) -> Error {
