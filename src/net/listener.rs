@@ -33,6 +33,12 @@ use std::time::{Duration, Instant};
 /// stop flag again.
 pub const POLL: Duration = Duration::from_millis(50);
 
+/// Tells a refused connection why (given the limit).
+pub type Refuse = Box<dyn Fn(&TcpStream, usize) + Send>;
+
+/// Serves one connection.
+pub type Serve = Arc<dyn Fn(TcpStream, &Conn) + Send + Sync>;
+
 /// What a port does with its connections.
 pub struct Service {
     /// Name of the accept thread.
@@ -45,9 +51,9 @@ pub struct Service {
     pub write_timeout: Duration,
     /// Tells a connection over the limit why it is refused (in the port's
     /// protocol); called with a 100 ms write timeout set, then it is closed.
-    pub refuse: Box<dyn Fn(&TcpStream, usize) + Send>,
+    pub refuse: Refuse,
     /// Serves one connection, on its own thread.
-    pub serve: Arc<dyn Fn(TcpStream, &Conn) + Send + Sync>,
+    pub serve: Serve,
 }
 
 /// A listening port and its connections.
