@@ -56,7 +56,8 @@ pub struct Service {
     pub serve: Serve,
 }
 
-/// A listening port and its connections.
+/// A listening port and its connections. Dropping it does not stop it
+/// (as with the node and server that own one); call [`Listener::close`].
 pub struct Listener {
     addr: SocketAddr,
     reg: Arc<Registry>,
@@ -196,14 +197,6 @@ impl Listener {
         for (_, t) in threads {
             let _ = t.join();
         }
-    }
-}
-
-impl Drop for Listener {
-    /// A listener dropped without [`Listener::close`] still stops accepting
-    /// (its connections are left to end on their own).
-    fn drop(&mut self) {
-        self.stop_accepting();
     }
 }
 

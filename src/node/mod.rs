@@ -372,7 +372,8 @@ impl Node {
     ///    on, so a write under way can still commit. This lasts until every
     ///    client connection ended, or [`DRAIN_GRACE`];
     /// 3. the node stops: the log wakes every waiter (a write still
-    ///    waiting is answered "may or may not be applied"), every
+    ///    waiting is answered "may or may not be applied", and its
+    ///    connection gets up to 500 ms more to send that), every
     ///    connection left is shut down and every thread is joined (the
     ///    driver stops a replica's follower thread as it exits).
     ///
@@ -402,6 +403,11 @@ impl Node {
         self.shared.notify(Input::Tick(self.shared.board.get()));
         if let Ok(s) = UdpSocket::bind("127.0.0.1:0") {
             let _ = s.send_to(b"stop", self.beacon_addr);
+        }
+        // A write that was still waiting now has its answer: let it out.
+        let deadline = Instant::now() + Duration::from_millis(500);
+        for l in &self.listeners {
+            l.wait_drained(deadline);
         }
         for l in &mut self.listeners {
             l.close();
