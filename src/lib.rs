@@ -32,6 +32,7 @@ pub mod resp;
 pub mod sentinel;
 pub mod server;
 pub mod servers;
+pub mod signals;
 #[cfg(test)]
 pub mod sim;
 pub mod storage;

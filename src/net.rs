@@ -1,6 +1,8 @@
 //! Small blocking-socket helpers shared by the node, the server and the client:
 //! connect with a timeout, the handshake, one request/response call, and the
-//! per-process connection limit.
+//! per-process connection limit; [`listener`] runs every accept loop.
+
+pub mod listener;
 
 use crate::auth::{self, ClusterKey};
 use crate::wire::{self, ConnKind, ErrorKind, Hello, HelloReply, Opener, Sealer, WireError};

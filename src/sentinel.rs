@@ -11,12 +11,12 @@
 //! so a client given one sentinel can learn the rest.
 
 use crate::core::server::ServerCore;
+use crate::net::listener::Service;
 use crate::resp::{AuthGate, Gate, Limits, Reply};
 use crate::types::Role;
 use crate::wire::{ClusterView, MemberInfo};
 use parking_lot::{Mutex, RwLock};
-use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -33,26 +33,18 @@ pub(crate) struct Context {
     pub peers: Arc<RwLock<Vec<String>>>,
 }
 
-pub(crate) fn accept_loop(ctx: Arc<Context>, listener: TcpListener, stop: Arc<AtomicBool>) {
-    for stream in listener.incoming() {
-        if stop.load(Ordering::Acquire) {
-            break;
-        }
-        let Some(stream) = crate::net::accepted(stream, ctx.deadlines.request) else {
-            continue;
-        };
-        let Some(slot) = ctx.conns.try_acquire() else {
+/// The Sentinel port (see [`crate::net::listener`]).
+pub(crate) fn service(ctx: Arc<Context>) -> Service {
+    Service {
+        name: "sentinel-accept".into(),
+        conn_name: "sentinel-conn".into(),
+        limit: ctx.conns.clone(),
+        write_timeout: ctx.deadlines.request,
+        refuse: Box::new(|stream, _| {
             let _ =
-                std::io::Write::write_all(&mut &stream, b"-ERR max number of clients reached\r\n");
-            continue;
-        };
-        let ctx = ctx.clone();
-        let _ = std::thread::Builder::new()
-            .name("sentinel-conn".into())
-            .spawn(move || {
-                let _slot = slot;
-                serve(&ctx, stream)
-            });
+                std::io::Write::write_all(&mut &*stream, b"-ERR max number of clients reached\r\n");
+        }),
+        serve: Arc::new(move |stream, _| serve(&ctx, stream)),
     }
 }
 

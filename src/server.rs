@@ -1,5 +1,6 @@
 //! The server runtime: a TCP accept thread and one thread per connection
-//! around the [`Arbiter`], which runs every request through the sans-IO
+//! ([`crate::net::listener`]; the Sentinel port, when on, is another) around
+//! the [`Arbiter`], which runs every request through the sans-IO
 //! [`ServerCore`] and records its decisions in the registry store (the state
 //! file by default) before the reply leaves, so nothing the server
 //! acknowledged is forgotten by a restart. A ticker thread lets time-driven
@@ -9,12 +10,13 @@
 use crate::auth::{AuthCounters, Security};
 use crate::config::NodeSettings;
 use crate::errors::{Error, Result};
+use crate::net::listener::{Listener, Service};
 use crate::net::{self, ConnLimit, Deadlines, HandshakeError, TimedStream};
 use crate::registry::etcd::{Presence, ServerPresence};
 use crate::registry::{etcd::EtcdStore, file::FileStore, Arbiter, RegistryStore};
 use crate::wire::{self, AuthStats, ConnKind, ErrorKind, ServerRequest, ServerResponse, WireError};
 use parking_lot::RwLock;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -83,9 +85,14 @@ pub struct Server {
     sentinel_addr: Option<SocketAddr>,
     /// The other servers' Sentinel addresses (`SENTINEL sentinels`).
     sentinel_peers: Arc<RwLock<Vec<String>>>,
-    accept: Option<JoinHandle<()>>,
+    /// The server port and, when on, the Sentinel port.
+    listeners: Vec<Listener>,
     ticker: Option<JoinHandle<()>>,
 }
+
+/// Longest a stopping server lets requests under way finish before it cuts
+/// every connection.
+const DRAIN_GRACE: Duration = Duration::from_secs(2);
 
 impl Server {
     pub fn start(opts: ServerOptions) -> Result<Server> {
@@ -138,11 +145,7 @@ impl Server {
         });
         opts.security.warn_if_open("server");
         net::raise_fd_limit();
-        let sh = shared.clone();
-        let accept = std::thread::Builder::new()
-            .name("server-accept".into())
-            .spawn(move || accept_loop(sh, listener))
-            .expect("spawn accept");
+        let mut listeners = vec![Listener::start(listener, service(shared.clone()))?];
         log::info!("server listening on {addr}");
         let sentinel_peers = Arc::new(RwLock::new(Vec::new()));
         let sentinel_addr = match opts.sentinel_listen {
@@ -158,11 +161,7 @@ impl Server {
                     deadlines: shared.deadlines,
                     peers: sentinel_peers.clone(),
                 });
-                let stop = Arc::new(AtomicBool::new(false));
-                std::thread::Builder::new()
-                    .name("sentinel-accept".into())
-                    .spawn(move || crate::sentinel::accept_loop(ctx, l, stop))
-                    .expect("spawn sentinel");
+                listeners.push(Listener::start(l, crate::sentinel::service(ctx))?);
                 log::info!(
                     "sentinel discovery on {sa} for cluster '{}'",
                     opts.cluster_name
@@ -194,7 +193,7 @@ impl Server {
             addr,
             sentinel_addr,
             sentinel_peers,
-            accept: Some(accept),
+            listeners,
             ticker: Some(ticker),
         })
     }
@@ -213,24 +212,37 @@ impl Server {
         *self.sentinel_peers.write() = peers;
     }
 
-    /// Stops accepting and waits for the accept thread. Connection threads
-    /// end when their peer goes away or at their next request.
+    /// Stops every thread and waits for them: the server and Sentinel
+    /// ports stop accepting; each connection answers the request it is
+    /// serving and ends (idle ones at once), for at most [`DRAIN_GRACE`];
+    /// then every connection left is shut down, and the connection threads
+    /// and the ticker are joined. With etcd, the ticker withdraws this
+    /// server's presence record as it ends.
     pub fn shutdown(mut self) {
+        log::info!("server {}: shutting down", self.addr);
+        for l in &mut self.listeners {
+            l.stop_accepting();
+        }
+        let deadline = Instant::now() + DRAIN_GRACE;
+        for l in &self.listeners {
+            l.drain();
+        }
+        for l in &self.listeners {
+            if !l.wait_drained(deadline) {
+                log::info!(
+                    "connections still busy after {} ms; closing them",
+                    DRAIN_GRACE.as_millis()
+                );
+            }
+        }
         self.shared.shutdown.store(true, Ordering::Release);
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
-        if let Some(t) = self.accept.take() {
-            let _ = t.join();
+        for l in &mut self.listeners {
+            l.close();
         }
         if let Some(t) = self.ticker.take() {
             let _ = t.join();
         }
-    }
-
-    /// Blocks until the accept thread ends.
-    pub fn wait(mut self) {
-        if let Some(t) = self.accept.take() {
-            let _ = t.join();
-        }
+        log::info!("server {}: stopped", self.addr);
     }
 }
 
@@ -294,27 +306,18 @@ fn tick_loop(
     }
 }
 
-fn accept_loop(sh: Arc<Shared>, listener: TcpListener) {
-    for stream in listener.incoming() {
-        if sh.shutdown.load(Ordering::Acquire) {
-            break;
-        }
-        let Some(stream) = net::accepted(stream, sh.deadlines.request) else {
-            continue;
-        };
-        let Some(slot) = sh.conns.try_acquire() else {
-            let (kind, message) = net::too_many(sh.conns.max());
-            let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
-            let _ = wire::write_frame(&mut &stream, &ServerResponse::Error { kind, message });
-            continue;
-        };
-        let sh2 = sh.clone();
-        let _ = std::thread::Builder::new()
-            .name("server-conn".into())
-            .spawn(move || {
-                let _slot = slot;
-                serve(&sh2, stream);
-            });
+/// The server port: members (nodes, other servers' peers) and clients.
+fn service(sh: Arc<Shared>) -> Service {
+    Service {
+        name: "server-accept".into(),
+        conn_name: "server-conn".into(),
+        limit: sh.conns.clone(),
+        write_timeout: sh.deadlines.request,
+        refuse: Box::new(|stream, max| {
+            let (kind, message) = net::too_many(max);
+            let _ = wire::write_frame(&mut &*stream, &ServerResponse::Error { kind, message });
+        }),
+        serve: Arc::new(move |stream, _| serve(&sh, stream)),
     }
 }
 

@@ -42,6 +42,14 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // Before any thread exists, so every thread inherits the mask.
+    let signals = match dkv::signals::Termination::block() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("dkv-node: cannot block SIGTERM/SIGINT: {e}");
+            return ExitCode::from(3);
+        }
+    };
     dkv::init_logging();
     let args = Args::parse();
     let cfg = match &args.config {
@@ -126,9 +134,11 @@ fn main() -> ExitCode {
                     .map(|a| a.to_string())
                     .unwrap_or_else(|| "off".into())
             );
-            loop {
-                std::thread::park();
-            }
+            let sig = signals.wait();
+            log::info!("{sig}: stopping");
+            signals.exit_on_second(1);
+            node.shutdown();
+            ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("dkv-node: {e}");

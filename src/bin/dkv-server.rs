@@ -45,6 +45,14 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // Before any thread exists, so every thread inherits the mask.
+    let signals = match dkv::signals::Termination::block() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("dkv-server: cannot block SIGTERM/SIGINT: {e}");
+            return ExitCode::from(3);
+        }
+    };
     dkv::init_logging();
     let args = Args::parse();
     let cfg = match Config::load(&args.config) {
@@ -122,7 +130,10 @@ fn main() -> ExitCode {
                 Some(s) => println!("dkv-server listening on {} sentinel {s}", server.addr()),
                 None => println!("dkv-server listening on {}", server.addr()),
             }
-            server.wait();
+            let sig = signals.wait();
+            log::info!("{sig}: stopping");
+            signals.exit_on_second(1);
+            server.shutdown();
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -5,7 +5,9 @@
 //!   deadline, feeds inputs, executes actions in order;
 //! * **beacon-rx** — receives UDP beacons, drops garbage, forwards the rest;
 //! * **server-link** — performs the core's server calls one at a time;
-//! * **accept** — accepts TCP connections, one thread per connection, bounded;
+//! * **accept** and **resp-accept** — accept TCP connections, one thread per
+//!   connection, bounded ([`net::listener`], which records every connection so
+//!   shutdown can end it and join its thread);
 //! * **apply** — applies committed entries to the store, answers waiting writes;
 //! * at the coordinator, per replica: a **sender** (the connection thread) and
 //!   an **ack reader**; at a replica, one **follower** thread.
@@ -24,6 +26,7 @@ use crate::config::NodeSettings;
 use crate::core::node::{Action, Call, Input, LocalStatus, NodeCore, Serving};
 use crate::errors::{Error, Result};
 use crate::log::ReplLog;
+use crate::net::listener::{Conn, Listener, Service};
 use crate::net::{self, ConnLimit, HandshakeError, PeerConn, TimedStream};
 use crate::servers::ServerList;
 use crate::storage::Storage;
@@ -35,7 +38,7 @@ use crate::wire::{
 use crossbeam_channel::{bounded, Receiver, Sender};
 use parking_lot::{Mutex, RwLock};
 use socket2::{Domain, Protocol, Socket, Type};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -163,7 +166,14 @@ pub struct Node {
     beacon_addr: SocketAddr,
     resp_addr: Option<SocketAddr>,
     threads: Vec<JoinHandle<()>>,
+    /// The data port and, when on, the RESP port.
+    listeners: Vec<Listener>,
 }
+
+/// Longest a stopping node waits for requests under way (writes waiting for
+/// their commit among them) before it cuts every connection; a write not
+/// committed by then is answered "may or may not be applied".
+const DRAIN_GRACE: Duration = Duration::from_secs(2);
 
 impl Node {
     pub fn id(&self) -> NodeId {
@@ -342,16 +352,9 @@ impl Node {
                 ));
             }
         }
-        {
-            let sh = shared.clone();
-            threads.push(spawn("accept", Box::new(move || accept_loop(sh, listener))));
-        }
+        let mut listeners = vec![Listener::start(listener, data_service(shared.clone()))?];
         if let Some(l) = resp_listener {
-            let sh = shared.clone();
-            threads.push(spawn(
-                "resp-accept",
-                Box::new(move || resp_conn::accept_loop(sh, l)),
-            ));
+            listeners.push(Listener::start(l, resp_conn::service(shared.clone()))?);
         }
         {
             let sh = shared.clone();
@@ -375,21 +378,61 @@ impl Node {
             beacon_addr,
             resp_addr,
             threads,
+            listeners,
         })
     }
 
-    /// Stops every thread and waits for them.
-    pub fn shutdown(self) {
+    /// Stops every thread and waits for them, connection threads included:
+    /// 1. the data and RESP ports stop accepting (and close);
+    /// 2. client connections are drained: each answers the request it is
+    ///    serving, then ends; idle ones end at once. Replication streams go
+    ///    on, so a write under way can still commit. This lasts until every
+    ///    client connection ended, or [`DRAIN_GRACE`];
+    /// 3. the node stops: the log wakes every waiter (a write still
+    ///    waiting is answered "may or may not be applied", and its
+    ///    connection gets up to 500 ms more to send that), every
+    ///    connection left is shut down and every thread is joined (the
+    ///    driver stops a replica's follower thread as it exits).
+    ///
+    /// The node does not hand its role over: a coordinator that stops is
+    /// replaced as after a crash, once its lease ran out.
+    pub fn shutdown(mut self) {
+        log::info!("node {}: shutting down", self.shared.id);
+        for l in &mut self.listeners {
+            l.stop_accepting();
+        }
+        let deadline = Instant::now() + self.shared.settings.write_timeout().min(DRAIN_GRACE);
+        for l in &self.listeners {
+            l.drain();
+        }
+        for l in &self.listeners {
+            if !l.wait_drained(deadline) {
+                log::info!(
+                    "node {}: client connections still busy after {} ms; closing them",
+                    self.shared.id,
+                    DRAIN_GRACE.as_millis()
+                );
+            }
+        }
         self.shared.shutdown.store(true, Ordering::Release);
         self.shared.log.shutdown();
-        // Unblock accept() and the beacon receiver.
-        let _ = TcpStream::connect_timeout(&self.data_addr, Duration::from_millis(200));
+        // Wake the driver and the beacon receiver, so they see the flag now.
+        self.shared.notify(Input::Tick(self.shared.board.get()));
         if let Ok(s) = UdpSocket::bind("127.0.0.1:0") {
             let _ = s.send_to(b"stop", self.beacon_addr);
+        }
+        // A write that was still waiting now has its answer: let it out.
+        let deadline = Instant::now() + Duration::from_millis(500);
+        for l in &self.listeners {
+            l.wait_drained(deadline);
+        }
+        for l in &mut self.listeners {
+            l.close();
         }
         for t in self.threads {
             let _ = t.join();
         }
+        log::info!("node {}: stopped", self.shared.id);
     }
 }
 
@@ -872,37 +915,26 @@ pub(crate) fn apply_available(sh: &Shared) {
     }
 }
 
-fn accept_loop(sh: Arc<Shared>, listener: TcpListener) {
-    for stream in listener.incoming() {
-        if sh.stopping() {
-            break;
-        }
-        let Some(stream) = net::accepted(stream, sh.settings.read_timeout()) else {
-            continue;
-        };
-        let Some(slot) = sh.conns.try_acquire() else {
-            let (kind, message) = net::too_many(sh.settings.max_connections);
-            let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+/// The data port: native clients and replication streams.
+fn data_service(sh: Arc<Shared>) -> Service {
+    let id = sh.id;
+    Service {
+        name: format!("accept-{id}"),
+        conn_name: format!("conn-{id}"),
+        limit: sh.conns.clone(),
+        write_timeout: sh.settings.read_timeout(),
+        refuse: Box::new(|stream, max| {
+            let (kind, message) = net::too_many(max);
             let _ = wire::write_frame(
-                &mut &stream,
+                &mut &*stream,
                 &crate::wire::Response::Error { kind, message },
             );
-            continue;
-        };
-        let sh2 = sh.clone();
-        let res = std::thread::Builder::new()
-            .name(format!("conn-{}", sh.id))
-            .spawn(move || {
-                let _slot = slot;
-                serve_connection(sh2, stream);
-            });
-        if let Err(e) = res {
-            log::warn!("cannot spawn connection thread: {e}");
-        }
+        }),
+        serve: Arc::new(move |stream, conn| serve_connection(sh.clone(), stream, conn)),
     }
 }
 
-fn serve_connection(sh: Arc<Shared>, stream: TcpStream) {
+fn serve_connection(sh: Arc<Shared>, stream: TcpStream, conn: &Conn) {
     let peer = stream
         .peer_addr()
         .map(|a| a.to_string())
@@ -938,6 +970,8 @@ fn serve_connection(sh: Arc<Shared>, stream: TcpStream) {
     match accepted.kind {
         ConnKind::Client => client_conn::serve(&sh, &stream, reader, &peer),
         ConnKind::Follow(req) => {
+            // Writes under way wait for this stream's acks: a drain leaves it.
+            conn.keep_through_drain();
             replication::feed(&sh, stream, req, &peer, accepted.tx, accepted.rx)
         }
         ConnKind::Member => {

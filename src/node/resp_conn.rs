@@ -11,45 +11,41 @@
 
 use super::requests::{finish, Begun, DataPath};
 use super::Shared;
+use crate::net::listener::Service;
 use crate::resp::{AuthGate, Gate, Limits, Reply};
 use crate::types::Role;
 use crate::wire::{ErrorKind, Request, Response};
 use crate::{Client, ClientOptions, Error};
 use std::io::Write;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub(super) fn accept_loop(sh: Arc<Shared>, listener: TcpListener) {
-    for stream in listener.incoming() {
-        if sh.stopping() {
-            break;
-        }
-        let Some(stream) = crate::net::accepted(stream, sh.settings.read_timeout()) else {
-            continue;
-        };
-        let Some(slot) = sh.conns.try_acquire() else {
-            let _ = (&stream).write_all(b"-ERR max number of clients reached\r\n");
-            continue;
-        };
-        let sh2 = sh.clone();
-        let _ = std::thread::Builder::new()
-            .name(format!("resp-{}", sh.id))
-            .spawn(move || {
-                let _slot = slot;
-                Conn {
-                    sh: &sh2,
-                    forward: None,
-                    name: None,
-                    gate: AuthGate::new(sh2.security.password.clone()),
-                    failures: 0,
-                    authenticated: std::rc::Rc::new(std::cell::Cell::new(
-                        sh2.security.password.is_none(),
-                    )),
-                    password: None,
-                }
-                .serve(stream);
-            });
+/// The RESP port, bounded by the same limit as the native port.
+pub(super) fn service(sh: Arc<Shared>) -> Service {
+    let id = sh.id;
+    Service {
+        name: format!("resp-accept-{id}"),
+        conn_name: format!("resp-{id}"),
+        limit: sh.conns.clone(),
+        write_timeout: sh.settings.read_timeout(),
+        refuse: Box::new(|stream, _| {
+            let _ = (&*stream).write_all(b"-ERR max number of clients reached\r\n");
+        }),
+        serve: Arc::new(move |stream, _| {
+            Conn {
+                sh: &sh,
+                forward: None,
+                name: None,
+                gate: AuthGate::new(sh.security.password.clone()),
+                failures: 0,
+                authenticated: std::rc::Rc::new(std::cell::Cell::new(
+                    sh.security.password.is_none(),
+                )),
+                password: None,
+            }
+            .serve(stream)
+        }),
     }
 }
 
