@@ -49,7 +49,7 @@ pub const PASSWORD_ENV: &str = "DKV_PASSWORD";
 pub const MAX_UNAUTHENTICATED_FRAME: usize = 8 * 1024;
 /// The refusal of a frame too large for a connection that has not
 /// authenticated: says why the limit is so small.
-pub fn unauthenticated_too_large(e: &crate::wire::WireError) -> String {
+pub fn unauthenticated_too_large(e: &impl std::fmt::Display) -> String {
     format!(
         "{e}: before AUTH a client may send at most {MAX_UNAUTHENTICATED_FRAME} bytes per frame"
     )

@@ -179,7 +179,7 @@ pub fn replay(dir: &Path, base: LogPos) -> Result<Replay> {
 }
 
 fn storage_err(path: &Path, e: std::io::Error) -> Error {
-    Error::Storage(format!("{}: {e}", path.display()))
+    Error::storage_io(path.display().to_string(), e)
 }
 
 /// The open log, appended to by the WAL thread.

@@ -114,5 +114,4 @@ mod tests {
         // An open node refuses a tagged beacon (trailing bytes).
         assert!(Beacon::decode(&bytes, None).is_err());
     }
-
 }

@@ -73,6 +73,26 @@ pub enum ErrorKind {
     OutOfMemory,
 }
 
+impl crate::errors::Error {
+    /// Maps an error reply from a node or the server.
+    pub fn from_reply(kind: ErrorKind, message: String) -> crate::errors::Error {
+        use crate::errors::Error;
+        match kind {
+            ErrorKind::Unavailable => Error::Unavailable(message),
+            ErrorKind::NotEnoughReplicas => Error::NotEnoughReplicas(message),
+            ErrorKind::Timeout => Error::Indeterminate(message),
+            ErrorKind::KeyTooLarge
+            | ErrorKind::ValueTooLarge
+            | ErrorKind::BadRequest
+            | ErrorKind::TooManyConnections
+            | ErrorKind::VersionMismatch
+            | ErrorKind::StorageFailed => Error::Refused(message),
+            ErrorKind::AuthRequired | ErrorKind::AuthFailed => Error::Auth(message),
+            ErrorKind::OutOfMemory => Error::OutOfMemory(message),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeStatus {
     pub node_id: NodeId,

@@ -30,6 +30,20 @@ impl WireError {
     }
 }
 
+/// A frame that could not be read, as a library error: an IO error stays an
+/// [`Error::Io`](crate::Error::Io); anything else becomes
+/// [`Error::Wire`](crate::Error::Wire) with the `WireError` as its source.
+impl From<WireError> for crate::errors::Error {
+    fn from(e: WireError) -> Self {
+        match e {
+            WireError::Io(e) => crate::errors::Error::Io(e),
+            other => crate::errors::Error::Wire {
+                source: Box::new(other),
+            },
+        }
+    }
+}
+
 fn codec(limit: usize) -> impl Options {
     bincode::DefaultOptions::new()
         .with_varint_encoding()
@@ -160,5 +174,4 @@ mod tests {
         body.extend_from_slice(&(1u64 << 40).to_le_bytes());
         assert!(decode::<Request>(&body, 1 << 20).is_err());
     }
-
 }

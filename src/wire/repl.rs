@@ -75,5 +75,4 @@ mod tests {
         let back: ReplMsg = decode(&encode(&msg), 1 << 20).unwrap();
         assert_eq!(back, msg);
     }
-
 }
