@@ -21,7 +21,11 @@
 //!
 //! **Client password.** Optional (`client-password-file`, or `DKV_PASSWORD`).
 //! A client connection must send `Auth` (native) or `AUTH` (RESP) first;
-//! everything else is refused with "authentication required".
+//! everything else is refused with "authentication required". One [`Gate`]
+//! per connection decides, for every front-end that takes the password: the
+//! node's native and RESP ports, the server's client port and its Sentinel
+//! port. It counts and logs (sampled) wrong passwords and says when a
+//! connection has tried too many.
 //!
 //! Nothing here encrypts: traffic can be read by anyone on the path.
 
@@ -49,7 +53,7 @@ pub const PASSWORD_ENV: &str = "DKV_PASSWORD";
 pub const MAX_UNAUTHENTICATED_FRAME: usize = 8 * 1024;
 /// The refusal of a frame too large for a connection that has not
 /// authenticated: says why the limit is so small.
-pub fn unauthenticated_too_large(e: &crate::wire::WireError) -> String {
+pub fn unauthenticated_too_large(e: &impl std::fmt::Display) -> String {
     format!(
         "{e}: before AUTH a client may send at most {MAX_UNAUTHENTICATED_FRAME} bytes per frame"
     )
@@ -357,6 +361,103 @@ pub fn log_sampled(count: u64, msg: impl FnOnce() -> String) {
     }
 }
 
+/// The refusal of a request sent before the client authenticated (native
+/// protocol, node and server).
+pub const AUTH_REQUIRED: &str = "authentication required: send the client password (AUTH) first";
+/// The refusal of a wrong password (native protocol).
+pub const WRONG_PASSWORD: &str = "invalid password";
+/// The refusal of a password sent where none is configured (native protocol).
+pub const NO_PASSWORD_SET: &str = "AUTH sent but no client password is configured";
+
+/// What [`Gate::admit`] decided about one password.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The password is right: the connection may send anything now.
+    Admitted,
+    /// A wrong password: counted in [`AuthCounters::failed_auth`] and logged
+    /// (sampled). The connection keeps the state it had (one that was
+    /// authenticated stays so); [`Gate::exhausted`] says when to close it.
+    Refused,
+    /// A password was sent but none is configured. Not counted.
+    NoPasswordSet,
+}
+
+/// Who may speak on one client connection: the client password check shared
+/// by every front-end (native protocol at the node and the server, RESP,
+/// Sentinel). The front-end keeps one per connection, parses its protocol's
+/// AUTH, asks [`admit`](Gate::admit), and refuses everything else while
+/// [`is_authenticated`](Gate::is_authenticated) is false.
+#[derive(Clone, Debug)]
+pub struct Gate {
+    expected: Option<Password>,
+    authenticated: bool,
+    failures: u32,
+}
+
+impl Gate {
+    /// A connection to a process that requires `expected` (`None`: no
+    /// password, the connection is authenticated from the start).
+    pub fn new(expected: Option<Password>) -> Gate {
+        Gate {
+            authenticated: expected.is_none(),
+            expected,
+            failures: 0,
+        }
+    }
+
+    /// A connection that proved itself otherwise (a cluster member, by the
+    /// handshake with the cluster secret).
+    pub fn trusted() -> Gate {
+        Gate {
+            expected: None,
+            authenticated: true,
+            failures: 0,
+        }
+    }
+
+    pub fn is_authenticated(&self) -> bool {
+        self.authenticated
+    }
+
+    /// Checks a password. A wrong one bumps `counters.failed_auth` and logs
+    /// `what()` for the 1st, 2nd, 4th, ... failure of the process (see
+    /// [`log_sampled`]).
+    pub fn admit(
+        &mut self,
+        password: &[u8],
+        counters: &AuthCounters,
+        what: impl FnOnce() -> String,
+    ) -> Verdict {
+        let Some(expected) = &self.expected else {
+            return Verdict::NoPasswordSet;
+        };
+        if expected.matches(password) {
+            self.authenticated = true;
+            return Verdict::Admitted;
+        }
+        self.failures += 1;
+        AuthCounters::bump(&counters.failed_auth);
+        log_sampled(AuthCounters::get(&counters.failed_auth), what);
+        Verdict::Refused
+    }
+
+    /// True once the connection tried [`MAX_AUTH_FAILURES`] wrong passwords:
+    /// the front-end closes it after its reply.
+    pub fn exhausted(&self) -> bool {
+        self.failures >= MAX_AUTH_FAILURES
+    }
+
+    /// The largest frame the connection may send now: `authenticated` once
+    /// it is, [`MAX_UNAUTHENTICATED_FRAME`] before.
+    pub fn max_frame(&self, authenticated: usize) -> usize {
+        if self.authenticated {
+            authenticated
+        } else {
+            MAX_UNAUTHENTICATED_FRAME
+        }
+    }
+}
+
 /// What a server or node checks of the processes that talk to it.
 #[derive(Clone, Debug, Default)]
 pub struct Security {
@@ -446,6 +547,51 @@ mod tests {
             BeaconVerdict::Replayed,
             "node 1 is remembered"
         );
+    }
+
+    #[test]
+    fn gate_without_password_admits_everyone_and_refuses_auth() {
+        let c = AuthCounters::default();
+        let mut g = Gate::new(None);
+        assert!(g.is_authenticated());
+        assert_eq!(g.max_frame(1 << 20), 1 << 20);
+        assert_eq!(
+            g.admit(b"x", &c, || unreachable!("nothing to log")),
+            Verdict::NoPasswordSet
+        );
+        assert!(g.is_authenticated() && !g.exhausted());
+        assert_eq!(AuthCounters::get(&c.failed_auth), 0);
+        let mut t = Gate::trusted();
+        assert!(t.is_authenticated());
+        assert_eq!(t.admit(b"x", &c, String::new), Verdict::NoPasswordSet);
+    }
+
+    #[test]
+    fn gate_counts_wrong_passwords_and_closes_after_the_last_allowed() {
+        let c = AuthCounters::default();
+        let mut g = Gate::new(Some(Password::new(b"hunter2")));
+        assert!(!g.is_authenticated());
+        assert_eq!(g.max_frame(1 << 20), MAX_UNAUTHENTICATED_FRAME);
+        for i in 1..MAX_AUTH_FAILURES {
+            assert_eq!(g.admit(b"guess", &c, String::new), Verdict::Refused);
+            assert!(!g.is_authenticated());
+            assert!(!g.exhausted(), "{i} failures");
+        }
+        assert_eq!(
+            AuthCounters::get(&c.failed_auth),
+            (MAX_AUTH_FAILURES - 1) as u64
+        );
+        assert_eq!(g.admit(b"hunter2", &c, String::new), Verdict::Admitted);
+        assert!(g.is_authenticated());
+        assert_eq!(g.max_frame(1 << 20), 1 << 20);
+        // A wrong password after success is counted but does not log out.
+        assert_eq!(g.admit(b"guess", &c, String::new), Verdict::Refused);
+        assert!(g.is_authenticated());
+        assert!(g.exhausted());
+        assert_eq!(AuthCounters::get(&c.failed_auth), MAX_AUTH_FAILURES as u64);
+        // Another connection starts with a clean slate; the counter is the process's.
+        let g2 = Gate::new(Some(Password::new(b"hunter2")));
+        assert!(!g2.exhausted() && !g2.is_authenticated());
     }
 
     #[test]

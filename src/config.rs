@@ -17,6 +17,40 @@ pub const DEFAULT_SERVER_ADDR: &str = "127.0.0.1:12345";
 /// Default server state file, relative to the server's working directory.
 pub const DEFAULT_STATE_FILE: &str = "dkv-server-state.json";
 
+/// When the write-ahead log is forced to stable storage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// Before any acknowledgement: an acknowledged write survives power loss
+    /// of every node. Concurrent writes share one fsync (group commit).
+    Always,
+    /// In the background every interval: a crash of the machine may lose the
+    /// last interval of writes on that node (a process crash loses nothing).
+    Interval(Duration),
+    /// Never explicitly: the operating system writes when it likes.
+    Never,
+}
+
+impl FsyncPolicy {
+    pub fn parse(s: &str, interval: Duration) -> std::result::Result<Self, String> {
+        match s {
+            "always" => Ok(FsyncPolicy::Always),
+            "interval" => Ok(FsyncPolicy::Interval(interval)),
+            "never" => Ok(FsyncPolicy::Never),
+            other => Err(format!(
+                "fsync must be always, interval or never, not '{other}'"
+            )),
+        }
+    }
+}
+
+/// How long a connection may stay silent between requests, and how long one
+/// request (or the handshake) may take to arrive once its first byte did.
+#[derive(Clone, Copy, Debug)]
+pub struct Deadlines {
+    pub idle: Duration,
+    pub request: Duration,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct Config {
@@ -313,8 +347,8 @@ impl NodeSettings {
         Duration::from_millis(self.read_timeout)
     }
     /// Deadlines of a client connection.
-    pub fn client_deadlines(&self) -> crate::net::Deadlines {
-        crate::net::Deadlines {
+    pub fn client_deadlines(&self) -> Deadlines {
+        Deadlines {
             idle: self.client_idle_timeout(),
             request: self.read_timeout(),
         }
@@ -344,7 +378,7 @@ impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::Config(format!("cannot read config file {}: {e}", path.display()))
+            Error::config_io(format!("cannot read config file {}", path.display()), e)
         })?;
         let cfg =
             Config::parse(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
@@ -444,7 +478,7 @@ impl Config {
         if n.min_in_sync == 0 {
             return Err("node-settings.min-in-sync must be at least 1".into());
         }
-        crate::storage::FsyncPolicy::parse(&n.fsync, n.fsync_interval())
+        FsyncPolicy::parse(&n.fsync, n.fsync_interval())
             .map_err(|e| format!("node-settings.{e}"))?;
         if n.fsync_interval == 0 {
             return Err("node-settings.fsync-interval must be at least 1 ms".into());

@@ -1,6 +1,16 @@
 //! Typed errors of the DKV library. The CLIs print them as one sentence.
+//!
+//! This module imports nothing else of the crate: conversions from other
+//! modules' errors live with those errors (`impl From<WireError> for Error`
+//! and `Error::from_reply` in `wire`), so the dependency points at `errors`.
+//!
+//! Where a lower error caused this one (an IO error, a message that could not
+//! be decoded), the variant keeps it as its [`source`](std::error::Error::source),
+//! so a caller can act on it (`io::ErrorKind`, a downcast to
+//! `crate::wire::WireError`). The Display text stays the one sentence it was,
+//! source included, because the CLIs print only Display.
 
-use crate::wire::{ErrorKind, WireError};
+use std::io;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -26,38 +36,90 @@ pub enum Error {
     OutOfMemory(String),
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// A message that could not be read (malformed, too large, forged, or a
+    /// connection closed in the middle); the source is the
+    /// `crate::wire::WireError`. Built by `From<WireError>`, which turns
+    /// `WireError::Io` into [`Error::Io`] instead.
+    #[error("protocol error: {source}")]
+    Wire {
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A configuration or identity file could not be read or written.
+    #[error("invalid configuration: {context}: {source}")]
+    ConfigIo {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("storage: {0}")]
     Storage(String),
+    /// A file of the data directory could not be read, written or synced.
+    #[error("storage: {context}: {source}")]
+    StorageIo {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("{0}")]
-    Io(#[from] std::io::Error),
+    Io(#[from] io::Error),
 }
 
 impl Error {
-    /// Maps an error reply from a node or the server.
-    pub fn from_reply(kind: ErrorKind, message: String) -> Error {
-        match kind {
-            ErrorKind::Unavailable => Error::Unavailable(message),
-            ErrorKind::NotEnoughReplicas => Error::NotEnoughReplicas(message),
-            ErrorKind::Timeout => Error::Indeterminate(message),
-            ErrorKind::KeyTooLarge
-            | ErrorKind::ValueTooLarge
-            | ErrorKind::BadRequest
-            | ErrorKind::TooManyConnections
-            | ErrorKind::VersionMismatch
-            | ErrorKind::StorageFailed => Error::Refused(message),
-            ErrorKind::AuthRequired | ErrorKind::AuthFailed => Error::Auth(message),
-            ErrorKind::OutOfMemory => Error::OutOfMemory(message),
+    /// A storage error caused by `source` (`context` names the file).
+    pub fn storage_io(context: impl Into<String>, source: io::Error) -> Error {
+        Error::StorageIo {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// A configuration error caused by `source` (`context` names the file).
+    pub fn config_io(context: impl Into<String>, source: io::Error) -> Error {
+        Error::ConfigIo {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// The IO error behind this one, if an IO error caused it.
+    pub fn io_error(&self) -> Option<&io::Error> {
+        match self {
+            Error::Io(e) => Some(e),
+            Error::ConfigIo { source, .. } | Error::StorageIo { source, .. } => Some(source),
+            _ => None,
         }
     }
 }
 
-impl From<WireError> for Error {
-    fn from(e: WireError) -> Self {
-        match e {
-            WireError::Io(e) => Error::Io(e),
-            other => Error::Protocol(other.to_string()),
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn io_causes_are_kept_and_printed_as_before() {
+        let e = Error::storage_io(
+            "/d/wal-1.log",
+            io::Error::new(io::ErrorKind::PermissionDenied, "denied"),
+        );
+        assert_eq!(e.to_string(), "storage: /d/wal-1.log: denied");
+        assert_eq!(
+            e.io_error().unwrap().kind(),
+            io::ErrorKind::PermissionDenied
+        );
+        assert!(e.source().unwrap().downcast_ref::<io::Error>().is_some());
+
+        let e = Error::config_io(
+            "cannot read config file c.json",
+            io::ErrorKind::NotFound.into(),
+        );
+        assert!(e
+            .to_string()
+            .starts_with("invalid configuration: cannot read config file c.json: "));
+        assert_eq!(e.io_error().unwrap().kind(), io::ErrorKind::NotFound);
+        assert!(Error::Config("x".into()).source().is_none());
     }
 }

@@ -22,10 +22,7 @@ impl Identity {
     /// incarnation and writes it back before the node says anything.
     pub fn load_or_create(dir: &Path) -> Result<Identity> {
         fs::create_dir_all(dir).map_err(|e| {
-            Error::Config(format!(
-                "cannot create data directory {}: {e}",
-                dir.display()
-            ))
+            Error::config_io(format!("cannot create data directory {}", dir.display()), e)
         })?;
         let path = dir.join(FILE);
         let mut id = match fs::read(&path) {
@@ -33,10 +30,10 @@ impl Identity {
                 .map_err(|e| Error::Config(format!("{} is corrupt: {e}", path.display())))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Identity::default(),
             Err(e) => {
-                return Err(Error::Config(format!(
-                    "cannot read {}: {e}",
-                    path.display()
-                )))
+                return Err(Error::config_io(
+                    format!("cannot read {}", path.display()),
+                    e,
+                ))
             }
         };
         id.incarnation += 1;
@@ -56,7 +53,7 @@ impl Identity {
 pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     let tmp = dir.join(format!("{name}.tmp"));
     let target = dir.join(name);
-    let ctx = |e: std::io::Error| Error::Config(format!("cannot write {}: {e}", target.display()));
+    let ctx = |e: std::io::Error| Error::config_io(format!("cannot write {}", target.display()), e);
     let mut f = fs::File::create(&tmp).map_err(ctx)?;
     f.write_all(bytes).map_err(ctx)?;
     f.sync_all().map_err(ctx)?;

@@ -5,6 +5,7 @@
 pub mod listener;
 
 use crate::auth::{self, ClusterKey};
+pub use crate::config::Deadlines;
 use crate::wire::{self, ConnKind, ErrorKind, Hello, HelloReply, Opener, Sealer, WireError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -264,14 +265,6 @@ pub fn accept_hello(
         tx,
         rx,
     })
-}
-
-/// How long a connection may stay silent between requests, and how long one
-/// request (or the handshake) may take to arrive once its first byte did.
-#[derive(Clone, Copy, Debug)]
-pub struct Deadlines {
-    pub idle: Duration,
-    pub request: Duration,
 }
 
 /// The reading side of an accepted connection, enforcing [`Deadlines`]: a

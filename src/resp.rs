@@ -188,10 +188,11 @@ pub fn auth_password(args: &[Vec<u8>]) -> Result<Option<&[u8]>, Reply> {
 
 /// The client password of one RESP connection: `AUTH`, `HELLO ... AUTH`, and
 /// `-NOAUTH` for anything else until the client authenticated. Shared by the
-/// node's RESP port and the server's Sentinel port.
+/// node's RESP port and the server's Sentinel port; the password check itself
+/// (counting, sampled logging, the limit of wrong tries) is the
+/// [`crate::auth::Gate`] every front-end uses.
 pub struct AuthGate {
-    expected: Option<crate::auth::Password>,
-    authenticated: bool,
+    gate: crate::auth::Gate,
     /// The password the client authenticated with.
     pub password: Option<Vec<u8>>,
 }
@@ -207,60 +208,74 @@ pub const UNAUTHENTICATED: Limits = Limits {
 };
 
 /// What the gate decided about one command.
-pub enum Gate {
+pub enum Gated {
     /// Run the command.
     Run,
-    /// Answer with this reply instead (AUTH's answer, or a refusal).
-    Answer(Reply),
-    /// A wrong password: answer with this reply and count the failure.
-    Failed(Reply),
+    /// Answer with this reply instead (AUTH's answer, or a refusal); `close`
+    /// after it when the client tried too many wrong passwords.
+    Answer { reply: Reply, close: bool },
 }
 
 impl AuthGate {
     pub fn new(expected: Option<crate::auth::Password>) -> AuthGate {
         AuthGate {
-            authenticated: expected.is_none(),
-            expected,
+            gate: crate::auth::Gate::new(expected),
             password: None,
         }
     }
 
     pub fn is_authenticated(&self) -> bool {
-        self.authenticated
+        self.gate.is_authenticated()
     }
 
-    pub fn check(&mut self, args: &[Vec<u8>]) -> Gate {
+    /// One command. A wrong password is counted in `counters` and logged as
+    /// `what()` (sampled).
+    pub fn check(
+        &mut self,
+        args: &[Vec<u8>],
+        counters: &crate::auth::AuthCounters,
+        what: impl FnOnce() -> String,
+    ) -> Gated {
+        use crate::auth::Verdict;
+        let answer = |reply| Gated::Answer {
+            reply,
+            close: false,
+        };
         let cmd = &args[0];
         let is_auth = cmd.eq_ignore_ascii_case(b"AUTH");
         let is_hello = cmd.eq_ignore_ascii_case(b"HELLO");
         if is_auth || is_hello {
             match auth_password(args) {
-                Err(reply) => return Gate::Answer(reply),
+                Err(reply) => return answer(reply),
                 Ok(None) => {}
-                Ok(Some(p)) => {
-                    let Some(expected) = &self.expected else {
-                        return Gate::Answer(Reply::err(
+                Ok(Some(p)) => match self.gate.admit(p, counters, what) {
+                    Verdict::NoPasswordSet => {
+                        return answer(Reply::err(
                             "ERR AUTH <password> called without any password configured for \
                              the default user. Are you sure your configuration is correct?",
-                        ));
-                    };
-                    if !expected.matches(p) {
-                        return Gate::Failed(Reply::err(
-                            "WRONGPASS invalid username-password pair or user is disabled.",
-                        ));
+                        ))
                     }
-                    self.authenticated = true;
-                    self.password = Some(p.to_vec());
-                    if is_auth {
-                        return Gate::Answer(Reply::ok());
+                    Verdict::Refused => {
+                        return Gated::Answer {
+                            reply: Reply::err(
+                                "WRONGPASS invalid username-password pair or user is disabled.",
+                            ),
+                            close: self.gate.exhausted(),
+                        }
                     }
-                }
+                    Verdict::Admitted => {
+                        self.password = Some(p.to_vec());
+                        if is_auth {
+                            return answer(Reply::ok());
+                        }
+                    }
+                },
             }
         }
-        if self.authenticated || cmd.eq_ignore_ascii_case(b"QUIT") {
-            return Gate::Run;
+        if self.gate.is_authenticated() || cmd.eq_ignore_ascii_case(b"QUIT") {
+            return Gated::Run;
         }
-        Gate::Answer(Reply::err(if is_hello {
+        answer(Reply::err(if is_hello {
             "NOAUTH HELLO must be called with the client already authenticated, otherwise the \
              HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and \
              select the RESP protocol version at the same time"
@@ -535,6 +550,54 @@ mod tests {
         assert!(parse(&vec![b'*'; 1 << 20]).is_err());
         // An endless inline command is refused past the limit.
         assert!(parse(&vec![b'a'; 100 * 1024]).is_err());
+    }
+
+    #[test]
+    fn auth_gate_admits_counts_and_closes_like_the_native_gate() {
+        let args = |s: &str| {
+            s.split(' ')
+                .map(|a| a.as_bytes().to_vec())
+                .collect::<Vec<_>>()
+        };
+        let c = crate::auth::AuthCounters::default();
+        let encode = |r: &Reply| {
+            let mut out = Vec::new();
+            r.encode(&mut out);
+            String::from_utf8(out).unwrap()
+        };
+        let reply = |g: Gated| match g {
+            Gated::Run => None,
+            Gated::Answer { reply, close } => Some((encode(&reply), close)),
+        };
+        let mut g = AuthGate::new(Some(crate::auth::Password::new(b"pw")));
+        let (r, close) = reply(g.check(&args("GET k"), &c, String::new)).unwrap();
+        assert!(r.starts_with("-NOAUTH") && !close, "{r}");
+        // A wrong user name is refused but is not a password guess.
+        let (r, _) = reply(g.check(&args("AUTH bob pw"), &c, String::new)).unwrap();
+        assert!(r.starts_with("-WRONGPASS"), "{r}");
+        assert_eq!(crate::auth::AuthCounters::get(&c.failed_auth), 0);
+        let (_, close) = reply(g.check(&args("AUTH x"), &c, String::new)).unwrap();
+        assert!(!close);
+        let (_, close) = reply(g.check(&args("AUTH default x"), &c, String::new)).unwrap();
+        assert!(!close);
+        assert_eq!(crate::auth::AuthCounters::get(&c.failed_auth), 2);
+        // HELLO with the right password lets the HELLO itself run.
+        assert!(reply(g.check(&args("HELLO 2 AUTH default pw"), &c, String::new)).is_none());
+        assert!(g.is_authenticated());
+        assert_eq!(g.password.as_deref(), Some(&b"pw"[..]));
+        assert!(reply(g.check(&args("GET k"), &c, String::new)).is_none());
+        // The third wrong password closes, authenticated or not.
+        let (r, close) = reply(g.check(&args("AUTH y"), &c, String::new)).unwrap();
+        assert!(r.starts_with("-WRONGPASS") && close, "{r}");
+
+        let mut open = AuthGate::new(None);
+        assert!(reply(open.check(&args("GET k"), &c, String::new)).is_none());
+        let (r, close) = reply(open.check(&args("AUTH x"), &c, String::new)).unwrap();
+        assert!(
+            r.starts_with("-ERR AUTH <password> called without") && !close,
+            "{r}"
+        );
+        assert_eq!(crate::auth::AuthCounters::get(&c.failed_auth), 3);
     }
 
     #[test]

@@ -12,7 +12,7 @@
 
 use crate::core::server::ServerCore;
 use crate::net::listener::Service;
-use crate::resp::{AuthGate, Gate, Limits, Reply};
+use crate::resp::{AuthGate, Gated, Limits, Reply};
 use crate::types::Role;
 use crate::wire::{ClusterView, MemberInfo};
 use parking_lot::{Mutex, RwLock};
@@ -56,20 +56,10 @@ fn serve(ctx: &Context, stream: TcpStream) {
         max_command: 64 * 1024,
     };
     let mut gate = AuthGate::new(ctx.password.clone());
-    let mut failures = 0;
     let answer = |args: &[Vec<u8>]| {
-        match gate.check(args) {
-            Gate::Run => {}
-            Gate::Answer(reply) => return (reply, false),
-            Gate::Failed(reply) => {
-                failures += 1;
-                let c = &ctx.counters.failed_auth;
-                crate::auth::AuthCounters::bump(c);
-                crate::auth::log_sampled(crate::auth::AuthCounters::get(c), || {
-                    "Sentinel client: wrong password".to_string()
-                });
-                return (reply, failures >= crate::auth::MAX_AUTH_FAILURES);
-            }
+        let wrong = || "Sentinel client: wrong password".to_string();
+        if let Gated::Answer { reply, close } = gate.check(args, &ctx.counters, wrong) {
+            return (reply, close);
         }
         let (view, down) = {
             let c = ctx.core.lock();

@@ -7,7 +7,7 @@
 //! decisions happen and, with a shared store, reads what other servers
 //! decided.
 
-use crate::auth::{AuthCounters, Security};
+use crate::auth::{AuthCounters, Gate, Security, Verdict};
 use crate::config::NodeSettings;
 use crate::errors::{Error, Result};
 use crate::net::listener::{Listener, Service};
@@ -366,17 +366,16 @@ fn serve(sh: &Shared, stream: TcpStream) {
     };
     // A member proved the cluster secret; a client proves the password.
     // Until then it gets small frames and no more silence than read-timeout.
-    let mut authenticated = member || sh.security.password.is_none();
-    let mut failures = 0;
-    if authenticated {
+    let mut gate = if member {
+        Gate::trusted()
+    } else {
+        Gate::new(sh.security.password.clone())
+    };
+    if gate.is_authenticated() {
         reader.set_idle(sh.deadlines.idle);
     }
     loop {
-        let max = if authenticated {
-            wire::MAX_SERVER_FRAME
-        } else {
-            crate::auth::MAX_UNAUTHENTICATED_FRAME
-        };
+        let max = gate.max_frame(wire::MAX_SERVER_FRAME);
         let req: ServerRequest = match rx.read(&mut reader, max) {
             Ok(r) => r,
             Err(WireError::Closed) => return,
@@ -391,7 +390,7 @@ fn serve(sh: &Shared, stream: TcpStream) {
             Err(e @ (WireError::TooLarge { .. } | WireError::Malformed(_))) => {
                 log::warn!("server connection from {peer}: {e}; closing");
                 let message = match &e {
-                    WireError::TooLarge { .. } if !authenticated => {
+                    WireError::TooLarge { .. } if !gate.is_authenticated() => {
                         crate::auth::unauthenticated_too_large(&e)
                     }
                     e => e.to_string(),
@@ -421,38 +420,28 @@ fn serve(sh: &Shared, stream: TcpStream) {
             message: message.to_string(),
         };
         let resp = match req {
-            ServerRequest::Auth { password } => match &sh.security.password {
-                _ if member => ServerResponse::Authenticated,
-                None => refusal(
-                    ErrorKind::BadRequest,
-                    "AUTH sent but no client password is configured",
-                ),
-                Some(p) if p.matches(&password) => {
-                    authenticated = true;
-                    reader.set_idle(sh.deadlines.idle);
-                    ServerResponse::Authenticated
+            ServerRequest::Auth { .. } if member => ServerResponse::Authenticated,
+            ServerRequest::Auth { password } => {
+                let wrong = || format!("server connection from {peer}: wrong client password");
+                match gate.admit(&password, &sh.counters, wrong) {
+                    Verdict::NoPasswordSet => {
+                        refusal(ErrorKind::BadRequest, crate::auth::NO_PASSWORD_SET)
+                    }
+                    Verdict::Admitted => {
+                        reader.set_idle(sh.deadlines.idle);
+                        ServerResponse::Authenticated
+                    }
+                    Verdict::Refused => refusal(ErrorKind::AuthFailed, crate::auth::WRONG_PASSWORD),
                 }
-                Some(_) => {
-                    failures += 1;
-                    let c = &sh.counters.failed_auth;
-                    AuthCounters::bump(c);
-                    crate::auth::log_sampled(AuthCounters::get(c), || {
-                        format!("server connection from {peer}: wrong client password")
-                    });
-                    refusal(ErrorKind::AuthFailed, "invalid password")
-                }
-            },
+            }
             req if req.is_member_only() && !member => refusal(
                 ErrorKind::AuthFailed,
                 "only cluster members may send this request (a Member connection, with the cluster secret when one is set)",
             ),
-            _ if !authenticated => refusal(
-                ErrorKind::AuthRequired,
-                "authentication required: send the client password (AUTH) first",
-            ),
+            _ if !gate.is_authenticated() => refusal(ErrorKind::AuthRequired, crate::auth::AUTH_REQUIRED),
             req => handle(sh, req),
         };
-        if tx.write(&mut &stream, &resp).is_err() || failures >= crate::auth::MAX_AUTH_FAILURES {
+        if tx.write(&mut &stream, &resp).is_err() || gate.exhausted() {
             return;
         }
     }

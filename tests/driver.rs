@@ -50,10 +50,9 @@ impl Proxy {
                 guard.push(c.try_clone().unwrap());
                 guard.push(up.try_clone().unwrap());
                 drop(guard);
-                for (mut from, mut to) in [
-                    (c.try_clone().unwrap(), up.try_clone().unwrap()),
-                    (up, c),
-                ] {
+                for (mut from, mut to) in
+                    [(c.try_clone().unwrap(), up.try_clone().unwrap()), (up, c)]
+                {
                     std::thread::spawn(move || {
                         let _ = std::io::copy(&mut from, &mut to);
                         let _ = to.shutdown(Shutdown::Both);

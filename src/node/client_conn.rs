@@ -7,6 +7,7 @@
 
 use super::requests::{finish, Begun, DataPath};
 use super::Shared;
+use crate::auth::{self, Gate, Verdict};
 use crate::net::TimedStream;
 use crate::wire::{self, ErrorKind, NodeStatus, Request, Response, WireError};
 use std::net::TcpStream;
@@ -14,19 +15,14 @@ use std::time::Instant;
 
 pub(super) fn serve(sh: &Shared, stream: &TcpStream, mut reader: TimedStream<'_>, peer: &str) {
     let mut out = Vec::with_capacity(256);
-    let mut authenticated = sh.security.password.is_none();
-    let mut failures = 0;
-    if !authenticated {
+    let mut gate = Gate::new(sh.security.password.clone());
+    if !gate.is_authenticated() {
         // Until it authenticates a client gets little: small frames, and no
         // more silence than the read-timeout.
         reader.set_idle(sh.settings.read_timeout());
     }
     loop {
-        let max = if authenticated {
-            sh.settings.max_client_frame()
-        } else {
-            crate::auth::MAX_UNAUTHENTICATED_FRAME
-        };
+        let max = gate.max_frame(sh.settings.max_client_frame());
         let req: Request = match wire::read_frame(&mut reader, max) {
             Ok(r) => r,
             Err(WireError::Closed) => return,
@@ -47,8 +43,8 @@ pub(super) fn serve(sh: &Shared, stream: &TcpStream, mut reader: TimedStream<'_>
                 if explain {
                     out.clear();
                     let message = match &e {
-                        WireError::TooLarge { .. } if !authenticated => {
-                            crate::auth::unauthenticated_too_large(&e)
+                        WireError::TooLarge { .. } if !gate.is_authenticated() => {
+                            auth::unauthenticated_too_large(&e)
                         }
                         e => e.to_string(),
                     };
@@ -64,28 +60,26 @@ pub(super) fn serve(sh: &Shared, stream: &TcpStream, mut reader: TimedStream<'_>
         };
         reader.request_done();
         let resp = match req {
-            Request::Auth { password } => match &sh.security.password {
-                None => Response::Error {
-                    kind: ErrorKind::BadRequest,
-                    message: "AUTH sent but no client password is configured".into(),
-                },
-                Some(p) if p.matches(&password) => {
-                    authenticated = true;
-                    reader.set_idle(sh.settings.client_idle_timeout());
-                    Response::Authenticated
-                }
-                Some(_) => {
-                    failures += 1;
-                    sh.count_failed_auth(peer);
-                    Response::Error {
-                        kind: ErrorKind::AuthFailed,
-                        message: "invalid password".into(),
+            Request::Auth { password } => {
+                let wrong = || format!("client {peer}: wrong password");
+                match gate.admit(&password, &sh.counters, wrong) {
+                    Verdict::NoPasswordSet => Response::Error {
+                        kind: ErrorKind::BadRequest,
+                        message: auth::NO_PASSWORD_SET.into(),
+                    },
+                    Verdict::Admitted => {
+                        reader.set_idle(sh.settings.client_idle_timeout());
+                        Response::Authenticated
                     }
+                    Verdict::Refused => Response::Error {
+                        kind: ErrorKind::AuthFailed,
+                        message: auth::WRONG_PASSWORD.into(),
+                    },
                 }
-            },
-            _ if !authenticated => Response::Error {
+            }
+            _ if !gate.is_authenticated() => Response::Error {
                 kind: ErrorKind::AuthRequired,
-                message: "authentication required: send the client password (AUTH) first".into(),
+                message: auth::AUTH_REQUIRED.into(),
             },
             req => handle(sh, req),
         };
@@ -94,7 +88,7 @@ pub(super) fn serve(sh: &Shared, stream: &TcpStream, mut reader: TimedStream<'_>
         if std::io::Write::write_all(&mut &*stream, &out).is_err() {
             return;
         }
-        if sh.stopping() || failures >= crate::auth::MAX_AUTH_FAILURES {
+        if sh.stopping() || gate.exhausted() {
             return;
         }
     }

@@ -138,16 +138,6 @@ impl Shared {
         }
     }
 
-    /// Counts a wrong client password and logs it (sampled: guessing cannot
-    /// fill the log).
-    pub fn count_failed_auth(&self, peer: &str) {
-        let c = &self.counters.failed_auth;
-        AuthCounters::bump(c);
-        log_sampled(AuthCounters::get(c), || {
-            format!("client {peer}: wrong password")
-        });
-    }
-
     /// Opens an authenticated connection to another cluster member.
     pub fn connect_peer(
         &self,

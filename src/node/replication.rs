@@ -49,7 +49,11 @@ pub(super) fn feed(
     let _ = stream.set_read_timeout(None);
     let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));
     sh.notify_surely(Input::FollowerConnected(id, stream_no));
-    log::info!("node {id} ({peer}) follows from {} ({})", req.last, feeder.how());
+    log::info!(
+        "node {id} ({peer}) follows from {} ({})",
+        req.last,
+        feeder.how()
+    );
 
     let reader = match stream.try_clone() {
         Ok(r) => r,
@@ -222,13 +226,8 @@ fn run_follower(
     refused: &mut bool,
 ) -> Result<(), String> {
     let ctl = &sh.follower;
-    let (mut follower, req) = Follower::start(
-        &sh.log,
-        sh.id,
-        sh.incarnation,
-        epoch,
-        sh.storage.is_some(),
-    )?;
+    let (mut follower, req) =
+        Follower::start(&sh.log, sh.id, sh.incarnation, epoch, sh.storage.is_some())?;
     let last = req.last;
     let conn = sh
         .connect_peer(addr, ConnKind::Follow(req), Duration::from_secs(2))

@@ -12,7 +12,7 @@
 use super::requests::{finish, Begun, DataPath};
 use super::Shared;
 use crate::net::listener::Service;
-use crate::resp::{AuthGate, Gate, Limits, Reply};
+use crate::resp::{AuthGate, Gated, Limits, Reply};
 use crate::types::Role;
 use crate::wire::{ErrorKind, Request, Response};
 use crate::{Client, ClientOptions, Error};
@@ -38,7 +38,6 @@ pub(super) fn service(sh: Arc<Shared>) -> Service {
                 forward: None,
                 name: None,
                 gate: AuthGate::new(sh.security.password.clone()),
-                failures: 0,
                 authenticated: std::rc::Rc::new(std::cell::Cell::new(
                     sh.security.password.is_none(),
                 )),
@@ -59,8 +58,6 @@ struct Conn<'a> {
     forward: Option<Client>,
     name: Option<Vec<u8>>,
     gate: AuthGate,
-    /// Wrong passwords so far; the connection closes at MAX_AUTH_FAILURES.
-    failures: u32,
     /// Whether the gate let this client in; read by the parser's limits.
     authenticated: std::rc::Rc<std::cell::Cell<bool>>,
     /// The password this client authenticated with, for forwarding.
@@ -115,21 +112,17 @@ impl Conn<'_> {
 
     /// One command; the flag closes the connection after the reply.
     fn handle(&mut self, args: &[Vec<u8>]) -> (Reply, bool) {
-        let gate = self.gate.check(args);
+        let gate = self.gate.check(args, &self.sh.counters, || {
+            "client (RESP): wrong password".into()
+        });
         self.authenticated.set(self.gate.is_authenticated());
         if self.gate.password != self.password {
             // Authenticated (again): forward to the coordinator with this password.
             self.password = self.gate.password.clone();
             self.forward = None;
         }
-        match gate {
-            Gate::Run => {}
-            Gate::Answer(reply) => return (reply, false),
-            Gate::Failed(reply) => {
-                self.failures += 1;
-                self.sh.count_failed_auth("(RESP)");
-                return (reply, self.failures >= crate::auth::MAX_AUTH_FAILURES);
-            }
+        if let Gated::Answer { reply, close } = gate {
+            return (reply, close);
         }
         let cmd = upper(&args[0]);
         let n = args.len();

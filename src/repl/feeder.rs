@@ -166,7 +166,13 @@ impl Feeder {
     /// after [`Feeder::on_idle`], or the end of the stream. Waits up to
     /// `wait` for something to send (the simulator passes zero).
     pub fn poll(&mut self, log: &ReplLog, max_bytes: usize, wait: Duration) -> Poll {
-        match log.fetch(self.generation, self.next, self.sent_commit, max_bytes, wait) {
+        match log.fetch(
+            self.generation,
+            self.next,
+            self.sent_commit,
+            max_bytes,
+            wait,
+        ) {
             Fetch::Entries {
                 prev,
                 entries,

@@ -10,10 +10,13 @@ use crate::storage::{apply_recovered, FsyncPolicy};
 use crate::store::Store;
 use crate::types::{Entry, LogPos};
 
+/// Keys and values, as a snapshot file holds them.
+type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
 pub struct Disk {
     pub policy: FsyncPolicy,
     /// The snapshot (written with fsync and rename: always durable).
-    snapshot: (LogPos, Vec<(Vec<u8>, Vec<u8>)>),
+    snapshot: (LogPos, Pairs),
     records: Vec<WalRecord>,
     /// `records[..synced]` are on stable storage.
     synced: usize,
@@ -29,7 +32,8 @@ pub struct Synced {
 
 impl Synced {
     pub fn holds(&self, pos: LogPos) -> bool {
-        (pos.index <= self.base.index && self.base.epoch >= pos.epoch) || self.entries.contains(&pos)
+        (pos.index <= self.base.index && self.base.epoch >= pos.epoch)
+            || self.entries.contains(&pos)
     }
 }
 

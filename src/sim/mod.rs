@@ -53,16 +53,16 @@ use crate::config::NodeSettings;
 use crate::core::node::{Action, Call, Input, LocalStatus, NodeCore, Serving};
 use crate::history::{self, History, KvOp};
 use crate::log::ReplLog;
-use crate::repl::{Feeder, Follower, Poll, Step, IDLE_WAIT};
 use crate::node::requests::{finish, Begun, DataPath};
 use crate::registry::Arbiter;
+use crate::repl::{Feeder, Follower, Poll, Step, IDLE_WAIT};
+use crate::storage::FsyncPolicy;
 use crate::store::Store;
 use crate::types::{Epoch, LogPos, NodeId, Role};
 use crate::wire::{
     ClusterView, ErrorKind, FollowRequest, ReplMsg, Request, Response, ServerRequest,
     ServerResponse,
 };
-use crate::storage::FsyncPolicy;
 use crossbeam_channel::TryRecvError;
 use disk::Disk;
 use net::{Net, Rng};
@@ -676,7 +676,10 @@ impl Sim {
     /// every coordinator's commit set.
     fn may_lose_power(&self, i: usize) -> bool {
         let n = &self.nodes[i];
-        if n.disk.as_ref().is_some_and(|d| d.policy == FsyncPolicy::Always) {
+        if n.disk
+            .as_ref()
+            .is_some_and(|d| d.policy == FsyncPolicy::Always)
+        {
             return true;
         }
         let id = n.id;
@@ -706,7 +709,11 @@ impl Sim {
             }
         }
         let lost = self.nodes[i].disk.as_mut().expect("durable").power_loss();
-        *self.report.faults.entry("records lost to power loss").or_default() += lost as u64;
+        *self
+            .report
+            .faults
+            .entry("records lost to power loss")
+            .or_default() += lost as u64;
     }
 
     fn input(&mut self, i: usize, input: Input) {

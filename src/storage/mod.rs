@@ -15,6 +15,7 @@ pub mod record;
 pub mod snapshot;
 pub mod wal;
 
+pub use crate::config::FsyncPolicy;
 use crate::config::NodeSettings;
 use crate::errors::{Error, Result};
 use crate::identity::Identity;
@@ -24,32 +25,6 @@ use parking_lot::Mutex;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-/// When the write-ahead log is forced to stable storage.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FsyncPolicy {
-    /// Before any acknowledgement: an acknowledged write survives power loss
-    /// of every node. Concurrent writes share one fsync (group commit).
-    Always,
-    /// In the background every interval: a crash of the machine may lose the
-    /// last interval of writes on that node (a process crash loses nothing).
-    Interval(Duration),
-    /// Never explicitly: the operating system writes when it likes.
-    Never,
-}
-
-impl FsyncPolicy {
-    pub fn parse(s: &str, interval: Duration) -> std::result::Result<Self, String> {
-        match s {
-            "always" => Ok(FsyncPolicy::Always),
-            "interval" => Ok(FsyncPolicy::Interval(interval)),
-            "never" => Ok(FsyncPolicy::Never),
-            other => Err(format!(
-                "fsync must be always, interval or never, not '{other}'"
-            )),
-        }
-    }
-}
 
 pub struct Storage {
     pub dir: PathBuf,
@@ -88,8 +63,8 @@ pub fn apply_recovered(store: &Store, base: LogPos, entries: &[Entry], commit: u
     applied
 }
 
-fn err(path: &Path, what: &str, e: impl std::fmt::Display) -> Error {
-    Error::Storage(format!("{what} {}: {e}", path.display()))
+fn err(path: &Path, what: &str, e: std::io::Error) -> Error {
+    Error::storage_io(format!("{what} {}", path.display()), e)
 }
 
 impl Storage {

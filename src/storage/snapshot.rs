@@ -47,8 +47,8 @@ fn parse_name(name: &str) -> Option<LogPos> {
     Some(LogPos::new(e.parse().ok()?, i.parse().ok()?))
 }
 
-fn err(path: &Path, e: impl std::fmt::Display) -> Error {
-    Error::Storage(format!("{}: {e}", path.display()))
+fn err(path: &Path, e: std::io::Error) -> Error {
+    Error::storage_io(path.display().to_string(), e)
 }
 
 /// Writes a snapshot of `store` taken at `pos` into `dir`; returns its path.
@@ -90,7 +90,7 @@ pub fn write(dir: &Path, pos: LogPos, store: &Store) -> Result<PathBuf> {
     }
     record::encode_into(&mut buf, &SnapRecord::End { keys });
     w.write_all(&buf).map_err(|e| err(&tmp, e))?;
-    let f = w.into_inner().map_err(|e| err(&tmp, e.error()))?;
+    let f = w.into_inner().map_err(|e| err(&tmp, e.into_error()))?;
     f.sync_all().map_err(|e| err(&tmp, e))?;
     drop(f);
     fs::rename(&tmp, &target).map_err(|e| err(&target, e))?;

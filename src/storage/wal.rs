@@ -220,7 +220,7 @@ impl ReplayFold {
 }
 
 fn storage_err(path: &Path, e: std::io::Error) -> Error {
-    Error::Storage(format!("{}: {e}", path.display()))
+    Error::storage_io(path.display().to_string(), e)
 }
 
 /// The open log, appended to by the WAL thread.
