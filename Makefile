@@ -68,10 +68,10 @@ durability-bench: build
 	KEYS=$(or $(KEYS),1000000) bash scripts/durability-bench.sh
 
 # Deterministic simulation: SEED=n replays one seed (with TRACE=1 printing
-# every event); SEEDS=N runs seeds 1..N (odd seeds with three servers over a
+# every event); SEEDS=N runs seeds 1..N (FIRST=m: m..N; odd seeds with three servers over a
 # shared store, even seeds with one). make test runs 40.
 sim:
-	DKV_SIM_SEED=$(SEED) DKV_SIM_SEEDS=$(or $(SEEDS),200) DKV_SIM_TRACE=$(TRACE) \
+	DKV_SIM_SEED=$(SEED) DKV_SIM_SEEDS=$(or $(SEEDS),200) DKV_SIM_FIRST=$(FIRST) DKV_SIM_TRACE=$(TRACE) \
 		$(CARGO) test --release --lib sim::tests::simulated -- --nocapture
 
 # Chaos against real processes in network namespaces (root): the HA registry

@@ -171,6 +171,62 @@ struct Sim {
     heard: BTreeMap<(NodeId, NodeId), u64>,
 }
 
+/// The harness's way of doing one node's actions.
+struct HarnessIo<'a> {
+    from: NodeId,
+    now: Instant,
+    now_ms: u64,
+    server: Option<&'a mut ServerCore>,
+    hold: &'a BTreeSet<Call>,
+    held: &'a mut Vec<Held>,
+    log: &'a mut Vec<(u64, NodeId, Action)>,
+    replies: &'a mut Vec<(u64, NodeId, Call, ServerResponse)>,
+    /// Beacons to deliver once the batch ran: (to, beacon).
+    beacons: Vec<(NodeId, Beacon)>,
+}
+
+impl crate::core::exec::NodeIo for HarnessIo<'_> {
+    fn saw(&mut self, a: &Action) {
+        self.log.push((self.now_ms, self.from, a.clone()));
+    }
+
+    fn send_beacon(&mut self, to: Vec<String>, beacon: Beacon) {
+        for addr in &to {
+            self.beacons.push((beacon_addr_owner(addr), beacon.clone()));
+        }
+    }
+
+    fn call_server(&mut self, call: Call, request: ServerRequest) -> crate::core::exec::Called {
+        use crate::core::exec::Called;
+        if self.hold.contains(&call) {
+            self.held.push(Held {
+                ms: self.now_ms,
+                node: self.from,
+                call,
+                request,
+            });
+            return Called::Sent;
+        }
+        let Some(server) = self.server.as_mut() else {
+            return Called::Sent; // in flight forever
+        };
+        let (reply, _) = server.handle(self.now, request);
+        self.replies
+            .push((self.now_ms, self.from, call, reply.clone()));
+        Called::Answered(reply)
+    }
+
+    fn become_coordinator(&mut self, _: Epoch, _: Vec<NodeId>, _: usize) {}
+    fn step_down(&mut self) {}
+    fn follow(&mut self, _: NodeId, _: String, _: Epoch) {}
+    fn add_to_commit_set(&mut self, _: NodeId) -> bool {
+        true // no data path: every replica is caught up
+    }
+    fn remove_from_commit_set(&mut self, _: NodeId) {}
+    fn set_required(&mut self, _: usize) {}
+    fn publish(&mut self, _: Serving) {}
+}
+
 impl Sim {
     fn new(t0: Instant) -> Self {
         Sim {
@@ -300,55 +356,40 @@ impl Sim {
             .0
     }
 
-    /// Executes actions the way the driver would, for what the tests need:
-    /// beacons travel, server calls are answered (or held, or left in flight).
+    /// Executes actions through the driver's own executor
+    /// ([`crate::core::exec::execute`]) with [`HarnessIo`]: beacons travel
+    /// (each delivery's actions run next), server calls are answered (or
+    /// held, or left in flight).
     fn process(&mut self, id: NodeId, out: Vec<Action>) {
         let now = self.now();
-        let mut queue: VecDeque<(NodeId, Action)> = out.into_iter().map(|a| (id, a)).collect();
-        while let Some((from, action)) = queue.pop_front() {
-            self.log.push((self.now_ms, from, action.clone()));
-            match action {
-                Action::SendBeacon { to, beacon } => {
-                    for addr in &to {
-                        let target = beacon_addr_owner(addr);
-                        if self.cut.contains(&(from, target)) {
-                            continue;
-                        }
-                        if let Some(core) = self.nodes.get_mut(&target) {
-                            let more = core.handle(now, Input::Beacon(beacon.clone()));
-                            self.heard.insert((from, target), self.now_ms);
-                            queue.extend(more.into_iter().map(|a| (target, a)));
-                        }
-                    }
+        let mut queue: VecDeque<(NodeId, Vec<Action>)> = VecDeque::from([(id, out)]);
+        while let Some((from, actions)) = queue.pop_front() {
+            let Some(mut core) = self.nodes.remove(&from) else {
+                continue;
+            };
+            let mut io = HarnessIo {
+                from,
+                now,
+                now_ms: self.now_ms,
+                server: self.server.as_mut(),
+                hold: &self.hold,
+                held: &mut self.held,
+                log: &mut self.log,
+                replies: &mut self.replies,
+                beacons: Vec::new(),
+            };
+            crate::core::exec::execute(&mut core, now, actions, &mut io);
+            let beacons = std::mem::take(&mut io.beacons);
+            self.nodes.insert(from, core);
+            for (target, beacon) in beacons {
+                if self.cut.contains(&(from, target)) {
+                    continue;
                 }
-                Action::CallServer { call, request } => {
-                    if self.hold.contains(&call) {
-                        self.held.push(Held {
-                            ms: self.now_ms,
-                            node: from,
-                            call,
-                            request,
-                        });
-                        continue;
-                    }
-                    let Some(server) = self.server.as_mut() else {
-                        continue;
-                    };
-                    let (reply, _) = server.handle(now, request);
-                    self.replies.push((self.now_ms, from, call, reply.clone()));
-                    if let Some(core) = self.nodes.get_mut(&from) {
-                        let more = core.handle(
-                            now,
-                            Input::ServerReply {
-                                call,
-                                sent: now,
-                                reply: Ok(reply),
-                            },
-                        );
-                        queue.extend(more.into_iter().map(|a| (from, a)));
-                    }
+                if let Some(core) = self.nodes.get_mut(&target) {
+                    let more = core.handle(now, Input::Beacon(beacon));
+                    self.heard.insert((from, target), self.now_ms);
+                    queue.push_back((target, more));
                 }
-                _ => {}
             }
         }
     }

@@ -23,6 +23,7 @@ mod resp_conn;
 
 use crate::auth::{log_sampled, AuthCounters, BeaconVerdict, ReplayGuard, Security};
 use crate::config::NodeSettings;
+use crate::core::exec::{self, Called, NodeIo};
 use crate::core::node::{Action, Call, Input, LocalStatus, NodeCore, Serving};
 use crate::errors::{Error, Result};
 use crate::log::ReplLog;
@@ -31,7 +32,7 @@ use crate::net::{self, ConnLimit, HandshakeError, PeerConn, TimedStream};
 use crate::servers::ServerList;
 use crate::storage::Storage;
 use crate::store::Store;
-use crate::types::NodeId;
+use crate::types::{Epoch, NodeId};
 use crate::wire::{
     self, AuthStats, Beacon, ConnKind, ErrorKind, ServerRequest, ServerResponse, WireError,
 };
@@ -572,73 +573,75 @@ impl Driver {
     }
 
     fn execute(&mut self, actions: Vec<Action>) {
-        let sh = self.shared.clone();
-        // A member added to the commit set that fell behind the commit must
-        // not be recorded in sync by this batch's SetIsr (see `core::node`).
-        let mut behind = None;
-        for a in actions {
-            match a {
-                Action::CallServer {
-                    call: Call::SetIsr, ..
-                } if behind.is_some() => {
-                    let id: NodeId = behind.take().expect("behind");
-                    let input = Input::ServerReply {
-                        call: Call::SetIsr,
-                        sent: Instant::now(),
-                        reply: Err(format!(
-                            "replica {id} fell behind the commit before it joined the in-sync set"
-                        )),
-                    };
-                    let more = self.core.handle(Instant::now(), input);
-                    self.execute(more);
-                }
-                Action::SendBeacon { to, mut beacon } => {
-                    beacon.seq = sh.beacon_seq.fetch_add(1, Ordering::Relaxed);
-                    let bytes = beacon.encode(sh.security.cluster_key.as_ref());
-                    for addr in to {
-                        match net::resolve(&addr) {
-                            Ok(sa) => {
-                                if let Err(e) = self.udp.send_to(&bytes, sa) {
-                                    log::debug!("beacon to {addr}: {e}");
-                                }
-                            }
-                            Err(e) => log::debug!("beacon to {addr}: {e}"),
-                        }
+        let mut io = DriverIo {
+            sh: &self.shared,
+            udp: &self.udp,
+            server_tx: &self.server_tx,
+        };
+        exec::execute(&mut self.core, Instant::now(), actions, &mut io);
+    }
+}
+
+/// The node runtime's way of doing the core's actions.
+struct DriverIo<'a> {
+    sh: &'a Shared,
+    udp: &'a UdpSocket,
+    server_tx: &'a Sender<(Call, ServerRequest)>,
+}
+
+impl NodeIo for DriverIo<'_> {
+    fn send_beacon(&mut self, to: Vec<String>, mut beacon: Beacon) {
+        let sh = self.sh;
+        beacon.seq = sh.beacon_seq.fetch_add(1, Ordering::Relaxed);
+        let bytes = beacon.encode(sh.security.cluster_key.as_ref());
+        for addr in to {
+            match net::resolve(&addr) {
+                Ok(sa) => {
+                    if let Err(e) = self.udp.send_to(&bytes, sa) {
+                        log::debug!("beacon to {addr}: {e}");
                     }
                 }
-                Action::CallServer { call, request } => {
-                    if self.server_tx.try_send((call, request)).is_err() {
-                        let input = Input::ServerReply {
-                            call,
-                            sent: Instant::now(),
-                            reply: Err("server link busy".into()),
-                        };
-                        let more = self.core.handle(Instant::now(), input);
-                        self.execute(more);
-                    }
-                }
-                Action::BecomeCoordinator {
-                    epoch,
-                    isr,
-                    required,
-                } => {
-                    // The follower thread ends its stream by itself; the
-                    // log refuses that stream's changes from here on.
-                    sh.follower.set(None);
-                    sh.log.become_leader(sh.id, epoch, &isr, required);
-                }
-                Action::StepDown => sh.log.step_down(),
-                Action::Follow { addr, epoch, .. } => sh.follower.set(Some((addr, epoch))),
-                Action::AddToCommitSet(id) => {
-                    if !sh.log.add_to_commit_set(id) {
-                        behind = Some(id);
-                    }
-                }
-                Action::RemoveFromCommitSet(id) => sh.log.remove_from_commit_set(id),
-                Action::SetRequired(n) => sh.log.set_required(n),
-                Action::Publish(s) => *sh.serving.write() = s,
+                Err(e) => log::debug!("beacon to {addr}: {e}"),
             }
         }
+    }
+
+    fn call_server(&mut self, call: Call, request: ServerRequest) -> Called {
+        match self.server_tx.try_send((call, request)) {
+            Ok(()) => Called::Sent,
+            Err(_) => Called::Failed("server link busy".into()),
+        }
+    }
+
+    fn become_coordinator(&mut self, epoch: Epoch, isr: Vec<NodeId>, required: usize) {
+        // The follower thread ends its stream by itself; the log refuses
+        // that stream's changes from here on.
+        self.sh.follower.set(None);
+        self.sh.log.become_leader(self.sh.id, epoch, &isr, required);
+    }
+
+    fn step_down(&mut self) {
+        self.sh.log.step_down();
+    }
+
+    fn follow(&mut self, _coordinator: NodeId, addr: String, epoch: Epoch) {
+        self.sh.follower.set(Some((addr, epoch)));
+    }
+
+    fn add_to_commit_set(&mut self, id: NodeId) -> bool {
+        self.sh.log.add_to_commit_set(id)
+    }
+
+    fn remove_from_commit_set(&mut self, id: NodeId) {
+        self.sh.log.remove_from_commit_set(id);
+    }
+
+    fn set_required(&mut self, n: usize) {
+        self.sh.log.set_required(n);
+    }
+
+    fn publish(&mut self, serving: Serving) {
+        *self.sh.serving.write() = serving;
     }
 }
 
