@@ -438,6 +438,8 @@ pub struct Sim {
     failure: Option<String>,
     /// `DKV_SIM_TRACE=1`: print every event (for replaying a failing seed).
     trace: bool,
+    /// No new fault before this instant (a server's rejoin window).
+    faults_held_until: Option<Instant>,
 }
 
 const TICK: Duration = Duration::from_millis(10);
@@ -532,6 +534,7 @@ impl Sim {
             report: SimReport::default(),
             failure: None,
             trace: std::env::var("DKV_SIM_TRACE").is_ok_and(|v| v == "1"),
+            faults_held_until: None,
         };
         if sim.servers.len() > 1 {
             for c in 0..sim.cfg.clients {
@@ -1047,7 +1050,10 @@ impl Sim {
             Ev::Fault => {
                 if loading {
                     self.fault();
-                    let d = Duration::from_millis(300 + self.rng.below(1500));
+                    let mut d = Duration::from_millis(300 + self.rng.below(1500));
+                    if let Some(until) = self.faults_held_until.take() {
+                        d = d.max(until - self.now);
+                    }
                     self.at(d, Ev::Fault);
                 }
             }
@@ -1916,7 +1922,24 @@ impl Sim {
             }
             7 if !ha => {
                 self.kill_server(0);
-                if self.rng.chance(1.0 / 3.0) {
+                // Recovery from lost state is promised when the running nodes
+                // can reach the restarted server within the rejoin window: a
+                // server that hears from nobody cannot tell a lost cluster
+                // from none, and lets a new node found one after the window
+                // (README, "Server restarts"). So state is lost only while
+                // every running node reaches the server, and no new fault
+                // comes before the window has passed.
+                let reachable = (0..n).all(|i| {
+                    let nd = &self.nodes[i];
+                    !nd.alive
+                        || (nd.paused_until.is_none_or(|t| self.now >= t)
+                            && !self.net.blocked(Endpoint::Node(i), Endpoint::Server(0))
+                            && !self.net.blocked(Endpoint::Server(0), Endpoint::Node(i)))
+                });
+                if self.rng.chance(1.0 / 3.0) && reachable {
+                    let window = self.settings.failure_timeout()
+                        + 2 * self.settings.server_update_interval();
+                    self.faults_held_until = Some(self.now + window * 2);
                     // It lost its state file: an empty store. The nodes
                     // rejoin and the server recovers from their reports.
                     let seed = self.rng.next();
