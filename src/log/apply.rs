@@ -80,6 +80,11 @@ impl ReplLog {
         if pos.index <= g.applied {
             return; // a reset happened meanwhile
         }
+        assert!(
+            pos.index <= g.commit,
+            "applying {pos} past the commit index {}",
+            g.commit
+        );
         g.applied = pos.index;
         if let Some(l) = g.leader.as_mut() {
             for (index, outcome) in outcomes {
@@ -105,6 +110,7 @@ impl ReplLog {
                 _ => break,
             }
         }
+        g.assert_positions();
     }
 }
 
@@ -113,6 +119,15 @@ mod tests {
     use super::*;
     use crate::log::test_put as put;
     use crate::log::Fetch;
+
+    #[test]
+    #[should_panic(expected = "past the commit index")]
+    fn applying_past_the_commit_panics() {
+        let log = ReplLog::new(10, false);
+        log.become_leader(1, 1, &[1, 2], 1);
+        log.append_leader(put("a")).unwrap(); // not committed: 2 has not acked
+        log.finish_apply(LogPos::new(1, 1), &[]);
+    }
 
     #[test]
     fn fetch_reports_snapshot_need_after_trim() {

@@ -127,6 +127,12 @@ impl ReplLog {
 
     /// Drops everything: a snapshot taken at `pos` is being installed by
     /// the stream holding `token`. Caller holds the apply guard.
+    ///
+    /// The one place the commit index may go down: the whole log and store
+    /// are replaced by the coordinator's. Normally `pos` is at or past this
+    /// replica's commit (a committed entry is in every later coordinator's
+    /// log, so the replica would have resumed instead); after an operator's
+    /// `--recover-from-nodes` appointed a less complete node it can be below.
     pub fn reset(&self, token: u64, pos: LogPos) -> Result<(), String> {
         let mut g = self.inner.lock();
         g.check_stream(token)?;
@@ -140,6 +146,7 @@ impl ReplLog {
         g.confirmed = pos;
         g.pending_truncate = None;
         g.generation += 1;
+        g.assert_positions();
         self.changed.notify_all();
         Ok(())
     }

@@ -118,12 +118,35 @@ impl Inner {
     }
 
     /// Raises the commit index; true when it moved (wake the applier).
+    /// Never lowers it: this guard is what keeps the commit index from going
+    /// down (a replica hears commits from a coordinator that may be behind
+    /// what it already knows, and a coordinator's `Progress` never reports
+    /// a lower one).
     fn set_commit(&mut self, c: u64) -> bool {
         if c > self.commit {
             self.commit = c;
             return true;
         }
         false
+    }
+
+    /// The order of the log's positions: base ≤ applied ≤ commit. Checked
+    /// where applied, commit or base are set other than by raising the
+    /// commit (which only widens the gap): `finish_apply` and its trim,
+    /// `restore`, `reset`. O(1).
+    fn assert_positions(&self) {
+        assert!(
+            self.applied <= self.commit,
+            "applied index {} exceeds the commit index {}",
+            self.applied,
+            self.commit
+        );
+        assert!(
+            self.base.index <= self.applied,
+            "log base {} is past the applied index {}",
+            self.base,
+            self.applied
+        );
     }
 }
 
@@ -203,15 +226,25 @@ impl ReplLog {
     /// already applied to the store) through `commit`. All of it is on disk.
     pub fn restore(&self, base: LogPos, entries: Vec<Entry>, commit: u64) {
         let mut g = self.inner.lock();
+        assert!(
+            commit >= g.commit,
+            "restore would lower the commit index from {} to {commit}",
+            g.commit
+        );
         g.base = base;
         g.entries = entries.into_iter().map(Arc::new).collect();
         let last = g.last().index;
+        assert!(
+            commit <= last,
+            "restored commit index {commit} is past the log's last entry {last}"
+        );
         g.epoch = g.epoch.max(g.last().epoch);
         g.commit = commit;
         g.applied = commit;
         g.written = last;
         g.persisted = last;
         g.commit_written = commit;
+        g.assert_positions();
     }
 
     /// Raises the known epoch; returns false if `epoch` is below it.
@@ -251,5 +284,32 @@ fn test_put(k: &str) -> crate::types::Op {
     crate::types::Op::Put {
         key: k.into(),
         value: b"v".to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[should_panic(expected = "restore would lower the commit index")]
+    fn restoring_a_lower_commit_panics() {
+        let log = ReplLog::new(10, false);
+        log.become_leader(1, 1, &[1], 1);
+        log.append_leader(test_put("a")).unwrap();
+        assert_eq!(log.state().commit, 1);
+        log.restore(LogPos::ZERO, vec![], 0);
+    }
+
+    #[test]
+    #[should_panic(expected = "past the log's last entry")]
+    fn restoring_a_commit_past_the_log_panics() {
+        ReplLog::new(10, false).restore(LogPos::ZERO, vec![], 1);
+    }
+
+    #[test]
+    #[should_panic(expected = "is past the applied index")]
+    fn restoring_a_base_past_the_commit_panics() {
+        ReplLog::new(10, false).restore(LogPos::new(1, 5), vec![], 3);
     }
 }

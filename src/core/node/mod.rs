@@ -413,6 +413,16 @@ mod tests {
         }
     }
 
+    /// The server keeps it (and asserts it there); the node checks it in
+    /// debug builds when it takes the role.
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "not in the recorded in-sync set")]
+    fn a_coordinator_outside_its_recorded_in_sync_set_is_a_bug() {
+        let now = Instant::now();
+        let _ = NodeCore::new(1, 1, &settings(), view(1, 1, &[2], &[1, 2]), now);
+    }
+
     #[test]
     fn replica_follows_the_coordinator() {
         let now = Instant::now();
