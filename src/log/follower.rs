@@ -231,9 +231,16 @@ mod tests {
         };
         let last = replica.append_follower(2, prev, entries, commit).unwrap();
         assert_eq!(last, LogPos::new(2, 3), "1.3 and 1.4 were dropped");
-        // Nothing in common beyond the base: a snapshot is needed.
+        // Entries are unique by (epoch, index): a replica ending at 1.4
+        // shares 1.2, the coordinator's last entry of epoch 1, whatever
+        // commit it reports.
         assert_eq!(
             coord.resume_point(LogPos::new(1, 4), LogPos::new(7, 2)),
+            Some(LogPos::new(1, 2))
+        );
+        // Nothing in common beyond the base: a snapshot is needed.
+        assert_eq!(
+            coord.resume_point(LogPos::new(3, 4), LogPos::new(7, 2)),
             None
         );
     }

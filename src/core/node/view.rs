@@ -8,7 +8,7 @@
 //! * the coordinator of the view's epoch follows the in-sync set the server
 //!   recorded and the required size;
 //! * anyone else at an unchanged epoch makes sure it follows the coordinator;
-//! * otherwise the node [enters the view's epoch](NodeCore::enter_epoch):
+//! * otherwise the node enters the view's epoch (`enter_epoch`):
 //!   it becomes coordinator if the view names it (stepping down first from an
 //!   older epoch it coordinated), else a replica that follows the new one.
 
