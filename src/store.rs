@@ -1,7 +1,9 @@
 //! The key-value map: a sharded, parking_lot-guarded `HashMap`, plus the
 //! position it reflects and a digest of its contents.
 //!
-//! Only one thread writes (the apply thread); readers take a shard read lock.
+//! One thread at a time writes: whoever holds the log's apply guard (the
+//! thread that moved the commit, or the apply thread; see [`crate::log`]).
+//! Readers take a shard read lock.
 //! The digest is an order-independent sum of a hash of every (key, value)
 //! pair, kept up to date at each apply, so two nodes at the same applied
 //! position have equal digests exactly when their maps are equal (up to hash

@@ -34,6 +34,22 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// `p` with `.` and `..` resolved without touching the file system (a
+/// `#[path = "../x.rs"]` names a file outside the including module's folder).
+fn lexical(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Drops comment lines and `#[cfg(test)] mod x { ... }` blocks; collects the
 /// files of `#[cfg(test)] mod x;` items (with or without `#[path]`).
 fn strip_test_code(file: &Path, text: &str, test_files: &mut BTreeSet<PathBuf>) -> String {
@@ -61,7 +77,7 @@ fn strip_test_code(file: &Path, text: &str, test_files: &mut BTreeSet<PathBuf>) 
                 let dir = file.parent().unwrap();
                 match path_attr {
                     Some(p) => {
-                        test_files.insert(dir.join(p));
+                        test_files.insert(lexical(&dir.join(p)));
                     }
                     None => {
                         test_files.insert(dir.join(format!("{name}.rs")));

@@ -115,6 +115,11 @@ impl Progress {
             .map(|id| self.matched.get(id).copied().unwrap_or(0))
             .min()
             .unwrap_or(0);
+        // The commit index never goes down, and this guard is what keeps it:
+        // a member added behind the commit (`add_to_commit_set`) lowers the
+        // minimum, and the commit stays where it is until the member catches
+        // up (an assertion after it could not fire; `commit_never_goes_down`
+        // shows it).
         if min > self.commit {
             self.commit = min;
             Some(min)
