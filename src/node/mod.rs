@@ -889,9 +889,11 @@ fn apply_loop(sh: Arc<Shared>) {
 }
 
 /// Applies every committed entry not yet applied, answers their writers and
-/// publishes the new position. Call with the apply guard held. The apply
-/// thread calls it when woken; at the coordinator the ack reader that moved
-/// the commit index calls it directly, saving a thread hand-off per commit.
+/// publishes the new position. Call with the apply guard held. At the
+/// coordinator the ack reader that moved the commit index calls it directly,
+/// and at a replica the follower thread does, saving a thread hand-off per
+/// commit; the apply thread calls it when woken for what they could not take
+/// (another thread held the guard, or the wal thread moved the commit).
 pub(crate) fn apply_available(sh: &Shared) {
     let mut applied = false;
     while sh.log.apply_committed(&sh.store, 4096).is_some() {
