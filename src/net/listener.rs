@@ -95,7 +95,8 @@ struct Tracked {
 pub struct Conn {
     reg: Arc<Registry>,
     id: u64,
-    _slot: ConnSlot,
+    /// Released first, so a connection seen gone has its slot back.
+    slot: Option<ConnSlot>,
 }
 
 impl Conn {
@@ -117,6 +118,7 @@ impl Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
+        drop(self.slot.take());
         let mut live = self.reg.live.lock();
         live.conns.remove(&self.id);
         live.finished.push(self.id);
@@ -262,7 +264,7 @@ fn admit(reg: &Arc<Registry>, service: &Service, stream: TcpStream) {
         Conn {
             reg: reg.clone(),
             id,
-            _slot: slot,
+            slot: Some(slot),
         }
     };
     let id = conn.id;
