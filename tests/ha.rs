@@ -399,7 +399,18 @@ fn with_etcd_down_changes_are_refused_and_the_cluster_comes_back_with_it() {
     report(&log, &claims);
     claims.assert_one_coordinator_per_epoch();
     assert_all_read_back(&list, &log);
-    let v = c.view();
+    // The coordinator stepped down while etcd was away and may be elected
+    // again only now: wait for every server to show the same coordinator
+    // (one server's cached view may still be the old one).
+    let mut v = c.view();
+    wait_until("every server to show the same coordinator", || {
+        v = c.view();
+        v.coordinator.is_some()
+            && c.live_servers().into_iter().all(|i| {
+                c.view_from(i)
+                    .is_ok_and(|w| (w.epoch, w.coordinator) == (v.epoch, v.coordinator))
+            })
+    });
     assert_eq!(v.members.len(), 3, "the refused registration left no trace");
     assert_settled(&c, &[0, 1, 2], v.epoch, v.coordinator.unwrap());
 }
