@@ -17,7 +17,9 @@ use std::time::Duration;
 /// hangs for its whole timeout.
 struct Proxy {
     addr: SocketAddr,
-    listener: Arc<Socket>,
+    /// Kept open: once the accept thread has stopped, its full accept queue
+    /// is what drops new SYNs.
+    _listener: Arc<Socket>,
     hole: Arc<AtomicBool>,
     conns: Arc<Mutex<Vec<TcpStream>>>,
     fillers: Vec<TcpStream>,
@@ -62,7 +64,7 @@ impl Proxy {
         });
         Proxy {
             addr,
-            listener,
+            _listener: listener,
             hole,
             conns,
             fillers: Vec::new(),
@@ -87,9 +89,9 @@ impl Proxy {
 }
 
 impl Drop for Proxy {
+    /// Ends the accept thread; the listener closes with the proxy.
     fn drop(&mut self) {
         self.hole.store(true, Ordering::Release);
-        let _ = &self.listener;
     }
 }
 
