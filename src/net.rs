@@ -59,6 +59,44 @@ pub fn accepted(r: io::Result<TcpStream>, write_timeout: Duration) -> Option<Tcp
     }
 }
 
+/// How long a connection closed after a final reply keeps reading what the
+/// client still sends (see [`close_after_reply`]).
+pub const LINGER: Duration = Duration::from_secs(1);
+
+/// The most a lingering close reads and discards.
+pub const LINGER_MAX_BYTES: usize = 64 << 20;
+
+/// Closes a connection after its final reply (a refusal, a protocol error)
+/// so the client can read that reply. Closing a socket whose receive buffer
+/// still holds unread bytes makes the kernel send a reset, and a client
+/// still writing (the rest of an oversized value, say) then sees "connection
+/// reset" instead of the reason. So: send FIN, then read and discard what
+/// arrives until the client closes, `linger` passes or
+/// [`LINGER_MAX_BYTES`] were read. `linger` zero only takes what is
+/// already buffered, without waiting (for the accept thread).
+pub fn close_after_reply(stream: &TcpStream, linger: Duration) {
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let deadline = Instant::now() + linger;
+    if linger.is_zero() {
+        let _ = stream.set_nonblocking(true);
+    }
+    let mut buf = [0u8; 64 * 1024];
+    let mut read = 0usize;
+    while read < LINGER_MAX_BYTES {
+        if !linger.is_zero() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+                break;
+            }
+        }
+        match (&*stream).read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => read += n,
+        }
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+}
+
 /// Binds a TCP listener; the error names the address.
 pub fn listen(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     std::net::TcpListener::bind(addr)

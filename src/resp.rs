@@ -5,7 +5,8 @@
 //! [`parse_command`] until it returns `Ok(None)` (need more bytes), so many
 //! pipelined commands in one read are handled in order. Every length is
 //! bounded by [`Limits`]; anything malformed is a [`RespError`] whose text is
-//! sent back as `-ERR Protocol error: ...` before the connection is closed.
+//! sent back as `-ERR Protocol error: ...` before the connection is closed
+//! (a lingering close: see [`crate::net::close_after_reply`]).
 
 /// Serves one RESP connection: reads, answers every complete command with
 /// `handle` (the reply, and whether to close after it), and writes all the
@@ -68,7 +69,9 @@ pub fn serve(
                 Ok(None) => break,
                 Err(e) => {
                     Reply::err(format!("ERR Protocol error: {}", e.0)).encode(&mut out);
-                    let _ = (&*stream).write_all(&out);
+                    if (&*stream).write_all(&out).is_ok() {
+                        crate::net::close_after_reply(stream, crate::net::LINGER);
+                    }
                     return Err(e);
                 }
             }
@@ -88,7 +91,11 @@ pub fn serve(
             }
             out.clear();
         }
-        if close || stop() {
+        if close {
+            crate::net::close_after_reply(stream, crate::net::LINGER);
+            return Ok(());
+        }
+        if stop() {
             return Ok(());
         }
     }

@@ -241,6 +241,9 @@ fn admit(reg: &Arc<Registry>, service: &Service, stream: TcpStream) {
     let Some(slot) = service.limit.try_acquire() else {
         let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
         (service.refuse)(&stream, service.limit.max());
+        // On the accept thread: take what the client already sent (so
+        // closing does not reset the refusal away), never wait for more.
+        super::close_after_reply(&stream, Duration::ZERO);
         return;
     };
     let clone = match stream.try_clone() {

@@ -106,7 +106,7 @@ impl Conn<'_> {
             |args| self.handle(args),
             || sh.stopping(),
         ) {
-            log::warn!("RESP client: protocol error: {}; closing", e.0);
+            log::info!("RESP client: protocol error: {}; told it and closed", e.0);
         }
     }
 
