@@ -54,7 +54,12 @@ pub struct EtcdRegistry {
 
 impl std::fmt::Debug for EtcdRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "etcd {:?} under {}", self.etcd.endpoints(), self.prefix)
+        write!(
+            f,
+            "etcd {} under {}",
+            self.etcd.endpoints().join(","),
+            self.prefix
+        )
     }
 }
 
@@ -359,8 +364,11 @@ fn serve(sh: &Shared, stream: TcpStream) {
     let member = match kind {
         ConnKind::Client => false,
         ConnKind::Member => true,
-        other => {
-            log::warn!("server connection from {peer}: unexpected kind {other:?}");
+        ConnKind::Follow(req) => {
+            log::warn!(
+                "server connection from {peer}: node {} asked for a replication stream, which only a coordinator serves; this is the server's port",
+                req.node_id
+            );
             return;
         }
     };

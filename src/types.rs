@@ -7,6 +7,17 @@ use std::fmt;
 /// A node's identity, assigned by the server at first registration.
 pub type NodeId = u64;
 
+/// Node ids as people read them in logs and errors: `{1, 2, 3}`.
+pub fn fmt_ids<'a>(ids: impl IntoIterator<Item = &'a NodeId>) -> String {
+    let v: Vec<String> = ids.into_iter().map(|i| i.to_string()).collect();
+    format!("{{{}}}", v.join(", "))
+}
+
+/// A coordinator that may be unknown, as people read it: `node 3`, `none`.
+pub fn fmt_coordinator(c: Option<NodeId>) -> String {
+    c.map_or_else(|| "none".to_string(), |c| format!("node {c}"))
+}
+
 /// A coordinator term. Only the server grants epochs; every coordinator change
 /// increments it. Epoch 0 means "no coordinator was ever granted".
 pub type Epoch = u64;

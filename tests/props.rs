@@ -27,7 +27,7 @@ use dkv::storage::wal::WalRecord;
 use dkv::types::{Entry, LogPos, Op, Role};
 use dkv::wire::{
     self, AuthStats, Beacon, ClusterView, ConnKind, ErrorKind, FollowRequest, Hello, HelloReply,
-    MemberInfo, MemberReport, NodeStatus, Opener, RejoinReport, ReplAck, ReplMsg, Request,
+    MemberInfo, MemberReport, NodeStatus, Opener, Refusal, RejoinReport, ReplAck, ReplMsg, Request,
     Response, Sealer, ServerRequest, ServerResponse, WireError,
 };
 use proptest::collection::vec;
@@ -213,7 +213,21 @@ fn repl_msg() -> impl Strategy<Value = ReplMsg> {
                 commit,
             }
         ),
-        (any::<u64>(), text()).prop_map(|(epoch, reason)| ReplMsg::Refused { epoch, reason }),
+        (
+            any::<u64>(),
+            prop_oneof![
+                Just(Refusal::NotCoordinator),
+                Just(Refusal::OwnStream),
+                any::<u64>().prop_map(Refusal::NotMember),
+                (any::<u64>(), any::<u64>()).prop_map(|(replica, coordinator)| {
+                    Refusal::NewerEpoch {
+                        replica,
+                        coordinator,
+                    }
+                }),
+            ]
+        )
+            .prop_map(|(epoch, why)| ReplMsg::Refused { epoch, why }),
     ]
 }
 
@@ -1348,7 +1362,7 @@ fn seeds() -> Vec<(&'static str, Seeds)> {
                 "refused",
                 ReplMsg::Refused {
                     epoch: 4,
-                    reason: "not the coordinator".into(),
+                    why: Refusal::NotCoordinator,
                 },
             ),
         ],

@@ -1049,6 +1049,7 @@ fn a_refused_follow_connection_suspects_the_coordinator_at_once() {
         Input::FollowLost {
             reason: "connection reset".into(),
             refused: false,
+            expected: false,
         },
     );
     assert!(!out
@@ -1078,6 +1079,7 @@ fn a_refused_follow_connection_suspects_the_coordinator_at_once() {
         Input::FollowLost {
             reason: "connection refused".into(),
             refused: true,
+            expected: false,
         },
     );
     assert_eq!(sim.node(2).role(), Role::Candidate);

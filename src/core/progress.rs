@@ -8,7 +8,13 @@
 //! * a member is added to the commit set *before* the server records it in the
 //!   in-sync set, and removed only *after* the server recorded its removal
 //!   (the caller orders that), so the recorded set is always a subset of the
-//!   members that hold every committed entry.
+//!   members that hold every committed entry;
+//! * a replica is *caught up* (may join) only once it holds every entry a
+//!   client may have been told is acknowledged: every committed entry, and
+//!   every entry the log held when this coordinator took over. A previous
+//!   coordinator may have acknowledged those without this one knowing (its
+//!   commit index can lag what the old one committed), so until this
+//!   coordinator's own commit passes them, they count as acknowledged.
 
 use crate::types::NodeId;
 use std::collections::{BTreeMap, BTreeSet};
@@ -23,12 +29,16 @@ pub struct Progress {
     /// Replicas with a live stream.
     connected: BTreeSet<NodeId>,
     commit: u64,
+    /// The log's last index when this coordinator took over: entries up to
+    /// it may have been acknowledged under an earlier epoch.
+    inherited: u64,
 }
 
 impl Progress {
-    /// A fresh tracker for a coordinator whose log ends at `last` and whose
-    /// commit index is `commit`.
-    pub fn new(self_id: NodeId, last: u64, commit: u64) -> Self {
+    /// A fresh tracker for a coordinator that holds its log up to `last`
+    /// (what it persisted), whose commit index is `commit`, and whose log
+    /// ended at `inherited` when it took over.
+    pub fn new(self_id: NodeId, last: u64, commit: u64, inherited: u64) -> Self {
         let mut matched = BTreeMap::new();
         matched.insert(self_id, last);
         Progress {
@@ -37,6 +47,7 @@ impl Progress {
             commit_set: BTreeSet::from([self_id]),
             connected: BTreeSet::new(),
             commit,
+            inherited,
         }
     }
 
@@ -82,9 +93,13 @@ impl Progress {
         self.recompute()
     }
 
-    /// True when `id` holds every committed entry and may join the commit set.
+    /// True when `id` holds every entry that may have been acknowledged
+    /// (every committed one, and the log this coordinator inherited), so it
+    /// may join the commit set.
     pub fn caught_up(&self, id: NodeId) -> bool {
-        self.matched.get(&id).is_some_and(|&m| m >= self.commit)
+        self.matched
+            .get(&id)
+            .is_some_and(|&m| m >= self.commit.max(self.inherited))
     }
 
     /// Makes the commit wait for `id` too. Must happen before the server
@@ -135,14 +150,14 @@ mod tests {
 
     #[test]
     fn single_node_commits_on_own_append() {
-        let mut p = Progress::new(1, 0, 0);
+        let mut p = Progress::new(1, 0, 0, 0);
         assert_eq!(p.on_ack(1, 1), Some(1));
         assert_eq!(p.on_ack(1, 3), Some(3));
     }
 
     #[test]
     fn commit_is_min_over_commit_set_only() {
-        let mut p = Progress::new(1, 0, 0);
+        let mut p = Progress::new(1, 0, 0, 0);
         p.track(2, 0);
         // 2 is tracked but not in the commit set: it does not hold commits back.
         assert_eq!(p.on_ack(1, 5), Some(5));
@@ -157,7 +172,7 @@ mod tests {
 
     #[test]
     fn gone_member_holds_commit_until_removed() {
-        let mut p = Progress::new(1, 0, 0);
+        let mut p = Progress::new(1, 0, 0, 0);
         p.add_to_commit_set(2);
         p.on_ack(2, 3);
         assert_eq!(p.on_ack(1, 3), Some(3));
@@ -169,9 +184,22 @@ mod tests {
         assert_eq!(p.min_matched(), 6, "once removed, it pins nothing");
     }
 
+    /// Simulator seed 29: a new coordinator whose log ends at 1326 knows the
+    /// commit only to 1324, but the old coordinator had acknowledged 1325.
+    /// A fresh replica at 1324 must not join: it lacks an acknowledged write.
+    #[test]
+    fn a_replica_joins_only_with_the_whole_inherited_log() {
+        let mut p = Progress::new(3, 1326, 1324, 1326);
+        p.track(5, 0);
+        p.on_ack(5, 1324);
+        assert!(!p.caught_up(5), "1325 may have been acknowledged");
+        p.on_ack(5, 1326);
+        assert!(p.caught_up(5));
+    }
+
     #[test]
     fn commit_never_goes_down() {
-        let mut p = Progress::new(1, 10, 10);
+        let mut p = Progress::new(1, 10, 10, 10);
         p.add_to_commit_set(3);
         assert_eq!(p.on_ack(3, 2), None);
         assert_eq!(p.commit(), 10);

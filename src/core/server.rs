@@ -22,7 +22,7 @@
 //! durable view, and [`ServerCore::poll_renewal`]) as transactions on the
 //! revisions it read.
 
-use crate::types::{Epoch, LogPos, NodeId, Role};
+use crate::types::{fmt_coordinator, fmt_ids, Epoch, LogPos, NodeId, Role};
 use crate::wire::{
     ClusterView, MemberInfo, MemberReport, RejoinReport, ServerRequest, ServerResponse,
 };
@@ -594,7 +594,7 @@ impl ServerCore {
         self.lease_until = Some(now + self.lease);
         log::warn!(
             "recovered the view ({why}): node {coordinator} is coordinator of epoch {epoch}, in sync {}",
-            fmt_ids(&self.view.isr.iter().copied().collect::<Vec<_>>())
+            fmt_ids(&self.view.isr)
         );
     }
 
@@ -730,8 +730,8 @@ impl ServerCore {
             return Err(ServerResponse::Rejected {
                 epoch: self.view.epoch,
                 reason: format!(
-                    "node {from} is not the coordinator of epoch {epoch} (current epoch {}, coordinator {:?})",
-                    self.view.epoch, self.view.coordinator
+                    "node {from} is not the coordinator of epoch {epoch} (current epoch {}, coordinator {})",
+                    self.view.epoch, fmt_coordinator(self.view.coordinator)
                 ),
             });
         }
@@ -841,8 +841,8 @@ impl ServerCore {
         }
         if !self.view.isr.contains(&candidate) {
             return reject(format!(
-                "node {candidate} is not in the in-sync set {:?}",
-                self.view.isr
+                "node {candidate} is not in the in-sync set {}",
+                fmt_ids(&self.view.isr)
             ));
         }
         if let Some(c) = self.view.coordinator {
@@ -874,9 +874,10 @@ impl ServerCore {
             rep.applied = last;
         }
         log::info!(
-            "granted epoch {} to node {candidate} (previous coordinator {old:?}, in sync {:?})",
+            "granted epoch {} to node {candidate} (previous coordinator {}, in sync {})",
             self.view.epoch,
-            self.view.isr
+            fmt_coordinator(old),
+            fmt_ids(&self.view.isr)
         );
         (ServerResponse::Ok(self.view(now)), true)
     }
@@ -932,11 +933,6 @@ impl ServerCore {
     pub fn lease_expired(&self, now: Instant) -> bool {
         self.lease_until.is_none_or(|t| now >= t)
     }
-}
-
-fn fmt_ids(ids: &[NodeId]) -> String {
-    let v: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
-    format!("[{}]", v.join(", "))
 }
 
 #[cfg(test)]
@@ -1298,7 +1294,7 @@ mod tests {
         c.handle(now, report(2, 7, Role::Replica, LogPos::new(7, 100), false));
         assert!(c.recovering(), "node 3 of its in-sync set has not reported");
         let note = c.view(now).recovery.unwrap();
-        assert!(note.contains("[3]"), "{note}");
+        assert!(note.contains("{3}"), "{note}");
         let (r, _) = c.handle(now, report(3, 7, Role::Replica, LogPos::new(7, 95), false));
         let ServerResponse::Registered { view, .. } = r else {
             panic!("{r:?}")

@@ -75,7 +75,7 @@ impl ReplLog {
         let mut g = self.inner.lock();
         let last = g.last().index;
         let own = if g.durable { g.persisted } else { last };
-        let mut progress = Progress::new(self_id, own, g.commit);
+        let mut progress = Progress::new(self_id, own, g.commit, last);
         for &id in in_sync {
             if id != self_id {
                 progress.add_to_commit_set(id);

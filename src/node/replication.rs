@@ -11,7 +11,7 @@
 use super::Shared;
 use crate::auth::AuthCounters;
 use crate::core::node::Input;
-use crate::repl::{Feeder, Follower, Poll, Step, IDLE_WAIT};
+use crate::repl::{Feeder, Follower, Poll, Step, StreamEnd, IDLE_WAIT};
 use crate::types::Epoch;
 use crate::wire::{ConnKind, FollowRequest, Opener, ReplAck, ReplMsg, Sealer, WireError};
 pub(super) use acker::Acker;
@@ -39,8 +39,12 @@ pub(super) fn feed(
     let mut feeder = match Feeder::open(&sh.log, &sh.store, sh.id, member, &req, stream_no) {
         Ok(f) => f,
         Err(refusal) => {
-            if let ReplMsg::Refused { reason, .. } = &refusal {
-                log::info!("refusing replication stream to node {id} ({peer}): {reason}");
+            if let ReplMsg::Refused { why, .. } = &refusal {
+                if why.expected() {
+                    log::debug!("refusing replication stream to node {id} ({peer}): {why}");
+                } else {
+                    log::info!("refusing replication stream to node {id} ({peer}): {why}");
+                }
             }
             let _ = tx.write(&mut &stream, &refusal);
             return;
@@ -190,6 +194,9 @@ impl FollowerCtl {
 pub(super) fn follower_loop(sh: Arc<Shared>) {
     let ctl = &sh.follower;
     let mut done = 0;
+    // The coordinator and epoch last announced at info: reconnecting to the
+    // same one is worth a debug line only.
+    let mut announced: Option<(String, Epoch)> = None;
     while !sh.stopping() {
         let (seq, target) = {
             let mut t = ctl.target.lock();
@@ -203,16 +210,17 @@ pub(super) fn follower_loop(sh: Arc<Shared>) {
             continue;
         };
         let mut refused = false;
-        let reason = match run_follower(&sh, &addr, epoch, seq, &mut refused) {
-            Ok(()) => "stream closed".to_string(),
+        let end = match run_follower(&sh, &addr, epoch, seq, &mut announced, &mut refused) {
+            Ok(()) => StreamEnd::Broken("stream closed".into()),
             Err(e) => e,
         };
         *ctl.conn.lock() = None;
         if !ctl.superseded(seq) && !sh.stopping() {
             // Must reach the core: it follows again only when told.
             sh.notify_surely(Input::FollowLost {
-                reason: format!("{addr}: {reason}"),
+                reason: format!("{addr}: {end}"),
                 refused,
+                expected: end.expected(),
             });
         }
     }
@@ -223,8 +231,9 @@ fn run_follower(
     addr: &str,
     epoch: Epoch,
     seq: u64,
+    announced: &mut Option<(String, Epoch)>,
     refused: &mut bool,
-) -> Result<(), String> {
+) -> Result<(), StreamEnd> {
     let ctl = &sh.follower;
     let (mut follower, req) =
         Follower::start(&sh.log, sh.id, sh.incarnation, epoch, sh.storage.is_some())?;
@@ -247,10 +256,7 @@ fn run_follower(
     );
     let _ = stream.set_read_timeout(None);
     let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));
-    log::info!(
-        "node {}: following {addr} at epoch {epoch} from {last}",
-        sh.id
-    );
+    let target = Some((addr.to_string(), epoch));
 
     let max = sh.settings.max_repl_frame();
     // Without fsync: always there is no fsync for batches to share, so this
@@ -273,6 +279,15 @@ fn run_follower(
             log::info!("node {}: receiving a snapshot", sh.id);
         }
         let step = follower.on_msg(&sh.log, &sh.store, msg)?;
+        // The coordinator serves this stream: say so once per coordinator
+        // and epoch, however often the stream reconnects.
+        if *announced != target {
+            log::info!(
+                "node {}: following {addr} at epoch {epoch} from {last}",
+                sh.id
+            );
+            *announced = target.clone();
+        }
         run_step(sh, &mut follower, step, writes_wal, &mut wal_buf)?;
         if ctl.superseded(seq) {
             return Ok(());
@@ -287,7 +302,7 @@ fn run_step(
     mut step: Step,
     writes_wal: bool,
     wal_buf: &mut Vec<u8>,
-) -> Result<(), String> {
+) -> Result<(), StreamEnd> {
     while let Some(pos) = step.persist_snapshot {
         if let Some(st) = &sh.storage {
             // The store is quiet: nothing after the snapshot is in the log yet.

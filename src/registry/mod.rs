@@ -98,11 +98,11 @@ pub fn new_core(
         Some(view) => {
             if view.epoch > 0 {
                 log::info!(
-                    "reloaded view: epoch {}, coordinator {:?}, {} members, in sync {:?}",
+                    "reloaded view: epoch {}, coordinator {}, {} members, in sync {}",
                     view.epoch,
-                    view.coordinator,
+                    crate::types::fmt_coordinator(view.coordinator),
                     view.members.len(),
-                    view.isr
+                    crate::types::fmt_ids(&view.isr)
                 );
             }
             ServerCore::new(view, lease, now)

@@ -3,7 +3,7 @@
 use crate::log::{AckEffect, Fetch, ReplLog};
 use crate::store::Store;
 use crate::types::{Epoch, LogPos, NodeId};
-use crate::wire::{FollowRequest, ReplMsg};
+use crate::wire::{FollowRequest, Refusal, ReplMsg};
 use std::time::Duration;
 
 /// What the feeder wants sent next.
@@ -66,25 +66,25 @@ impl Feeder {
         stream: u64,
     ) -> Result<Feeder, ReplMsg> {
         let st = log.state();
-        let refuse = |reason: String| ReplMsg::Refused {
+        let refuse = |why: Refusal| ReplMsg::Refused {
             epoch: st.epoch,
-            reason,
+            why,
         };
         let id = req.node_id;
         if !st.leader {
-            return Err(refuse("this node is not the coordinator".into()));
+            return Err(refuse(Refusal::NotCoordinator));
         }
         if req.epoch > st.epoch {
-            return Err(refuse(format!(
-                "replica knows epoch {}, newer than this coordinator's {}",
-                req.epoch, st.epoch
-            )));
+            return Err(refuse(Refusal::NewerEpoch {
+                replica: req.epoch,
+                coordinator: st.epoch,
+            }));
         }
         if id == self_id {
-            return Err(refuse("a node cannot follow itself".into()));
+            return Err(refuse(Refusal::OwnStream));
         }
         if !member {
-            return Err(refuse(format!("node {id} is not a registered member")));
+            return Err(refuse(Refusal::NotMember(id)));
         }
         // Pin the log before choosing the start, so nothing we need is trimmed.
         log.track(id, 0, stream);

@@ -3,8 +3,47 @@
 use crate::log::ReplLog;
 use crate::store::{Delta, Store};
 use crate::types::{Entry, Epoch, LogPos, NodeId, Op};
-use crate::wire::{FollowRequest, ReplMsg};
+use crate::wire::{FollowRequest, Refusal, ReplMsg};
 use std::sync::Arc;
+
+/// Why a stream ended at the replica's end (it reconnects either way;
+/// nothing it held is lost).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// The coordinator refused to feed this replica.
+    Refused(Refusal),
+    /// The stream broke or carried something this replica cannot take.
+    Broken(String),
+}
+
+impl StreamEnd {
+    /// Whether normal operation ends streams this way (see
+    /// [`Refusal::expected`]).
+    pub fn expected(&self) -> bool {
+        matches!(self, StreamEnd::Refused(r) if r.expected())
+    }
+}
+
+impl From<String> for StreamEnd {
+    fn from(s: String) -> Self {
+        StreamEnd::Broken(s)
+    }
+}
+
+impl From<&str> for StreamEnd {
+    fn from(s: &str) -> Self {
+        StreamEnd::Broken(s.to_string())
+    }
+}
+
+impl std::fmt::Display for StreamEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StreamEnd::Refused(r) => write!(f, "refused: {r}"),
+            StreamEnd::Broken(s) => f.write_str(s),
+        }
+    }
+}
 
 /// What the driver does after a frame, in this order.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -99,7 +138,12 @@ impl Follower {
 
     /// Takes one frame from the coordinator. `Err` ends the stream (the
     /// replica reconnects); nothing it held is lost.
-    pub fn on_msg(&mut self, log: &ReplLog, store: &Store, msg: ReplMsg) -> Result<Step, String> {
+    pub fn on_msg(
+        &mut self,
+        log: &ReplLog,
+        store: &Store,
+        msg: ReplMsg,
+    ) -> Result<Step, StreamEnd> {
         if self.installed.is_some() {
             return Err("frame before the installed snapshot was persisted".into());
         }
@@ -143,13 +187,14 @@ impl Follower {
                         return Err("entries inside a snapshot".into());
                     }
                     if epoch < self.epoch {
-                        return Err(format!("replication from epoch {epoch} refused"));
+                        return Err(format!("replication from epoch {epoch} refused").into());
                     }
                     if prev != s.last() {
                         return Err(format!(
                             "stream position {prev} does not follow the snapshot's {}",
                             s.last()
-                        ));
+                        )
+                        .into());
                     }
                     let nothing_more = entries.is_empty();
                     s.entries.extend(entries);
@@ -160,13 +205,13 @@ impl Follower {
                     log.append_follower_deferred(self.token, epoch, prev, entries, commit)?;
                 Ok(self.appended(log, confirmed, committed))
             }
-            ReplMsg::Refused { reason, .. } => Err(format!("refused: {reason}")),
+            ReplMsg::Refused { why, .. } => Err(StreamEnd::Refused(why)),
         }
     }
 
     /// The installed snapshot is durable: append the entries that followed
     /// it and go on.
-    pub fn snapshot_persisted(&mut self, log: &ReplLog) -> Result<Step, String> {
+    pub fn snapshot_persisted(&mut self, log: &ReplLog) -> Result<Step, StreamEnd> {
         let Some(s) = self.installed.take() else {
             return Ok(Step::default());
         };
@@ -198,7 +243,7 @@ impl Follower {
         log: &ReplLog,
         store: &Store,
         nothing_more: bool,
-    ) -> Result<Step, String> {
+    ) -> Result<Step, StreamEnd> {
         let ready = self
             .staging
             .as_ref()

@@ -29,7 +29,7 @@ mod feeder;
 mod follower;
 
 pub use feeder::{Acks, Feeder, Poll};
-pub use follower::{Follower, Step};
+pub use follower::{Follower, Step, StreamEnd};
 
 /// A feeder with nothing new sends an empty batch after this long: the
 /// replica's acknowledgement of it shows an idle coordinator that a

@@ -375,6 +375,7 @@ impl Sim {
                             Input::FollowLost {
                                 reason: "stream closed".into(),
                                 refused,
+                                expected: false,
                             },
                         );
                     }

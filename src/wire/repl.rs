@@ -42,8 +42,50 @@ pub enum ReplMsg {
     /// The coordinator will not feed this replica.
     Refused {
         epoch: Epoch,
-        reason: String,
+        why: Refusal,
     },
+}
+
+/// Why a coordinator will not feed a replica.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Refusal {
+    /// The node asked is not the coordinator (any more, or not yet).
+    NotCoordinator,
+    /// The replica has seen an epoch newer than the coordinator's.
+    NewerEpoch { replica: Epoch, coordinator: Epoch },
+    /// A node asked to follow itself.
+    OwnStream,
+    /// The coordinator's view does not list the replica (yet: a node that
+    /// just registered asks before the coordinator's next view).
+    NotMember(NodeId),
+}
+
+impl Refusal {
+    /// Whether normal operation produces this refusal (a join, a change of
+    /// coordinator), so it is worth no more than a debug line; the replica
+    /// asks again at its next try.
+    pub fn expected(&self) -> bool {
+        matches!(self, Refusal::NotCoordinator | Refusal::NotMember(_))
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::NotCoordinator => write!(f, "this node is not the coordinator"),
+            Refusal::NewerEpoch {
+                replica,
+                coordinator,
+            } => write!(
+                f,
+                "the replica knows epoch {replica}, newer than this coordinator's {coordinator}"
+            ),
+            Refusal::OwnStream => write!(f, "a node cannot follow itself"),
+            Refusal::NotMember(id) => {
+                write!(f, "node {id} is not a member in this coordinator's view")
+            }
+        }
+    }
 }
 
 /// Replica -> coordinator, after each applied batch.

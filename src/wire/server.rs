@@ -121,6 +121,24 @@ pub enum ServerResponse {
     },
 }
 
+impl ServerResponse {
+    /// What kind of answer this is, for messages about an answer that does
+    /// not fit the question.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ServerResponse::Registered { .. } => "a registration",
+            ServerResponse::Coordinator { .. } => "a coordinator's address",
+            ServerResponse::NoCoordinator { .. } => "\"no coordinator\"",
+            ServerResponse::View(_) => "a cluster view",
+            ServerResponse::Ok(_) => "an acceptance",
+            ServerResponse::Rejected { .. } => "a refusal",
+            ServerResponse::Error { .. } => "an error",
+            ServerResponse::Authenticated => "\"authenticated\"",
+            ServerResponse::NotRegistered { .. } => "\"not registered\"",
+        }
+    }
+}
+
 /// What the coordinator reports about one member.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberReport {

@@ -14,7 +14,8 @@ use std::collections::BTreeSet;
 use std::time::Instant;
 
 impl NodeCore {
-    /// Beacons every known peer once per heartbeat.
+    /// Beacons every known peer once per heartbeat: each address once, even
+    /// when a dead member's address is now a new member's.
     pub(super) fn send_beacons(&mut self, now: Instant, out: &mut Vec<Action>) {
         if now >= self.next_beacon {
             self.next_beacon = now + self.timing.heartbeat;
@@ -23,6 +24,8 @@ impl NodeCore {
                 .iter()
                 .filter(|(&id, _)| id != self.id)
                 .map(|(_, p)| p.beacon_addr.clone())
+                .collect::<BTreeSet<String>>()
+                .into_iter()
                 .collect();
             if !to.is_empty() {
                 out.push(Action::SendBeacon {

@@ -54,12 +54,13 @@ impl NodeCore {
         match self.election {
             Election::Idle => {
                 log::warn!(
-                    "node {}: coordinator {:?} of epoch {} suspected; starting an election",
+                    "node {}: coordinator ({}) of epoch {} suspected; starting an election",
                     self.id,
-                    self.view.coordinator,
+                    crate::types::fmt_coordinator(self.view.coordinator),
                     self.epoch
                 );
                 self.role = Role::Candidate;
+                self.election_tries = 0;
                 self.election = Election::Voting {
                     until: now + self.timing.voting_wait,
                 };
@@ -68,8 +69,17 @@ impl NodeCore {
             }
             Election::Voting { until } if now >= until => {
                 let best = self.best_candidate(now);
+                self.election_tries += 1;
+                // The first try of an election is news; its retries (each
+                // heartbeat until the old lease runs out) are not.
+                let level = if self.election_tries == 1 {
+                    log::Level::Info
+                } else {
+                    log::Level::Debug
+                };
                 if best == self.id {
-                    log::info!(
+                    log::log!(
+                        level,
                         "node {}: ranks highest at {}; asking the server for epoch {}",
                         self.id,
                         self.local.last,
@@ -86,7 +96,11 @@ impl NodeCore {
                         out,
                     );
                 } else {
-                    log::info!("node {}: deferring to higher-ranked node {best}", self.id);
+                    log::log!(
+                        level,
+                        "node {}: deferring to higher-ranked node {best}",
+                        self.id
+                    );
                     self.election = Election::Deferred {
                         until: now + self.timing.election_wait,
                         to: best,

@@ -93,6 +93,18 @@ pub enum Call {
     Rejoin,
 }
 
+impl std::fmt::Display for Call {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Call::Status => "status push",
+            Call::View => "view request",
+            Call::SetIsr => "in-sync set change",
+            Call::Grant => "grant request",
+            Call::Rejoin => "rejoin",
+        })
+    }
+}
+
 #[derive(Clone, Debug)]
 pub enum Input {
     /// Time passed; carries the data path's current position.
@@ -115,9 +127,12 @@ pub enum Input {
     FollowerGone(NodeId, u64),
     /// This replica's stream from the coordinator ended. `refused`: the
     /// coordinator's port refused the connection (its process is gone).
+    /// `expected`: normal operation ends streams this way (the coordinator
+    /// did not list this node yet, or is no longer coordinator).
     FollowLost {
         reason: String,
         refused: bool,
+        expected: bool,
     },
 }
 
@@ -215,7 +230,24 @@ pub struct NodeCore {
     follow_retry_at: Option<Instant>,
     follow_failures: u32,
     election: Election,
+    /// Grant requests and deferrals of the current election: the first is
+    /// logged at info, the rest at debug.
+    election_tries: u32,
+    /// Server calls failing since this instant, and how many (for one
+    /// warning per [`OUTAGE_WARN_EVERY`], not one per call).
+    server_outage: Option<Outage>,
 }
+
+/// A run of failed server calls.
+#[derive(Clone, Copy, Debug)]
+struct Outage {
+    since: Instant,
+    failed: u64,
+    warned: Instant,
+}
+
+/// While the server stays unreachable, one warning this often.
+const OUTAGE_WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl NodeCore {
     /// A core for node `id` that just registered and received `view`.
@@ -254,6 +286,8 @@ impl NodeCore {
             follow_retry_at: None,
             follow_failures: 0,
             election: Election::Idle,
+            election_tries: 0,
+            server_outage: None,
         };
         let mut out = Vec::new();
         core.adopt_view(registered_at, view, registered_at, &mut out);
@@ -306,9 +340,11 @@ impl NodeCore {
             }
             Input::FollowerCaughtUp(id) => self.follower_caught_up(id, &mut out),
             Input::FollowerGone(id, stream) => self.follower_gone(id, stream, &mut out),
-            Input::FollowLost { reason, refused } => {
-                self.follow_lost(now, reason, refused, &mut out)
-            }
+            Input::FollowLost {
+                reason,
+                refused,
+                expected,
+            } => self.follow_lost(now, reason, refused, expected, &mut out),
         }
         out
     }

@@ -2,7 +2,7 @@
 //! request (everyone else), the lease the pushes renew, the replies to every
 //! server call, and rejoining a server that does not know this node.
 
-use super::{Action, Call, Election, NodeCore};
+use super::{Action, Call, Election, NodeCore, Outage, OUTAGE_WARN_EVERY};
 use crate::types::Role;
 use crate::wire::{ClusterView, MemberReport, RejoinReport, ServerRequest, ServerResponse};
 use std::time::Instant;
@@ -114,6 +114,46 @@ impl NodeCore {
         };
         self.call(Call::Rejoin, ServerRequest::Rejoin(Box::new(report)), out);
     }
+    /// Counts failed server calls: the first failure is a warning, then one
+    /// summary per [`OUTAGE_WARN_EVERY`], and the first answer after them
+    /// says how long the server was unreachable.
+    fn track_outage(&mut self, now: Instant, call: Call, reply: &Result<ServerResponse, String>) {
+        match (reply, self.server_outage.as_mut()) {
+            (Err(e), None) => {
+                log::warn!("node {}: server call ({call}) failed: {e}", self.id);
+                self.server_outage = Some(Outage {
+                    since: now,
+                    failed: 1,
+                    warned: now,
+                });
+            }
+            (Err(e), Some(o)) => {
+                o.failed += 1;
+                if now.saturating_duration_since(o.warned) >= OUTAGE_WARN_EVERY {
+                    o.warned = now;
+                    log::warn!(
+                        "node {}: server unreachable for {} s, {} calls failed (last: {e})",
+                        self.id,
+                        now.saturating_duration_since(o.since).as_secs(),
+                        o.failed
+                    );
+                }
+            }
+            (Ok(_), Some(o)) => {
+                if o.failed > 1 {
+                    log::info!(
+                        "node {}: server answers again after {:.1} s ({} calls failed)",
+                        self.id,
+                        now.saturating_duration_since(o.since).as_secs_f64(),
+                        o.failed
+                    );
+                }
+                self.server_outage = None;
+            }
+            (Ok(_), None) => {}
+        }
+    }
+
     /// Takes in the server's answer to a call (or its failure).
     pub(super) fn on_server_reply(
         &mut self,
@@ -123,6 +163,7 @@ impl NodeCore {
         reply: Result<ServerResponse, String>,
         out: &mut Vec<Action>,
     ) {
+        self.track_outage(now, call, &reply);
         match (call, reply) {
             (_, Ok(ServerResponse::NotRegistered { .. })) => {
                 match call {
@@ -175,7 +216,11 @@ impl NodeCore {
             }
             (Call::View, Ok(ServerResponse::View(view))) => self.adopt_view(now, view, sent, out),
             (Call::Grant, Ok(ServerResponse::Rejected { epoch, reason })) => {
-                log::info!("node {}: grant refused: {reason}", self.id);
+                if self.election_tries <= 1 {
+                    log::info!("node {}: grant refused: {reason}", self.id);
+                } else {
+                    log::debug!("node {}: grant refused: {reason}", self.id);
+                }
                 if epoch > self.epoch {
                     self.next_server = now;
                 }
@@ -186,7 +231,7 @@ impl NodeCore {
                 };
             }
             (_, Ok(ServerResponse::Rejected { epoch, reason })) => {
-                log::warn!("node {}: server refused {call:?}: {reason}", self.id);
+                log::warn!("node {}: server refused the {call}: {reason}", self.id);
                 if call == Call::SetIsr {
                     self.isr_pending = None;
                 }
@@ -197,12 +242,12 @@ impl NodeCore {
             }
             (_, Ok(other)) => {
                 log::warn!(
-                    "node {}: unexpected server reply to {call:?}: {other:?}",
-                    self.id
+                    "node {}: the server answered the {call} with {}",
+                    self.id,
+                    other.name()
                 );
             }
-            (_, Err(e)) => {
-                log::warn!("node {}: server call {call:?} failed: {e}", self.id);
+            (_, Err(_)) => {
                 match call {
                     Call::Status => self.push_failures += 1,
                     Call::SetIsr => {

@@ -116,10 +116,10 @@ impl NodeCore {
         self.push_failures = 0;
         self.next_beacon = now; // announce the new epoch at once
         log::info!(
-            "node {}: coordinator of epoch {} (in sync: {:?})",
+            "node {}: coordinator of epoch {} (in sync: {})",
             self.id,
             self.epoch,
-            self.isr
+            crate::types::fmt_ids(&self.isr)
         );
         out.push(Action::BecomeCoordinator {
             epoch: self.epoch,
@@ -210,9 +210,10 @@ impl NodeCore {
         now: Instant,
         reason: String,
         refused: bool,
+        expected: bool,
         out: &mut Vec<Action>,
     ) {
-        if self.follow_failures == 0 {
+        if self.follow_failures == 0 && !expected {
             log::info!("node {}: replication stream lost: {reason}", self.id);
         } else {
             log::debug!("node {}: replication stream lost: {reason}", self.id);
