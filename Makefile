@@ -17,9 +17,9 @@ ifeq ($(SERVER),)
 SERVER  := 127.0.0.1:12345
 endif
 
-.PHONY: build run-server run-node run-client demo demo-ha ha-bench test clean failover-bench soak durability-bench sim chaos bench-compare bench fuzz
+.PHONY: fetch build run-server run-node run-client demo demo-ha ha-bench test clean failover-bench soak durability-bench sim chaos bench-compare bench fuzz
 
-build:
+build: fetch
 	$(CARGO) build --release --bins
 
 run-server: build
@@ -42,11 +42,22 @@ demo-ha: build
 ha-bench: build
 	RUNS=$(or $(RUNS),5) bash scripts/ha-bench.sh
 
+# Crates come from crates.io the first time (or after Cargo.lock changed),
+# for this machine's target only; afterwards the local cache is enough and
+# this step is silent and offline. If the download fails, the build goes on
+# and names what it misses.
+fetch:
+	@host="$$(rustc -vV 2>/dev/null | sed -n 's/^host: //p')"; \
+	target="$${host:+--target $$host}"; \
+	$(CARGO) fetch --offline $$target >/dev/null 2>&1 || { \
+		echo "fetching crates from crates.io (first run only; later runs work offline)..."; \
+		$(CARGO) fetch $$target || echo "cargo fetch failed; building with the crates already here"; }
+
 # Tests that lack a prerequisite (a tool, root) fail under CI=true and are
 # skipped otherwise; each skip is recorded under the target directory
 # (tests/common/skip.rs) and the last line names every skipped test and why,
 # also when tests failed.
-test:
+test: fetch
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	@skips="$$($(CARGO) metadata --format-version 1 --no-deps --offline 2>/dev/null \
