@@ -1,6 +1,6 @@
 # DKV — see README.md.
-#   make demo            local cluster doing real work, then stops it
-#   make demo-ha         the same over the HA registry (3 etcd members, 2 servers): kills a server, then the coordinator
+#   make demo            local cluster doing real work, then stops it (KEEP=1 keeps its logs)
+#   make demo-ha         the same over the HA registry (3 etcd members, 2 servers): kills a server, then the coordinator (KEEP=1 too)
 #   make ha-bench        HA registry figures, median / max over RUNS fresh clusters (default 5)
 #   make test            fmt check, clippy, every test; ends naming every skipped test (CI=true: a missing tool fails)
 #   make run-server      server from config.json
@@ -9,7 +9,8 @@
 
 CARGO   ?= cargo
 CONFIG  ?= config.json
-BIN     := target/release
+# Where cargo puts the release binaries (CARGO_TARGET_DIR, if set).
+BIN     := $(or $(CARGO_TARGET_DIR),target)/release
 # The server address from config.json (server-ip-port), overridable. It may be a
 # comma-separated list of servers (quoted below, so spaces after commas work).
 SERVER  ?= $(shell sed -n 's/.*"server-ip-port" *: *"\([^"]*\)".*/\1/p' $(CONFIG) 2>/dev/null | head -n1)
@@ -31,11 +32,12 @@ run-node: build
 run-client: build
 	$(BIN)/dkv-client demo "$(or $(ADDR),$(SERVER))"
 
+# KEEP=1 keeps the processes' logs (and etcd's data) and says where.
 demo: build
-	bash scripts/demo.sh
+	BIN="$(BIN)" bash scripts/demo.sh
 
 demo-ha: build
-	bash scripts/demo-ha.sh
+	BIN="$(BIN)" bash scripts/demo-ha.sh
 
 # Server kill, failover with a server down, etcd leader kill, standalone
 # server restart and the throughput cost of HA, each run on fresh clusters.
