@@ -1,15 +1,16 @@
 # DKV — see README.md.
-#   make demo            local cluster doing real work, then stops it
-#   make demo-ha         the same over the HA registry (3 etcd members, 2 servers): kills a server, then the coordinator
+#   make demo            local cluster doing real work, then stops it (KEEP=1 keeps its logs)
+#   make demo-ha         the same over the HA registry (3 etcd members, 2 servers): kills a server, then the coordinator (KEEP=1 too)
 #   make ha-bench        HA registry figures, median / max over RUNS fresh clusters (default 5)
-#   make test            fmt check, clippy, every test
+#   make test            fmt check, clippy, every test; ends naming every skipped test (CI=true: a missing tool fails)
 #   make run-server      server from config.json
 #   make run-node        a node on an ephemeral loopback port (ADDR=host:port to pick)
 #   make run-client      scripted demo client against the server (ADDR=server to pick)
 
 CARGO   ?= cargo
 CONFIG  ?= config.json
-BIN     := target/release
+# Where cargo puts the release binaries (CARGO_TARGET_DIR, if set).
+BIN     := $(or $(CARGO_TARGET_DIR),target)/release
 # The server address from config.json (server-ip-port), overridable. It may be a
 # comma-separated list of servers (quoted below, so spaces after commas work).
 SERVER  ?= $(shell sed -n 's/.*"server-ip-port" *: *"\([^"]*\)".*/\1/p' $(CONFIG) 2>/dev/null | head -n1)
@@ -17,9 +18,9 @@ ifeq ($(SERVER),)
 SERVER  := 127.0.0.1:12345
 endif
 
-.PHONY: build run-server run-node run-client demo demo-ha ha-bench test clean failover-bench soak durability-bench sim chaos bench-compare bench fuzz
+.PHONY: fetch build run-server run-node run-client demo demo-ha ha-bench test clean failover-bench soak durability-bench sim chaos bench-compare bench fuzz
 
-build:
+build: fetch
 	$(CARGO) build --release --bins
 
 run-server: build
@@ -31,26 +32,49 @@ run-node: build
 run-client: build
 	$(BIN)/dkv-client demo "$(or $(ADDR),$(SERVER))"
 
+# KEEP=1 keeps the processes' logs (and etcd's data) and says where.
 demo: build
-	bash scripts/demo.sh
+	BIN="$(BIN)" bash scripts/demo.sh
 
 demo-ha: build
-	bash scripts/demo-ha.sh
+	BIN="$(BIN)" bash scripts/demo-ha.sh
 
 # Server kill, failover with a server down, etcd leader kill, standalone
 # server restart and the throughput cost of HA, each run on fresh clusters.
 ha-bench: build
 	RUNS=$(or $(RUNS),5) bash scripts/ha-bench.sh
 
-test:
+# Crates come from crates.io the first time (or after Cargo.lock changed),
+# for this machine's target only; afterwards the local cache is enough and
+# this step is silent and offline. If the download fails, the build goes on
+# and names what it misses.
+fetch:
+	@host="$$(rustc -vV 2>/dev/null | sed -n 's/^host: //p')"; \
+	target="$${host:+--target $$host}"; \
+	$(CARGO) fetch --offline $$target >/dev/null 2>&1 || { \
+		echo "fetching crates from crates.io (first run only; later runs work offline)..."; \
+		$(CARGO) fetch $$target || echo "cargo fetch failed; building with the crates already here"; }
+
+# Tests that lack a prerequisite (a tool, root) fail under CI=true and are
+# skipped otherwise; each skip is recorded under the target directory
+# (tests/common/skip.rs) and the last line names every skipped test and why,
+# also when tests failed.
+test: fetch
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
-	$(CARGO) test --doc
-	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
-		$(CARGO) nextest run --no-fail-fast; \
+	@skips="$$($(CARGO) metadata --format-version 1 --no-deps --offline 2>/dev/null \
+		| sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"; \
+	skips="$${skips:-$(CURDIR)/target}/test-skips"; \
+	rm -rf "$$skips"; mkdir -p "$$skips"; export DKV_TEST_SKIPS="$$skips"; \
+	status=0; \
+	echo "$(CARGO) test --doc"; $(CARGO) test --doc || status=1; \
+	if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		echo "$(CARGO) nextest run --no-fail-fast"; $(CARGO) nextest run --no-fail-fast || status=1; \
 	else \
-		$(CARGO) test --no-fail-fast; \
-	fi
+		echo "$(CARGO) test --no-fail-fast"; $(CARGO) test --no-fail-fast || status=1; \
+	fi; \
+	bash scripts/test-skips.sh "$$skips"; \
+	exit $$status
 
 clean:
 	$(CARGO) clean

@@ -6,7 +6,9 @@
 # coordinator and shows the failover through the remaining server (new
 # epoch, new coordinator) and that every key written reads back.
 # Every process it starts is stopped on exit, also on Ctrl-C; etcd's data
-# lives in the temp directory, removed on exit.
+# and every log live in a temp directory, removed on exit unless KEEP=1
+# (`make demo-ha KEEP=1`). Commands are printed as they can be pasted into
+# a shell at the repository root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release}
@@ -22,7 +24,9 @@ if [ -z "${DKV_CLUSTER_SECRET:-}" ]; then
 fi
 ETCD_PREFIX=/dkv/demo-ha/
 
-say "starting a 3-member etcd cluster on loopback (data and logs in $WORK)"
+logs=""
+if keep_logs; then logs=" (data and logs in $WORK, kept after the demo: KEEP=$KEEP)"; fi
+say "starting a 3-member etcd cluster on loopback$logs"
 start_etcd 3
 for i in 1 2 3; do echo "etcd member e$i: ${ETCD_URL[$i]} (pid ${ETCD_PID[$i]})"; done
 echo "etcd leader: e$(etcd_leader)"
@@ -42,18 +46,21 @@ run "$BIN/client_proto" "$SERVER" W,city,Lisbon "W,note,hello, world" R,city R,n
 run "$BIN/client_proto" "${SERVER_ADDR[2]}" R,city
 args=()
 for i in $(seq 1 300); do args+=("W,bulk-$i,value-$i"); done
-echo "\$ client_proto $SERVER W,bulk-1,value-1 ... W,bulk-300,value-300"
+echo "\$ $(quote "$BIN/client_proto" "$SERVER") \$(for i in \$(seq 1 300); do echo W,bulk-\$i,value-\$i; done) | sort | uniq -c"
 "$BIN/client_proto" "$SERVER" "${args[@]}" | sort | uniq -c
 
 say "what the servers keep in etcd"
-run env ETCDCTL_API=3 etcdctl --endpoints "$ETCD_ENDPOINTS" get --prefix --keys-only "$ETCD_PREFIX" | sed '/^$/d'
+echo "\$ $(quote env ETCDCTL_API=3 etcdctl --endpoints "$ETCD_ENDPOINTS" get --prefix --keys-only "$ETCD_PREFIX") | sed '/^\$/d'"
+env ETCDCTL_API=3 etcdctl --endpoints "$ETCD_ENDPOINTS" get --prefix --keys-only "$ETCD_PREFIX" | sed '/^$/d'
 echo "the view record (epoch, coordinator, members, in-sync set):"
+echo "\$ $(quote env ETCDCTL_API=3 etcdctl --endpoints "$ETCD_ENDPOINTS" get --print-value-only "${ETCD_PREFIX}view") | cut -c1-300"
 ETCDCTL_API=3 etcdctl --endpoints "$ETCD_ENDPOINTS" get --print-value-only "${ETCD_PREFIX}view" | cut -c1-300
 
 if command -v redis-cli >/dev/null; then
   say "Sentinel users are given every server's Sentinel port; each lists the others"
   run redis-cli -p "${SERVER_SENTINEL[2]##*:}" SENTINEL get-master-addr-by-name dkv
-  echo "\$ redis-cli -p ${SERVER_SENTINEL[2]##*:} SENTINEL sentinels dkv   (its ip and port fields: server 1's Sentinel port)"
+  echo "its ip and port fields: server 1's Sentinel port"
+  echo "\$ $(quote redis-cli -p "${SERVER_SENTINEL[2]##*:}" SENTINEL sentinels dkv) | paste -d' ' - - | grep -E '^(ip|port) '"
   redis-cli -p "${SERVER_SENTINEL[2]##*:}" SENTINEL sentinels dkv | paste -d' ' - - | grep -E '^(ip|port) ' || true
 fi
 
@@ -69,7 +76,7 @@ echo "killed server 1 (pid ${SERVER_PID[1]})"
 run "$BIN/client_proto" "$SERVER" W,after-server-kill,yes R,after-server-kill R,city
 wait "$probe"
 forget "$probe"
-echo "probe: $(cat "$WORK/probe1.txt")"
+explain_probe "$WORK/probe1.txt"
 echo "what the nodes logged:"
 grep -h "server ${SERVER_ADDR[1]} unreachable" "$WORK"/node*.log | sed 's/^/  /' || true
 run "$BIN/dkv-client" status "$SERVER"
@@ -96,7 +103,7 @@ t1=$(now_ms)
 wait "$probe"
 forget "$probe"
 echo "first write acknowledged $((t1 - t0)) ms after the kill (measured from this script, process start-up included)"
-echo "probe: $(cat "$WORK/probe2.txt")"
+explain_probe "$WORK/probe2.txt" "the probe sent the write as the coordinator was killed, and no answer came"
 echo "what server 2 logged:"
 grep -h "granted epoch" "$WORK/server2.log" | sed 's/^/  /' || true
 run "$BIN/dkv-client" status "$SERVER"
@@ -119,4 +126,4 @@ echo "read back 300 bulk keys from the new coordinator: $((300 - missing)) prese
 run "$BIN/client_proto" "$SERVER" R,city R,note R,after-server-kill R,after-failover
 [ "$missing" -eq 0 ]
 
-say "demo finished; stopping every process (etcd's data goes with $WORK)"
+say "demo finished; stopping every process"

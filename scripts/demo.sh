@@ -4,7 +4,9 @@
 # client_proto, adds a fourth node and shows that it caught up, then kills
 # the coordinator with kill -9 and shows the failover: the new coordinator,
 # the time from the kill to the first acknowledged write, and every key.
-# Every process it starts is stopped on exit, also on Ctrl-C.
+# Every process it starts is stopped on exit, also on Ctrl-C; its logs are
+# removed then unless KEEP=1 (`make demo KEEP=1`). Commands are printed as
+# they can be pasted into a shell at the repository root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release}
@@ -19,7 +21,9 @@ if [ -z "${DKV_CLUSTER_SECRET:-}" ]; then
   export DKV_CLUSTER_SECRET
 fi
 
-say "starting a server and three nodes on loopback, with a cluster secret (logs in $WORK)"
+logs=""
+if keep_logs; then logs=" (logs in $WORK, kept after the demo: KEEP=$KEEP)"; fi
+say "starting a server and three nodes on loopback, with a cluster secret$logs"
 start_server
 echo "server: $SERVER"
 for n in 1 2 3; do start_node "$n"; done
@@ -32,13 +36,16 @@ set +e
 run "$BIN/client_proto" "$SERVER" R,city
 echo "(exit code $? — 1 means: key not found)"
 set -e
+echo "\$ value=\$($(quote "$BIN/client_proto" "$SERVER" R,note))"
 value=$("$BIN/client_proto" "$SERVER" R,note)
 echo "a script reads a value: note=\"$value\""
 
 say "the scripted client: write 20 keys, read them back, delete half"
+echo "\$ $(quote "$BIN/dkv-client" demo "$SERVER" --keys 20) | tail -n 3"
 "$BIN/dkv-client" demo "$SERVER" --keys 20 | tail -n 3
 
 say "writing 500 more keys in one client_proto call"
+echo "\$ $(quote "$BIN/client_proto" "$SERVER") \$(for i in \$(seq 1 500); do echo W,bulk-\$i,value-\$i; done) | sort | uniq -c"
 args=()
 for i in $(seq 1 500); do args+=("W,bulk-$i,value-$i"); done
 "$BIN/client_proto" "$SERVER" "${args[@]}" | sort | uniq -c
@@ -63,7 +70,7 @@ until "$BIN/client_proto" --timeout 200 "$SERVER" W,after-failover,yes >/dev/nul
 t1=$(now_ms)
 wait "$probe"
 echo "first write acknowledged $((t1 - t0)) ms after the kill (measured from this script, process start-up included)"
-echo "probe: $(cat "$WORK/probe.txt")"
+explain_probe "$WORK/probe.txt" "the probe sent the write as the coordinator was killed, and no answer came"
 run "$BIN/dkv-client" status "$SERVER"
 
 say "every key written before the kill is still there"

@@ -8,18 +8,58 @@ PIDS=()
 ETCD_PIDS=()
 declare -A NODE_PID NODE_ADDR
 
+# KEEP=1 (any value but empty, 0, no or false) keeps $WORK, the logs and
+# data of every process, after the script ends.
+keep_logs() {
+  case "${KEEP:-}" in "" | 0 | no | false) return 1 ;; esac
+}
+
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${ETCD_PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  [ -n "${KEEP:-}" ] || rm -rf "${WORK_ROOT:-$WORK}"
+  local work=${WORK_ROOT:-${WORK:-}}
+  [ -n "$work" ] || return 0
+  if keep_logs; then
+    echo "logs kept in $work" >&2
+  else
+    rm -rf "$work"
+  fi
 }
 trap cleanup EXIT
 trap 'echo; echo "interrupted (SIGINT): stopping the cluster"; exit 130' INT
 trap 'echo; echo "terminated (SIGTERM): stopping the cluster"; exit 143' TERM
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-run() { printf '$ %s\n' "$*"; "$@"; }
+# quote ARG...: the words as one line that a shell reads back as the same
+# words: plain ones as they are, others in single quotes.
+quote() {
+  local a q="'" out=()
+  for a in "$@"; do
+    if [[ $a =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then
+      out+=("$a")
+    else
+      out+=("$q${a//$q/$q\\$q$q}$q")
+    fi
+  done
+  printf '%s\n' "${out[*]}"
+}
+# run CMD ARG...: prints the command as it can be pasted into a shell (from
+# the repository root: $BIN is relative to it unless absolute), then runs it.
+run() { printf '$ %s\n' "$(quote "$@")"; "$@"; }
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+
+# explain_probe FILE [WHY]: prints `dkv-client probe`'s summary line, then,
+# when some writes were of unknown outcome, what that means; WHY says what
+# caused it in this run (default: the answer never came, or was a timeout).
+explain_probe() {
+  local line unknown why=${2:-"the client sent the write but got no answer, or a timeout"}
+  line=$(cat "$1")
+  echo "probe: $line"
+  unknown=$(sed -n 's/.* \([0-9][0-9]*\) of unknown outcome.*/\1/p' <<<"$line")
+  if [ "${unknown:-0}" -gt 0 ]; then
+    echo "(unknown outcome: $why; such a write may or may not have been applied and the client cannot know which, so it is counted apart: neither acknowledged nor failed)"
+  fi
+}
 
 # Waits (up to 10 s) for the first line a process prints on stdout.
 banner() {

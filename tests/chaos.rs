@@ -19,11 +19,18 @@
 //! servers' answers are polled during the run), the cluster must serve a
 //! write again, and every in-sync node must hold the same data.
 //!
-//! Needs root (ip netns). `make chaos DURATION=60 SEED=n` runs both;
+//! Needs root (ip netns) and iproute2 (`ip`, `tc`), and etcd for HA; without
+//! them the tests fail under CI and are skipped elsewhere, `make test` naming
+//! them (`tests/common/skip.rs`). `make chaos DURATION=60 SEED=n` runs both;
 //! `make test` runs a short one of each. Environment: DKV_CHAOS_SECONDS,
 //! DKV_CHAOS_SEED, DKV_CHAOS_TAG. The logs of every process, the nemesis's
 //! actions (`nemesis.log`) and the client history (`history.txt`) are kept
 //! in the test's temp dir when a check fails.
+
+// Only the prerequisite checks of the shared harness: this test has its own.
+#[allow(dead_code)]
+#[path = "common/skip.rs"]
+mod skip;
 
 use dkv::etcd::{Etcd, EtcdOptions};
 use dkv::history::{History, KvOp, Ret};
@@ -1039,8 +1046,21 @@ fn inject(c: &mut Cluster, rng: &mut Rng, fault: Fault) -> &'static str {
 }
 
 fn run(ha: bool) {
-    if unsafe { libc::geteuid() } != 0 || !sh(&["ip", "netns", "list"]) {
-        eprintln!("SKIPPED: chaos needs root and ip netns (CI runs as root)");
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !(skip::require(
+        root,
+        "chaos needs root",
+        "run the tests as root, as CI does",
+    ) && skip::require_tool("ip", "apt-get install iproute2")
+        && skip::require_tool("tc", "apt-get install iproute2")
+        && skip::require(
+            sh(&["ip", "netns", "list"]),
+            "`ip netns list` fails (network namespaces unavailable)",
+            "run on a Linux host or VM where root may create network namespaces",
+        )
+        && (!ha || skip::require_tool("etcd", "apt-get install etcd-server")))
+    {
         return;
     }
     let mode = if ha { "HA" } else { "standalone" };
@@ -1061,20 +1081,7 @@ fn run(ha: bool) {
         (format!("dkv{tag}"), (10 + tag_n % 240) as u8)
     };
     let etcd_bin = if ha {
-        let p = PathBuf::from("/usr/bin/etcd");
-        if p.is_file() {
-            p
-        } else {
-            std::env::var_os("PATH")
-                .and_then(|paths| {
-                    std::env::split_paths(&paths)
-                        .map(|d| d.join("etcd"))
-                        .find(|p| p.is_file())
-                })
-                .expect(
-                    "etcd is not installed: install Debian's etcd-server package, as .ci/run does",
-                )
-        }
+        skip::find_program("etcd", "/usr/bin/etcd").expect("checked above")
     } else {
         PathBuf::new()
     };

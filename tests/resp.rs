@@ -1,6 +1,9 @@
 //! DKV speaks Redis: real tools nobody here wrote (redis-cli, redis-benchmark,
-//! redis-py's Sentinel client) against real nodes. `.ci/run` installs them;
-//! elsewhere a test without its tool says SKIPPED and passes.
+//! redis-server, redis-py's Sentinel client) against real nodes. `.ci/run`
+//! installs them. A test whose tool is missing fails under CI (`CI=true`, as
+//! `.ci/run` sets) and names what to install; elsewhere it is skipped, and
+//! `make test` ends with a line naming every skipped test and why (see
+//! `tests/common/skip.rs`).
 
 mod common;
 
@@ -11,15 +14,6 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-fn have(tool: &str, arg: &str) -> bool {
-    Command::new(tool)
-        .arg(arg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// A real redis-server on a free loopback port, stopped on drop.
 struct RealRedis {
     child: std::process::Child,
@@ -27,8 +21,14 @@ struct RealRedis {
 }
 
 impl RealRedis {
+    /// None when redis-server is not installed (a skipped part, recorded).
     fn start() -> Option<RealRedis> {
-        if !have("redis-server", "--version") {
+        if !require_for_part(
+            common::skip::have_tool("redis-server"),
+            "redis-server is not installed",
+            "apt-get install redis-server",
+            "the comparison with a real Redis (compared with Redis 7's known replies instead)",
+        ) {
             return None;
         }
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -84,8 +84,7 @@ fn redis_cli(addr: &str, args: &[&str]) -> String {
 
 #[test]
 fn redis_cli_works_against_coordinator_and_replica() {
-    if !have("redis-cli", "--version") {
-        eprintln!("SKIPPED: redis-cli is not installed (.ci/run installs redis-tools)");
+    if !require_tool("redis-cli", "apt-get install redis-tools") {
         return;
     }
     let c = Cluster::start("redis-cli", 3, json!({}));
@@ -155,8 +154,7 @@ fn redis_cli_works_against_coordinator_and_replica() {
 
 #[test]
 fn redis_benchmark_pipelined_against_coordinator_and_replica() {
-    if !have("redis-benchmark", "--version") {
-        eprintln!("SKIPPED: redis-benchmark is not installed (.ci/run installs redis-tools)");
+    if !require_tool("redis-benchmark", "apt-get install redis-tools") {
         return;
     }
     let c = Cluster::start("redis-bench", 3, json!({}));
@@ -186,12 +184,7 @@ fn redis_benchmark_pipelined_against_coordinator_and_replica() {
 
 #[test]
 fn redis_py_sentinel_client_writes_across_a_failover() {
-    let py = Command::new("python3")
-        .args(["-c", "import redis.sentinel"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !py {
-        eprintln!("SKIPPED: python3 with redis-py is not installed (.ci/run installs it)");
+    if !require_redis_py() {
         return;
     }
     let mut c = Cluster::start("sentinel", 3, json!({}));

@@ -324,10 +324,15 @@ impl Drop for Capture {
 
 #[test]
 fn replayed_beacons_of_a_killed_coordinator_do_not_keep_it_alive() {
-    let Some(cap) = Capture::open() else {
-        eprintln!("SKIPPED: capturing beacons needs a packet socket (root; CI runs as root)");
+    let cap = Capture::open();
+    if !require(
+        cap.is_some(),
+        "capturing beacons needs a packet socket (AF_PACKET, CAP_NET_RAW)",
+        "run the tests as root, as CI does",
+    ) {
         return;
-    };
+    }
+    let cap = cap.expect("checked");
     let mut c = secured("replay", 3);
     let coord = c.coordinator();
     let epoch = c.view().epoch;

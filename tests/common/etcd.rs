@@ -16,26 +16,28 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-pub const INSTALL_HINT: &str =
-    "install Debian's etcd-server package (apt-get install etcd-server), as .ci/run does";
+pub use super::skip::find_program;
+
+pub const INSTALL_HINT: &str = "apt-get install etcd-server (Debian's etcd-server package)";
+pub const OPENSSL_HINT: &str = "apt-get install openssl";
+
+/// Whether an etcd test may run: etcd is installed. If not, fails the test
+/// under CI and records a skip elsewhere (`super::skip`); the test returns
+/// when this is false.
+pub fn require_etcd() -> bool {
+    super::require_tool("etcd", INSTALL_HINT)
+}
+
+/// [`require_etcd`] and openssl, for the TLS tests.
+pub fn require_etcd_and_openssl() -> bool {
+    require_etcd() && super::require_tool("openssl", OPENSSL_HINT)
+}
 
 /// The etcd binary; panics (failing the test) when etcd is not installed.
+/// Tests call [`require_etcd`] first.
 pub fn etcd_bin() -> PathBuf {
     find_program("etcd", "/usr/bin/etcd")
         .unwrap_or_else(|| panic!("etcd is not installed: {INSTALL_HINT}"))
-}
-
-/// `preferred` if it exists, else `name` on PATH.
-pub fn find_program(name: &str, preferred: &str) -> Option<PathBuf> {
-    let p = PathBuf::from(preferred);
-    if p.is_file() {
-        return Some(p);
-    }
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join(name))
-            .find(|p| p.is_file())
-    })
 }
 
 /// Certificates made by `openssl` for a TLS cluster: a CA, a server
@@ -52,9 +54,8 @@ pub struct TlsFiles {
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
-    let bin = find_program("openssl", "/usr/bin/openssl").unwrap_or_else(|| {
-        panic!("openssl is not installed: install Debian's openssl package, as .ci/run does")
-    });
+    let bin = find_program("openssl", "/usr/bin/openssl")
+        .unwrap_or_else(|| panic!("openssl is not installed: {OPENSSL_HINT}"));
     let out = Command::new(bin)
         .args(args)
         .current_dir(dir)
