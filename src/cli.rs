@@ -294,11 +294,23 @@ pub fn read_value(from: &ValueFrom, max: usize) -> Result<Vec<u8>, String> {
             std::fs::File::open(p).and_then(|f| f.take(max as u64 + 1).read_to_end(&mut v))
         }
     };
-    res.map_err(|e| match from {
-        ValueFrom::Stdin => format!("cannot read the value from stdin: {e}"),
-        ValueFrom::File(p) => format!("cannot read the value from '{}': {e}", p.display()),
+    res.map_err(|e| {
+        let e = io_text(&e);
+        match from {
+            ValueFrom::Stdin => format!("cannot read the value from stdin: {e}"),
+            ValueFrom::File(p) => format!("cannot read the value from '{}': {e}", p.display()),
+        }
     })?;
     Ok(v)
+}
+
+/// An IO error's sentence without the "(os error N)" Rust appends.
+pub fn io_text(e: &std::io::Error) -> String {
+    let t = e.to_string();
+    match t.rfind(" (os error ") {
+        Some(i) if t.ends_with(')') => t[..i].to_string(),
+        _ => t,
+    }
 }
 
 /// `client_proto`'s command line, options anywhere.

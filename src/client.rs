@@ -32,6 +32,7 @@
 //! with a typed refusal, or a RESP, Sentinel or HTTP port, recognised by its
 //! answer or by its answer to a probe, see [`probe`]).
 
+use crate::cli::io_text;
 use crate::errors::{Error, NotAServer, Result};
 use crate::net;
 use crate::servers::ServerList;
@@ -116,11 +117,11 @@ impl ServerFailure {
         match self {
             ServerFailure::Refused => "refused the connection".into(),
             ServerFailure::ConnectTimeout(d) => {
-                format!("did not accept the connection within {} ms", d.as_millis())
+                format!("did not accept the connection within {} ms", ms(*d))
             }
             ServerFailure::Silent(d) => format!(
                 "accepted the connection but sent no answer within {} ms",
-                d.as_millis()
+                ms(*d)
             ),
             ServerFailure::Foreign(what) => what.to_string(),
             ServerFailure::Other(why) => why.clone(),
@@ -138,6 +139,12 @@ impl ServerFailure {
             _ => ServerFailure::Other(io_clause(e, waited)),
         }
     }
+}
+
+/// A time allowed, in whole milliseconds, rounded up: a deadline of 1000 ms
+/// taken a few microseconds before the wait began still reads 1000.
+fn ms(d: Duration) -> u128 {
+    d.as_micros().div_ceil(1000)
 }
 
 /// The error of a server call that no server could answer: one sentence
@@ -194,7 +201,7 @@ fn no_server(tried: Vec<(&str, ServerFailure)>, untried: &[&str], budget: Durati
         text.push_str(&format!(
             "; {} not tried: the {} ms allowed ran out",
             names(untried),
-            budget.as_millis()
+            ms(budget)
         ));
     }
     Error::Unavailable(text)
@@ -205,13 +212,13 @@ fn io_clause(e: &io::Error, waited: Duration) -> String {
     match e.kind() {
         io::ErrorKind::ConnectionRefused => "refused the connection".into(),
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
-            format!("did not answer within {} ms", waited.as_millis())
+            format!("did not answer within {} ms", ms(waited))
         }
         io::ErrorKind::ConnectionReset
         | io::ErrorKind::ConnectionAborted
         | io::ErrorKind::BrokenPipe
         | io::ErrorKind::UnexpectedEof => "closed the connection".into(),
-        _ => format!("failed: {e}"),
+        _ => format!("failed: {}", io_text(e)),
     }
 }
 
@@ -713,7 +720,8 @@ impl Client {
                     let addr = c.addr.clone();
                     self.conn = None;
                     return Err(Error::Unavailable(format!(
-                        "the request could not be sent to the coordinator at {addr}: {e}"
+                        "the request could not be sent to the coordinator at {addr}: {}",
+                        io_text(&e)
                     )));
                 }
                 let sent = Instant::now();
@@ -763,7 +771,7 @@ impl Client {
                 }
                 Ok(r) => return Ok(r),
                 Err(e @ Error::Unavailable(_)) => last_err = e,
-                Err(Error::Io(e)) => last_err = Error::Unavailable(e.to_string()),
+                Err(Error::Io(e)) => last_err = Error::Unavailable(io_text(&e)),
                 Err(e) => return Err(e),
             }
             let now = Instant::now();
