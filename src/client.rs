@@ -23,19 +23,35 @@
 //! sent and no answer came, the client returns [`Error::Indeterminate`].
 //! (Writes go to nodes, never to a server, so walking the server list does
 //! not touch this rule.)
+//!
+//! Every wait (connect, handshake, each read and write) is bounded by the
+//! operation's deadline, `op_timeout` after it started. Errors are one
+//! sentence naming the cause: a server that refused the connection, one that
+//! did not answer within how many milliseconds, an address that is not a DKV
+//! server at all ([`Error::NotAServer`]: a node's data port, which answers
+//! with a typed refusal, or a RESP, Sentinel or HTTP port, recognised by its
+//! answer or by its answer to a probe, see [`probe`]).
 
-use crate::errors::{Error, Result};
+use crate::cli::io_text;
+use crate::errors::{Error, NotAServer, Result};
 use crate::net;
 use crate::servers::ServerList;
 use crate::wire::{
     self, ClusterView, ErrorKind, NodeStatus, Request, Response, ServerRequest, ServerResponse,
+    WireError,
 };
+use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long a lookup waits for one server when others are left to try.
 const LOOKUP_PATIENCE: Duration = Duration::from_millis(300);
+
+/// A server answers a lookup from memory at once. When its first byte takes
+/// longer than this, the client probes the address with another connection
+/// to learn what listens there (see [`probe`]).
+const PROBE_AFTER: Duration = Duration::from_millis(200);
 
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
@@ -66,6 +82,8 @@ struct Conn {
     addr: String,
     stream: TcpStream,
     last_used: Instant,
+    /// The socket's read and write timeout now (see [`Bounded`]).
+    timeout: Option<Duration>,
 }
 
 pub struct Client {
@@ -74,13 +92,313 @@ pub struct Client {
     conn: Option<Conn>,
 }
 
-/// What one server's failure means for a server call.
+/// Why one server could not be used for a server call. All but `Stop` move
+/// the call to the next server.
 enum ServerFailure {
-    /// This server cannot serve now (unreachable, timed out, unavailable):
-    /// try the next one. Holds the reason, without the address.
-    Next(String),
+    /// Nothing listens there.
+    Refused,
+    /// The connection was not accepted within this time.
+    ConnectTimeout(Duration),
+    /// Accepted, but no answer came within this time (and no answer to a
+    /// probe either).
+    Silent(Duration),
+    /// Something that is not a DKV server answered.
+    Foreign(NotAServer),
+    /// Another reason, as a clause that follows the address ("answered
+    /// that it cannot serve: ...").
+    Other(String),
     /// An answer the next server would give too (wrong password, ...).
     Stop(Error),
+}
+
+impl ServerFailure {
+    /// The failure as a clause that follows the server's address.
+    fn clause(&self) -> String {
+        match self {
+            ServerFailure::Refused => "refused the connection".into(),
+            ServerFailure::ConnectTimeout(d) => {
+                format!("did not accept the connection within {} ms", ms(*d))
+            }
+            ServerFailure::Silent(d) => format!(
+                "accepted the connection but sent no answer within {} ms",
+                ms(*d)
+            ),
+            ServerFailure::Foreign(what) => what.to_string(),
+            ServerFailure::Other(why) => why.clone(),
+            ServerFailure::Stop(e) => e.to_string(),
+        }
+    }
+
+    /// The failure of a connection, as a clause.
+    fn from_io(e: &io::Error, waited: Duration) -> ServerFailure {
+        match e.kind() {
+            io::ErrorKind::ConnectionRefused => ServerFailure::Refused,
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                ServerFailure::ConnectTimeout(waited)
+            }
+            _ => ServerFailure::Other(io_clause(e, waited)),
+        }
+    }
+}
+
+/// A time allowed, in whole milliseconds, rounded up: a deadline of 1000 ms
+/// taken a few microseconds before the wait began still reads 1000.
+fn ms(d: Duration) -> u128 {
+    d.as_micros().div_ceil(1000)
+}
+
+/// The error of a server call that no server could answer: one sentence
+/// naming every server tried and what each did. `untried` servers were not
+/// reached before the deadline (`budget` after the call began).
+fn no_server(tried: Vec<(&str, ServerFailure)>, untried: &[&str], budget: Duration) -> Error {
+    use ServerFailure::*;
+    let names = |v: &[&str]| match v {
+        [] => String::new(),
+        [one] => one.to_string(),
+        [init @ .., last] => format!("{} and {last}", init.join(", ")),
+    };
+    let hint = "(is dkv-server running?)";
+    let mut tried = tried;
+    if untried.is_empty() && tried.len() == 1 {
+        let (addr, why) = tried.pop().expect("one server");
+        return match why {
+            Foreign(what) => Error::NotAServer {
+                addr: addr.to_string(),
+                what,
+            },
+            Refused => Error::Unavailable(format!(
+                "no server answered: {addr} refused the connection {hint}"
+            )),
+            ConnectTimeout(_) => Error::Unavailable(format!(
+                "no server answered: {addr} {} (is the host up and the port open?)",
+                why.clause()
+            )),
+            Silent(_) => Error::Unavailable(format!(
+                "no server answered: {addr} {} (is it the server's address, and is the \
+                 server stopped or overloaded?)",
+                why.clause()
+            )),
+            Other(_) => Error::Unavailable(format!("the server at {addr} {}", why.clause())),
+            Stop(e) => e,
+        };
+    }
+    if untried.is_empty() && tried.iter().all(|(_, w)| matches!(w, Refused)) {
+        let addrs: Vec<&str> = tried.iter().map(|(a, _)| *a).collect();
+        return Error::Unavailable(format!(
+            "no server answered: {} refused the connection {hint}",
+            names(&addrs)
+        ));
+    }
+    let mut text = format!(
+        "no server could be used: {}",
+        tried
+            .iter()
+            .map(|(a, w)| format!("{a} {}", w.clause()))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    if !untried.is_empty() {
+        text.push_str(&format!(
+            "; {} not tried: the {} ms allowed ran out",
+            names(untried),
+            ms(budget)
+        ));
+    }
+    Error::Unavailable(text)
+}
+
+/// An IO failure on a connection as a clause that follows the address.
+fn io_clause(e: &io::Error, waited: Duration) -> String {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => "refused the connection".into(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+            format!("did not answer within {} ms", ms(waited))
+        }
+        io::ErrorKind::ConnectionReset
+        | io::ErrorKind::ConnectionAborted
+        | io::ErrorKind::BrokenPipe
+        | io::ErrorKind::UnexpectedEof => "closed the connection".into(),
+        _ => format!("failed: {}", io_text(e)),
+    }
+}
+
+/// A frame that could not be read, as a clause that follows the address.
+fn wire_clause(e: &WireError, waited: Duration) -> String {
+    match e {
+        WireError::Io(e) => io_clause(e, waited),
+        WireError::Closed => "closed the connection without answering".into(),
+        e => format!("sent an answer that is not DKV's ({e})"),
+    }
+}
+
+/// Reads and writes on a socket that never wait past `deadline`: before each
+/// system call the socket's timeout is lowered to the time left, or raised
+/// again when a new deadline leaves much more time than the timeout set.
+/// `set` remembers the timeout in force, so a connection used for many short
+/// operations rarely pays a `setsockopt`.
+struct Bounded<'a> {
+    stream: &'a TcpStream,
+    deadline: Instant,
+    set: &'a mut Option<Duration>,
+}
+
+impl<'a> Bounded<'a> {
+    fn new(stream: &'a TcpStream, deadline: Instant, set: &'a mut Option<Duration>) -> Self {
+        Bounded {
+            stream,
+            deadline,
+            set,
+        }
+    }
+
+    fn fit(&mut self) -> io::Result<()> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        // Allowed: a timeout at most 5 ms past the deadline, and at most an
+        // eighth (or 50 ms) short of it.
+        let slack = (left / 8).max(Duration::from_millis(50));
+        let fits = self
+            .set
+            .is_some_and(|t| t <= left + Duration::from_millis(5) && t + slack >= left);
+        if !fits {
+            self.stream.set_read_timeout(Some(left))?;
+            self.stream.set_write_timeout(Some(left))?;
+            *self.set = Some(left);
+        }
+        Ok(())
+    }
+}
+
+impl Read for Bounded<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.fit()?;
+        (&mut &*self.stream).read(buf)
+    }
+}
+
+impl Write for Bounded<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.fit()?;
+        (&mut &*self.stream).write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The probe sent to an address that accepted a connection but did not
+/// answer the DKV handshake: a line that RESP servers (Redis, Sentinel, a
+/// node's RESP port) answer as an inline `PING` with arguments, and HTTP
+/// servers as a request with an unknown method, both at once. A DKV server
+/// reads its first four bytes as a frame length far above its limit and
+/// closes the connection (logging a bad handshake).
+pub const PROBE: &[u8] = b"PING / HTTP/1.0\r\n\r\n";
+
+/// What answered `first`, the first bytes a peer sent (to our handshake or
+/// to [`PROBE`]) when they cannot start a DKV frame; `None` if they can
+/// (a frame's length is below 16 MiB, so its first byte is 0).
+pub fn classify(first: &[u8]) -> Option<NotAServer> {
+    let &b0 = first.first()?;
+    if b0 == 0 {
+        return None;
+    }
+    let line = first.split(|&b| b == b'\n').next().unwrap_or_default();
+    let shown = |bytes: &[u8]| {
+        let t = crate::cli::escape(&bytes[..bytes.len().min(60)]);
+        t.trim_end_matches("\\x0d").to_string()
+    };
+    Some(if first.starts_with(b"HTTP/") {
+        NotAServer::Http(shown(line))
+    } else if b"+-:$*_%#,(!=|~>".contains(&b0) {
+        NotAServer::Resp
+    } else {
+        NotAServer::Unknown(shown(&first[..first.len().min(16)]))
+    })
+}
+
+/// Reads what a non-DKV peer sent, up to a line or 256 bytes, within
+/// `deadline` (at most 200 ms more: it has started answering).
+fn read_answer(s: &TcpStream, deadline: Instant) -> Vec<u8> {
+    let deadline = deadline.min(Instant::now() + Duration::from_millis(200));
+    let mut set = None;
+    let mut r = Bounded::new(s, deadline, &mut set);
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    while got.len() < 256 && !got.contains(&b'\n') {
+        match r.read(&mut buf[..256 - got.len()]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    got
+}
+
+/// Opens a second connection to `addr`, sends [`PROBE`] and classifies the
+/// answer; `None` when nothing conclusive answered before `deadline` (a DKV
+/// server closes the probe at once).
+pub fn probe(addr: &str, deadline: Instant) -> Option<NotAServer> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return None;
+    }
+    let s = TcpStream::connect_timeout(&net::resolve(addr).ok()?, left).ok()?;
+    let mut set = None;
+    Bounded::new(&s, deadline, &mut set).write_all(PROBE).ok()?;
+    classify(&read_answer(&s, deadline))
+}
+
+/// Waits until the first byte of an answer arrives on `s` (without reading
+/// it), at most until `deadline`. When it takes longer than [`PROBE_AFTER`],
+/// [`probe`] finds out whether something else than a DKV server listens.
+/// `budget` is the time this call allowed, for the error.
+fn await_answer(
+    s: &TcpStream,
+    addr: &str,
+    deadline: Instant,
+    budget: Duration,
+) -> std::result::Result<(), ServerFailure> {
+    let mut probed = false;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ServerFailure::Silent(budget));
+        }
+        let wait = if probed { left } else { left.min(PROBE_AFTER) };
+        s.set_read_timeout(Some(wait))
+            .map_err(|e| ServerFailure::Other(io_clause(&e, budget)))?;
+        let mut b = [0u8; 1];
+        match s.peek(&mut b) {
+            Ok(0) => {
+                return Err(ServerFailure::Other(
+                    "closed the connection without answering (a DKV server of another \
+                     version does that)"
+                        .into(),
+                ))
+            }
+            Ok(_) if b[0] == 0 => return Ok(()),
+            Ok(_) => {
+                let answer = read_answer(s, deadline);
+                let what = classify(&answer).unwrap_or(NotAServer::Unknown(String::new()));
+                return Err(ServerFailure::Foreign(what));
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                if !probed {
+                    probed = true;
+                    if let Some(what) = probe(addr, deadline) {
+                        return Err(ServerFailure::Foreign(what));
+                    }
+                }
+            }
+            Err(e) => return Err(ServerFailure::Other(io_clause(&e, budget))),
+        }
+    }
 }
 
 impl Client {
@@ -123,7 +441,7 @@ impl Client {
         self.check_key(key)?;
         match self.request(Request::Get { key: key.to_vec() }, true)? {
             Response::Value(v) => Ok(v),
-            other => Err(unexpected(other)),
+            other => Err(unexpected(&other, "the coordinator")),
         }
     }
 
@@ -143,7 +461,7 @@ impl Client {
             false,
         )? {
             Response::Written => Ok(()),
-            other => Err(unexpected(other)),
+            other => Err(unexpected(&other, "the coordinator")),
         }
     }
 
@@ -152,26 +470,46 @@ impl Client {
         self.check_key(key)?;
         match self.request(Request::Delete { key: key.to_vec() }, false)? {
             Response::Deleted(existed) => Ok(existed),
-            other => Err(unexpected(other)),
+            other => Err(unexpected(&other, "the coordinator")),
         }
     }
 
     /// The cluster view held by the server.
     pub fn cluster_view(&self) -> Result<ClusterView> {
-        match self.server_call(&ServerRequest::View, self.deadline())? {
+        self.cluster_view_before(self.deadline())
+    }
+
+    /// [`Client::cluster_view`], giving up at `deadline`.
+    pub fn cluster_view_before(&self, deadline: Instant) -> Result<ClusterView> {
+        match self.server_call(&ServerRequest::View, deadline)? {
             ServerResponse::View(v) => Ok(v),
-            other => Err(Error::Protocol(format!(
-                "unexpected server reply {other:?}"
-            ))),
+            other => Err(unexpected_server(&other, "a view request")),
         }
     }
 
     /// Asks one node directly for its own status.
     pub fn node_status(&self, addr: &str) -> Result<NodeStatus> {
-        let s = self.connect_node(addr)?;
-        match net::call::<_, Response>(&s, &Request::Status, self.max_reply())? {
-            Response::Status(st) => Ok(st),
-            other => Err(unexpected(other)),
+        self.node_status_before(addr, self.deadline())
+    }
+
+    /// [`Client::node_status`], giving up at `deadline`.
+    pub fn node_status_before(&self, addr: &str, deadline: Instant) -> Result<NodeStatus> {
+        let start = Instant::now();
+        let (s, mut set) = self.connect_node(addr, deadline)?;
+        let mut io = Bounded::new(&s, deadline, &mut set);
+        let reply = wire::write_frame(&mut io, &Request::Status)
+            .map_err(WireError::from)
+            .and_then(|()| wire::read_frame::<_, Response>(&mut io, self.max_reply()));
+        match reply {
+            Ok(Response::Status(st)) => Ok(st),
+            Ok(Response::Error { kind, message }) => {
+                Err(Error::from_reply(kind, format!("{addr}: {message}")))
+            }
+            Ok(other) => Err(unexpected(&other, addr)),
+            Err(e) => Err(Error::Unavailable(format!(
+                "the node at {addr} {}",
+                wire_clause(&e, start.elapsed())
+            ))),
         }
     }
 
@@ -201,68 +539,80 @@ impl Client {
     /// servers not yet tried, so one that swallows connections cannot use up
     /// the others' time. The first server is always tried.
     fn server_call(&self, req: &ServerRequest, deadline: Instant) -> Result<ServerResponse> {
+        let start = Instant::now();
         let order = self.servers.order();
         let n = order.len();
-        let mut tried: Vec<&str> = Vec::new();
-        let mut last = String::new();
+        let mut tried: Vec<(&str, ServerFailure)> = Vec::new();
+        let mut untried: Vec<&str> = Vec::new();
         for (k, (i, addr)) in order.into_iter().enumerate() {
             let left = deadline.saturating_duration_since(Instant::now());
             if k > 0 && left.is_zero() {
-                break;
+                untried.push(addr);
+                continue;
             }
             let mut share = (left / (n - k) as u32)
-                .min(self.opts.io_timeout)
-                .max(Duration::from_millis(100));
+                .max(left.min(Duration::from_millis(100)))
+                .min(self.opts.io_timeout);
             if k + 1 < n {
                 // A server answers lookups from memory: one that is silent
                 // this long is stopped or cut off, and another one is left.
                 share = share.min(LOOKUP_PATIENCE);
             }
-            tried.push(addr);
-            match self.call_server(addr, req, share) {
+            match self.call_server(addr, req, share.max(Duration::from_millis(1))) {
                 Ok(r) => {
                     self.servers.succeeded(i);
                     return Ok(r);
                 }
                 Err(ServerFailure::Stop(e)) => return Err(e),
-                Err(ServerFailure::Next(why)) => {
-                    log::debug!("server {addr}: {why}");
-                    last = why;
+                Err(why) => {
+                    log::debug!("server {addr}: {}", why.clause());
+                    tried.push((addr, why));
                 }
             }
         }
-        let at = tried.last().copied().unwrap_or_default();
-        Err(Error::Unavailable(if n == 1 {
-            format!("cannot reach the server at {at}: {last}")
-        } else {
-            format!(
-                "no server could be used (tried {}); the last, {at}, failed with: {last}",
-                tried.join(", ")
-            )
-        }))
+        Err(no_server(
+            tried,
+            &untried,
+            deadline.saturating_duration_since(start),
+        ))
     }
 
-    /// One request to one server, with `timeout` for the connect and for
-    /// each reply.
+    /// One request to one server, all of it (connect, handshake, password,
+    /// request, answer) within `budget`.
     fn call_server(
         &self,
         addr: &str,
         req: &ServerRequest,
-        timeout: Duration,
+        budget: Duration,
     ) -> std::result::Result<ServerResponse, ServerFailure> {
-        use ServerFailure::{Next, Stop};
-        let s = net::connect(addr, timeout).map_err(|e| Next(e.to_string()))?;
-        let call = |req: &ServerRequest| -> std::result::Result<ServerResponse, ServerFailure> {
-            match net::call(&s, req, wire::MAX_SERVER_FRAME) {
-                Err(e) => Err(Next(e.to_string())),
+        use ServerFailure::{Foreign, Other, Stop};
+        let start = Instant::now();
+        let deadline = start + budget;
+        let s = net::connect(addr, budget).map_err(|e| ServerFailure::from_io(&e, budget))?;
+        let mut set = Some(budget);
+        let mut first = true;
+        let mut call = |req: &ServerRequest| -> std::result::Result<ServerResponse, ServerFailure> {
+            let mut io = Bounded::new(&s, deadline, &mut set);
+            wire::write_frame(&mut io, req).map_err(|e| Other(io_clause(&e, budget)))?;
+            if std::mem::take(&mut first) {
+                await_answer(&s, addr, deadline, budget)?;
+            }
+            let mut io = Bounded::new(&s, deadline, &mut set);
+            match wire::read_frame(&mut io, wire::MAX_SERVER_FRAME) {
+                Err(e) if e.is_timeout() => Err(ServerFailure::Silent(budget)),
+                Err(e) => Err(Other(wire_clause(&e, start.elapsed()))),
                 Ok(ServerResponse::Error {
                     kind: ErrorKind::Unavailable | ErrorKind::TooManyConnections,
                     message,
-                }) => Err(Next(format!("answered: {message}"))),
+                }) => Err(Other(format!("answered that it cannot serve: {message}"))),
                 Ok(ServerResponse::Error {
                     kind: ErrorKind::AuthRequired | ErrorKind::AuthFailed,
                     message,
                 }) => Err(Stop(Error::Auth(format!("server {addr}: {message}")))),
+                Ok(ServerResponse::Error {
+                    kind: ErrorKind::NotTheServer,
+                    ..
+                }) => Err(Foreign(NotAServer::NodeDataPort)),
                 Ok(r) => Ok(r),
             }
         };
@@ -279,32 +629,48 @@ impl Client {
                     )))
                 }
                 other => {
-                    return Err(Stop(Error::Protocol(format!(
-                        "unexpected reply from server {addr}: {other:?}"
-                    ))))
+                    return Err(Stop(unexpected_server(&other, "the password")));
                 }
             }
         }
         call(req)
     }
 
-    /// Opens a connection to a node and authenticates it when a password is set.
-    fn connect_node(&self, addr: &str) -> Result<TcpStream> {
-        let s = net::connect(addr, self.opts.io_timeout)
-            .map_err(|e| Error::Unavailable(format!("cannot reach {addr}: {e}")))?;
+    /// Opens a connection to a node and authenticates it when a password is
+    /// set, before `deadline`. Returns the stream and the timeout set on it.
+    fn connect_node(&self, addr: &str, deadline: Instant) -> Result<(TcpStream, Option<Duration>)> {
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .min(self.opts.io_timeout)
+            .max(Duration::from_millis(1));
+        let s = net::connect(addr, left).map_err(|e| {
+            Error::Unavailable(format!("the node at {addr} {}", io_clause(&e, left)))
+        })?;
+        let mut set = Some(left);
         if let Some(p) = &self.opts.password {
             let auth = Request::Auth {
                 password: p.clone(),
             };
-            match net::call(&s, &auth, 64 * 1024)? {
-                Response::Authenticated => {}
-                Response::Error { kind, message } => {
+            let start = Instant::now();
+            let mut io = Bounded::new(&s, deadline, &mut set);
+            let reply = wire::write_frame(&mut io, &auth)
+                .map_err(WireError::from)
+                .and_then(|()| wire::read_frame::<_, Response>(&mut io, 64 * 1024));
+            match reply {
+                Ok(Response::Authenticated) => {}
+                Ok(Response::Error { kind, message }) => {
                     return Err(Error::from_reply(kind, format!("{addr}: {message}")))
                 }
-                other => return Err(unexpected(other)),
+                Ok(other) => return Err(unexpected(&other, addr)),
+                Err(e) => {
+                    return Err(Error::Unavailable(format!(
+                        "the node at {addr} {}",
+                        wire_clause(&e, start.elapsed())
+                    )))
+                }
             }
         }
-        Ok(s)
+        Ok((s, set))
     }
 
     /// The coordinator's address according to the server.
@@ -312,21 +678,20 @@ impl Client {
         match self.server_call(&ServerRequest::WhoIsCoordinator, deadline)? {
             ServerResponse::Coordinator { addr, .. } => Ok(addr),
             ServerResponse::NoCoordinator { epoch } => Err(Error::Unavailable(format!(
-                "the server knows no coordinator (epoch {epoch})"
+                "the server knows no coordinator (epoch {epoch}; an election may be under way)"
             ))),
-            other => Err(Error::Protocol(format!(
-                "unexpected server reply {other:?}"
-            ))),
+            other => Err(unexpected_server(&other, "a coordinator lookup")),
         }
     }
 
-    fn open(&mut self, addr: String) -> Result<()> {
+    fn open(&mut self, addr: String, deadline: Instant) -> Result<()> {
         self.conn = None;
-        let stream = self.connect_node(&addr)?;
+        let (stream, timeout) = self.connect_node(&addr, deadline)?;
         self.conn = Some(Conn {
             addr,
             stream,
             last_used: Instant::now(),
+            timeout,
         });
         Ok(())
     }
@@ -347,15 +712,21 @@ impl Client {
                         Some(a) => a,
                         None => self.ask_coordinator(deadline)?,
                     };
-                    self.open(addr)?;
+                    self.open(addr, deadline)?;
                 }
                 let c = self.conn.as_mut().expect("connected");
-                if let Err(e) = wire::write_frame(&mut &c.stream, &req) {
+                let mut io = Bounded::new(&c.stream, deadline, &mut c.timeout);
+                if let Err(e) = wire::write_frame(&mut io, &req) {
+                    let addr = c.addr.clone();
                     self.conn = None;
-                    return Err(Error::Unavailable(format!("send failed: {e}")));
+                    return Err(Error::Unavailable(format!(
+                        "the request could not be sent to the coordinator at {addr}: {}",
+                        io_text(&e)
+                    )));
                 }
+                let sent = Instant::now();
                 match wire::read_frame::<_, Response>(
-                    &mut &c.stream,
+                    &mut io,
                     self.opts.max_value_bytes + 64 * 1024,
                 ) {
                     Ok(r) => {
@@ -365,11 +736,14 @@ impl Client {
                     Err(e) => {
                         let addr = c.addr.clone();
                         self.conn = None;
+                        let why = wire_clause(&e, sent.elapsed());
                         if idempotent {
-                            Err(Error::Unavailable(format!("{addr}: {e}")))
+                            Err(Error::Unavailable(format!(
+                                "the coordinator at {addr} {why}"
+                            )))
                         } else {
                             Err(Error::Indeterminate(format!(
-                                "no answer from {addr} after the write was sent: {e}"
+                                "the coordinator at {addr} {why} after the write was sent"
                             )))
                         }
                     }
@@ -397,13 +771,16 @@ impl Client {
                 }
                 Ok(r) => return Ok(r),
                 Err(e @ Error::Unavailable(_)) => last_err = e,
-                Err(e @ Error::Io(_)) => last_err = Error::Unavailable(e.to_string()),
+                Err(Error::Io(e)) => last_err = Error::Unavailable(io_text(&e)),
                 Err(e) => return Err(e),
             }
             let now = Instant::now();
             if now + backoff >= deadline {
                 return Err(match last_err {
-                    Error::Unavailable(m) => Error::Unavailable(m),
+                    Error::Unavailable(m) => Error::Unavailable(format!(
+                        "no coordinator could be reached within {} ms: {m}",
+                        self.opts.op_timeout.as_millis()
+                    )),
                     other => other,
                 });
             }
@@ -419,6 +796,96 @@ fn alive(c: &Conn) -> bool {
     c.last_used.elapsed() < Duration::from_millis(100) || !net::peer_closed(&c.stream)
 }
 
-fn unexpected(r: Response) -> Error {
-    Error::Protocol(format!("unexpected reply {r:?}"))
+/// A node's reply that does not fit the request (a bug, or another version).
+fn unexpected(r: &Response, addr: &str) -> Error {
+    let name = match r {
+        Response::Value(_) => "a value",
+        Response::Written => "a write confirmation",
+        Response::Deleted(_) => "a delete confirmation",
+        Response::Status(_) => "a status",
+        Response::NotCoordinator { .. } => "a redirect",
+        Response::Error { .. } => "an error",
+        Response::Authenticated => "a password confirmation",
+    };
+    Error::Protocol(format!(
+        "{addr} answered with {name}, which does not fit the request (is it a DKV node of this version?)"
+    ))
+}
+
+/// A server's reply that does not fit the request `to`.
+fn unexpected_server(r: &ServerResponse, to: &str) -> Error {
+    let name = match r {
+        ServerResponse::Registered { .. } => "Registered",
+        ServerResponse::Coordinator { .. } => "Coordinator",
+        ServerResponse::NoCoordinator { .. } => "NoCoordinator",
+        ServerResponse::View(_) => "View",
+        ServerResponse::Ok(_) => "Ok",
+        ServerResponse::Rejected { .. } => "Rejected",
+        ServerResponse::Error { .. } => "Error",
+        ServerResponse::Authenticated => "Authenticated",
+        ServerResponse::NotRegistered { .. } => "NotRegistered",
+    };
+    Error::Protocol(format!(
+        "the server answered {to} with {name}, which does not fit (is it a DKV server of this version?)"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classify_names_what_answered() {
+        assert_eq!(classify(b"+PONG\r\n"), Some(NotAServer::Resp));
+        assert_eq!(
+            classify(b"-NOAUTH Authentication required.\r\n"),
+            Some(NotAServer::Resp)
+        );
+        assert_eq!(
+            classify(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n"),
+            Some(NotAServer::Http("HTTP/1.1 404 Not Found".into()))
+        );
+        assert_eq!(
+            classify(b"SSH-2.0-OpenSSH_9.2\r\n"),
+            Some(NotAServer::Unknown("SSH-2.0-OpenSSH_".into()))
+        );
+        // The first byte of a DKV frame's length is 0.
+        assert_eq!(classify(&[0, 0, 0, 3, 1, 2, 3]), None);
+        assert_eq!(classify(b""), None);
+    }
+
+    #[test]
+    fn one_failed_server_is_one_sentence_naming_it() {
+        let one = |why| no_server(vec![("h:1", why)], &[], Duration::from_secs(1)).to_string();
+        assert_eq!(
+            one(ServerFailure::Refused),
+            "no server answered: h:1 refused the connection (is dkv-server running?)"
+        );
+        assert!(one(ServerFailure::Silent(Duration::from_millis(2000)))
+            .contains("h:1 accepted the connection but sent no answer within 2000 ms"));
+        assert_eq!(
+            one(ServerFailure::Foreign(NotAServer::NodeDataPort)),
+            "h:1 is a DKV node's data port, not the server: give the server's address (server-ip-port)"
+        );
+        let two = no_server(
+            vec![
+                ("a:1", ServerFailure::Refused),
+                ("b:2", ServerFailure::Refused),
+            ],
+            &[],
+            Duration::from_secs(1),
+        );
+        assert_eq!(
+            two.to_string(),
+            "no server answered: a:1 and b:2 refused the connection (is dkv-server running?)"
+        );
+        let cut = no_server(
+            vec![("a:1", ServerFailure::Silent(Duration::from_millis(300)))],
+            &["b:2"],
+            Duration::from_millis(300),
+        );
+        assert!(cut
+            .to_string()
+            .ends_with("b:2 not tried: the 300 ms allowed ran out"));
+    }
 }

@@ -22,8 +22,19 @@ pub enum Error {
     ValueTooLarge { len: usize, max: usize },
     #[error("key must not be empty")]
     EmptyKey,
-    #[error("no coordinator could be reached before the deadline: {0}")]
+    /// The cluster cannot serve now: no server answered, none knows a
+    /// coordinator, the coordinator did not answer in time. Retrying later
+    /// may help. The message is the whole sentence, cause included ("no
+    /// server answered: h:p refused the connection (...)", "no coordinator
+    /// could be reached within 5000 ms: ..."), because the same variant
+    /// carries an immediate failure and one that waited for a deadline.
+    #[error("{0}")]
     Unavailable(String),
+    /// The address given as a DKV server's is something else: a node's data
+    /// port, a RESP or Sentinel port, an HTTP server... Retrying will not
+    /// help; the fix is another address.
+    #[error("{addr} {what}")]
+    NotAServer { addr: String, what: NotAServer },
     #[error("not enough in-sync replicas: {0}")]
     NotEnoughReplicas(String),
     #[error("the write may or may not have been applied: {0}")]
@@ -65,6 +76,49 @@ pub enum Error {
     },
     #[error("{0}")]
     Io(#[from] io::Error),
+}
+
+/// What answered at an address given as a DKV server's (see
+/// [`Error::NotAServer`]). The Display text completes the sentence that
+/// starts with the address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NotAServer {
+    /// A DKV node's data port: the node answered a server request with its
+    /// typed refusal.
+    NodeDataPort,
+    /// Something answering in the Redis protocol (RESP): a node's RESP port,
+    /// the server's Sentinel port, Redis itself.
+    Resp,
+    /// An HTTP server; holds its status line.
+    Http(String),
+    /// Bytes of no protocol DKV knows; holds the first ones, escaped.
+    Unknown(String),
+}
+
+impl std::fmt::Display for NotAServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const FIX: &str = "give the server's address (server-ip-port)";
+        match self {
+            NotAServer::NodeDataPort => {
+                write!(f, "is a DKV node's data port, not the server: {FIX}")
+            }
+            NotAServer::Resp => write!(
+                f,
+                "answered in the Redis protocol (RESP): it is a RESP or Sentinel port, \
+                 not the DKV server; {FIX}"
+            ),
+            NotAServer::Http(line) => write!(
+                f,
+                "answered in HTTP (\"{line}\"): it is a web server (etcd's client port, say), \
+                 not the DKV server; {FIX}"
+            ),
+            NotAServer::Unknown(bytes) => write!(
+                f,
+                "answered in a protocol that is not DKV's (it sent \"{bytes}\"): \
+                 it is not the DKV server; {FIX}"
+            ),
+        }
+    }
 }
 
 impl Error {

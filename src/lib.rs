@@ -41,7 +41,7 @@ pub mod types;
 pub mod wire;
 
 pub use client::{Client, ClientOptions};
-pub use errors::{Error, Result};
+pub use errors::{Error, NotAServer, Result};
 pub use servers::ServerList;
 
 /// Sets up logging from `RUST_LOG` (default: info) with timestamps in ms.

@@ -48,13 +48,19 @@ impl ServerList {
                     )
                 }));
             }
-            let ok = a
-                .rsplit_once(':')
-                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
-            if !ok {
-                return Err(ServerListError(format!(
-                    "'{a}' in the server list is not HOST:PORT"
-                )));
+            match a.rsplit_once(':') {
+                None | Some((_, "")) if !a.starts_with(':') => {
+                    let host = a.trim_end_matches(':');
+                    return Err(ServerListError(format!(
+                        "'{a}' has no port: give the server as HOST:PORT, e.g. {host}:12345"
+                    )));
+                }
+                Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => {}
+                _ => {
+                    return Err(ServerListError(format!(
+                        "'{a}' in the server list is not HOST:PORT"
+                    )))
+                }
             }
             if addrs.iter().any(|x| x == a) {
                 return Err(ServerListError(format!(
@@ -196,7 +202,14 @@ mod tests {
             err("a:1, b:2 ,a:1"),
             "the server list 'a:1, b:2 ,a:1' names a:1 twice"
         );
-        assert_eq!(err("a:1,b"), "'b' in the server list is not HOST:PORT");
+        assert_eq!(
+            err("a:1,b"),
+            "'b' has no port: give the server as HOST:PORT, e.g. b:12345"
+        );
+        assert_eq!(
+            err("127.0.0.1:"),
+            "'127.0.0.1:' has no port: give the server as HOST:PORT, e.g. 127.0.0.1:12345"
+        );
         assert_eq!(err(":80"), "':80' in the server list is not HOST:PORT");
         assert_eq!(
             err("h:99999"),

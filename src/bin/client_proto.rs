@@ -1,8 +1,9 @@
 //! `client_proto SERVER[,SERVER...] CMD...` — R,key  W,key,value  D,key  T,ms
 //!
-//! Every command prints one line on stdout: a read prints the value itself,
-//! W and D and T print `OK`. A missing key prints an empty line and a sentence
-//! on stderr. Exit codes: see `dkv::cli::exit` and the README.
+//! Every command prints one line on stdout: a read prints the value (escaped
+//! unless `--raw`, see `dkv::cli`), W and D and T print `OK`. A missing key
+//! prints an empty line and a sentence on stderr. Exit codes: see
+//! `dkv::cli::exit` and the README.
 
 use dkv::cli::{self, exit, Command, Limits};
 use dkv::{Client, ClientOptions, Error};
@@ -10,61 +11,58 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
-const USAGE: &str =
-    "usage: client_proto [--timeout MS] [--password PASS] SERVER_HOST:PORT[,HOST:PORT...] CMD...
-servers:   one server, or a comma-separated list: each call moves to the next when one fails
+const USAGE: &str = r"usage: client_proto [OPTIONS] SERVER_HOST:PORT[,HOST:PORT...] CMD...
 commands:  R,key   read       W,key,value   write      D,key   delete      T,ms   sleep
-example:   client_proto 127.0.0.1:12345 W,colour,blue R,colour D,colour
-password:  --password, or the DKV_PASSWORD environment variable (not shown by ps)";
+values:    W,key,@PATH writes the file's contents, W,key,- all of stdin (one command only)
+escapes:   in keys and values \, is a comma, \n a newline, \\ a backslash, \xHH any byte,
+           \@ and \- a literal @ or - (W,key,\@home stores '@home'); an unescaped comma
+           in a value is an error
+output:    one line per command: a read prints the value escaped the same way (commas
+           as they are), so a newline in a value prints as \n; --raw prints it as stored
+servers:   one server, or a comma-separated list: each call moves to the next when one fails
+options (anywhere on the line):
+  --timeout MS      how long each command may take in all, connecting included (default 5000)
+  --password PASS   the cluster's client password; better: the DKV_PASSWORD environment
+                    variable (ps shows command lines)
+  --raw             print values as stored (a value holding a newline spans lines)
+  --version, --help
+exit codes: 0 ok, 1 a key was not found, 2 usage error (nothing ran), 3 the cluster was
+           unavailable or refused (later commands did not run), 4 a write's outcome is unknown
+example:   client_proto 127.0.0.1:12345 W,colour,blue R,colour D,colour";
 
 fn main() -> ExitCode {
     dkv::cli::restore_sigpipe();
     dkv::init_logging_quiet();
-    let mut args: Vec<Vec<u8>> = std::env::args_os().skip(1).map(into_bytes).collect();
-    let mut timeout = Duration::from_secs(5);
-    if args.first().is_some_and(|a| a == b"--help" || a == b"-h") {
+    let args = match cli::parse_proto_args(std::env::args_os().skip(1).map(into_bytes).collect()) {
+        Ok(a) => a,
+        Err(e) => return usage(&e),
+    };
+    if args.help {
         println!("{USAGE}");
         return ExitCode::SUCCESS;
     }
-    let mut password = None;
-    loop {
-        if args.first().is_some_and(|a| a == b"--timeout") {
-            let ms = args
-                .get(1)
-                .and_then(|v| std::str::from_utf8(v).ok())
-                .and_then(|v| v.parse::<u64>().ok());
-            match ms {
-                Some(ms) if ms > 0 => timeout = Duration::from_millis(ms),
-                _ => return usage("--timeout takes a positive number of milliseconds"),
-            }
-            args.drain(..2);
-        } else if args.first().is_some_and(|a| a == b"--password") {
-            match args.get(1) {
-                Some(p) if !p.is_empty() => password = Some(p.clone()),
-                _ => return usage("--password takes the client password"),
-            }
-            args.drain(..2);
-        } else {
-            break;
-        }
+    if args.version {
+        println!("client_proto {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
     }
-    let password = password.or_else(|| dkv::auth::client_password(None));
-    if args.is_empty() {
+    let timeout = Duration::from_millis(args.timeout_ms.unwrap_or(5000));
+    let password = args
+        .password
+        .clone()
+        .or_else(|| dkv::auth::client_password(None));
+    let Some(server) = args.server else {
         return usage("no server address given");
-    }
-    let servers = match String::from_utf8(args.remove(0)) {
-        Ok(s) if s.contains(':') => match dkv::ServerList::parse(&s) {
+    };
+    let servers = match String::from_utf8(server) {
+        Ok(s) => match dkv::ServerList::parse(&s) {
             Ok(l) => l,
             Err(e) => return usage(&e.to_string()),
         },
-        _ => {
-            return usage(
-                "the first argument must be the server's HOST:PORT (or a comma-separated list)",
-            )
-        }
+        Err(_) => return usage("the server address is not valid UTF-8"),
     };
     let opts = ClientOptions {
         op_timeout: timeout,
+        io_timeout: timeout,
         password,
         ..ClientOptions::default()
     };
@@ -72,7 +70,11 @@ fn main() -> ExitCode {
         max_key_bytes: opts.max_key_bytes,
         max_value_bytes: opts.max_value_bytes,
     };
-    let cmds = match cli::parse_all(args.iter().map(|a| a.as_slice()), limits) {
+    let cmds = match cli::parse_all(
+        args.commands.iter().map(|a| a.as_slice()),
+        limits,
+        &mut cli::read_value,
+    ) {
         Ok(c) => c,
         Err(e) => return usage(&e),
     };
@@ -82,20 +84,25 @@ fn main() -> ExitCode {
     };
     let mut code = exit::OK;
     let stdout = std::io::stdout();
+    let value_line = |v: &[u8]| -> Vec<u8> {
+        let mut line = if args.raw {
+            v.to_vec()
+        } else {
+            cli::escape(v).into_bytes()
+        };
+        line.push(b'\n');
+        line
+    };
     for cmd in cmds {
         let mut out = stdout.lock();
         let res = match &cmd {
             Command::Read(k) => client.get(k).map(|v| match v {
                 Some(v) => {
-                    let _ = out.write_all(&v);
-                    let _ = out.write_all(b"\n");
+                    let _ = out.write_all(&value_line(&v));
                 }
                 None => {
                     let _ = out.write_all(b"\n");
-                    eprintln!(
-                        "client_proto: key '{}' not found",
-                        String::from_utf8_lossy(k)
-                    );
+                    eprintln!("client_proto: key '{}' not found", cli::escape(k));
                     code = exit::NOT_FOUND;
                 }
             }),
@@ -107,10 +114,7 @@ fn main() -> ExitCode {
                     let _ = out.write_all(b"OK\n");
                 } else {
                     let _ = out.write_all(b"\n");
-                    eprintln!(
-                        "client_proto: key '{}' not found",
-                        String::from_utf8_lossy(k)
-                    );
+                    eprintln!("client_proto: key '{}' not found", cli::escape(k));
                     code = exit::NOT_FOUND;
                 }
             }),
@@ -134,7 +138,7 @@ fn into_bytes(s: std::ffi::OsString) -> Vec<u8> {
 }
 
 fn usage(msg: &str) -> ExitCode {
-    eprintln!("client_proto: {msg}\n{USAGE}");
+    eprintln!("client_proto: {msg} (client_proto --help shows the usage)");
     ExitCode::from(exit::USAGE)
 }
 

@@ -1,11 +1,23 @@
 //! `dkv-client demo SERVER` and `dkv-client status SERVER [--json]`; SERVER
 //! may be a comma-separated list of servers.
+//!
+//! `status` exits 0 when the cluster is healthy, 1 when it answered but is
+//! degraded (the reasons on stderr), 2 on a usage error, 3 when the server
+//! cannot be used; with `--json` stdout always holds one JSON document.
 
 use clap::{Parser, Subcommand};
 use dkv::cli::exit;
 use dkv::wire::ClusterView;
-use dkv::{Client, Error};
+use dkv::{Client, Error, ServerList};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const STATUS_HELP: &str = "Exit codes: 0 healthy; 1 degraded (a member unreachable, \
+fewer in sync than members, no coordinator, or the server recovering; the reasons on \
+stderr); 2 usage error; 3 the server could not be used (unreachable, or not a DKV \
+server). With --json, stdout holds one JSON document in every case: the status (with \
+\"healthy\" and \"problems\"), or {\"error\": \"...\"}.";
 
 /// DKV test and operations client.
 #[derive(Parser)]
@@ -15,16 +27,37 @@ struct Args {
     /// DKV_PASSWORD environment variable: ps shows command lines.
     #[arg(long, global = true, value_name = "PASS")]
     password: Option<String>,
+    /// How long one operation may take in all (connecting, retries, every
+    /// wait for an answer); for status, the whole command. Default 5000
+    /// (probe: 2000 per write).
+    #[arg(long, global = true, value_name = "MS",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    timeout: Option<u64>,
     #[command(subcommand)]
     cmd: Cmd,
 }
 
-/// Client options carrying the password from --password or DKV_PASSWORD.
-fn options(password: &Option<Vec<u8>>) -> dkv::ClientOptions {
+/// Client options carrying the password from --password or DKV_PASSWORD
+/// and the --timeout (or `default_ms`).
+fn options(
+    password: &Option<Vec<u8>>,
+    timeout: Option<u64>,
+    default_ms: u64,
+) -> dkv::ClientOptions {
+    let t = Duration::from_millis(timeout.unwrap_or(default_ms));
     dkv::ClientOptions {
         password: password.clone(),
+        op_timeout: t,
+        io_timeout: t,
         ..Default::default()
     }
+}
+
+/// The server list argument, or the usage error's sentence.
+fn server_list(arg: &str) -> Result<Arc<ServerList>, String> {
+    ServerList::parse(arg)
+        .map(Arc::new)
+        .map_err(|e| e.to_string())
 }
 
 #[derive(Subcommand)]
@@ -101,6 +134,7 @@ enum Cmd {
     },
     /// Print the cluster view: epoch, coordinator, and every member's role,
     /// in-sync flag, log position and digest (asked from each node directly).
+    #[command(after_help = STATUS_HELP)]
     Status {
         /// The server's HOST:PORT, or a comma-separated list of servers
         /// (h1:p1,h2:p2): when one fails the client tries the next.
@@ -114,15 +148,35 @@ enum Cmd {
 fn main() -> ExitCode {
     dkv::cli::restore_sigpipe();
     dkv::init_logging_quiet();
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            // A usage error of `status --json` still writes a JSON document.
+            let usage_error = !matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+            );
+            if usage_error && std::env::args().any(|a| a == "--json") {
+                let rendered = e.to_string();
+                let first = rendered.lines().next().unwrap_or_default();
+                let text = first.trim_start_matches("error: ").to_string();
+                println!("{}", serde_json::json!({ "error": text }));
+            }
+            e.exit();
+        }
+    };
     let pw = dkv::auth::client_password(args.password);
+    let timeout = args.timeout;
     let res = match args.cmd {
         Cmd::Demo {
             server,
             keys,
             prefix,
-        } => demo(&server, &pw, keys, &prefix),
-        Cmd::Status { server, json } => status(&server, &pw, json),
+        } => match server_list(&server) {
+            Ok(list) => demo(list, options(&pw, timeout, 5000), keys, &prefix),
+            Err(e) => return usage(&e),
+        },
+        Cmd::Status { server, json } => return status(&server, options(&pw, timeout, 5000), json),
         Cmd::Bench {
             server,
             target,
@@ -187,7 +241,10 @@ fn main() -> ExitCode {
             duration,
             key,
             json,
-        } => probe(&server, &pw, duration, &key, json),
+        } => match server_list(&server) {
+            Ok(list) => probe(list, options(&pw, timeout, 2000), duration, &key, json),
+            Err(e) => return usage(&e),
+        },
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
@@ -203,8 +260,18 @@ fn main() -> ExitCode {
     }
 }
 
-fn demo(server: &str, pw: &Option<Vec<u8>>, keys: usize, prefix: &str) -> Result<(), Error> {
-    let mut c = Client::with_options(server, options(pw))?;
+fn usage(msg: &str) -> ExitCode {
+    eprintln!("dkv-client: {msg}");
+    ExitCode::from(exit::USAGE)
+}
+
+fn demo(
+    server: Arc<ServerList>,
+    opts: dkv::ClientOptions,
+    keys: usize,
+    prefix: &str,
+) -> Result<(), Error> {
+    let mut c = Client::with_servers(server, opts)?;
     println!("writing {keys} keys");
     for i in 0..keys {
         let (k, v) = (format!("{prefix}-{i}"), format!("value-{i}"));
@@ -218,8 +285,9 @@ fn demo(server: &str, pw: &Option<Vec<u8>>, keys: usize, prefix: &str) -> Result
         let want = format!("value-{i}");
         if got.as_deref() != Some(want.as_bytes()) {
             return Err(Error::Protocol(format!(
-                "read {k}: expected {want}, got {:?}",
-                got.map(|v| String::from_utf8_lossy(&v).into_owned())
+                "read {k}: expected '{want}', got {}",
+                got.map(|v| format!("'{}'", dkv::cli::escape(&v)))
+                    .unwrap_or_else(|| "no value".into())
             )));
         }
         println!("  R {k} -> {want}");
@@ -240,18 +308,13 @@ fn demo(server: &str, pw: &Option<Vec<u8>>, keys: usize, prefix: &str) -> Result
 }
 
 fn probe(
-    server: &str,
-    pw: &Option<Vec<u8>>,
+    server: Arc<ServerList>,
+    opts: dkv::ClientOptions,
     duration: f64,
     key: &str,
     json: bool,
 ) -> Result<(), Error> {
-    use std::time::{Duration, Instant};
-    let opts = dkv::ClientOptions {
-        op_timeout: Duration::from_secs(2),
-        ..options(pw)
-    };
-    let mut c = Client::with_options(server, opts)?;
+    let mut c = Client::with_servers(server, opts)?;
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(duration);
     let (mut ok, mut failed, mut unknown) = (0u64, 0u64, 0u64);
@@ -304,8 +367,10 @@ fn probe(
     }
     if !consistent {
         return Err(Error::Protocol(format!(
-            "the last acknowledged value {last_value:?} does not read back (got {:?})",
-            held.map(|v| String::from_utf8_lossy(&v).into_owned())
+            "the last acknowledged value '{}' does not read back (got {})",
+            last_value.unwrap_or_default(),
+            held.map(|v| format!("'{}'", dkv::cli::escape(&v)))
+                .unwrap_or_else(|| "no value".into())
         )));
     }
     Ok(())
@@ -323,12 +388,26 @@ struct Row {
     reachable: bool,
     auth: Option<dkv::wire::AuthStats>,
     memory: Option<(u64, u64)>,
+    /// Why the member did not answer.
+    why: Option<String>,
 }
 
-fn rows(c: &Client, view: &ClusterView) -> Vec<Row> {
+/// Every member's row, asking the members at once, all before `deadline`.
+fn rows(c: &Client, view: &ClusterView, deadline: Instant) -> Vec<Row> {
+    let answers: Vec<_> = std::thread::scope(|s| {
+        let asks: Vec<_> = view
+            .members
+            .iter()
+            .map(|m| s.spawn(move || c.node_status_before(&m.data_addr, deadline)))
+            .collect();
+        asks.into_iter()
+            .map(|a| a.join().expect("status thread"))
+            .collect()
+    });
     view.members
         .iter()
-        .map(|m| match c.node_status(&m.data_addr) {
+        .zip(answers)
+        .map(|(m, answer)| match answer {
             Ok(st) => Row {
                 id: m.node_id,
                 address: m.data_addr.clone(),
@@ -341,8 +420,9 @@ fn rows(c: &Client, view: &ClusterView) -> Vec<Row> {
                 reachable: true,
                 auth: Some(st.auth),
                 memory: Some((st.used_memory, st.max_memory)),
+                why: None,
             },
-            Err(_) => Row {
+            Err(e) => Row {
                 id: m.node_id,
                 address: m.data_addr.clone(),
                 role: "unreachable".into(),
@@ -354,15 +434,82 @@ fn rows(c: &Client, view: &ClusterView) -> Vec<Row> {
                 reachable: false,
                 auth: None,
                 memory: None,
+                why: Some(e.to_string()),
             },
         })
         .collect()
 }
 
-fn status(server: &str, pw: &Option<Vec<u8>>, json: bool) -> Result<(), Error> {
-    let c = Client::with_options(server, options(pw))?;
-    let view = c.cluster_view()?;
-    let rows = rows(&c, &view);
+/// What keeps the cluster from being healthy, one sentence each.
+fn problems(view: &ClusterView, rows: &[Row]) -> Vec<String> {
+    let mut p = Vec::new();
+    if view.coordinator.is_none() {
+        p.push(format!("no coordinator (epoch {})", view.epoch));
+    }
+    if let Some(why) = &view.recovery {
+        p.push(format!("the server is recovering its view: {why}"));
+    }
+    for r in rows.iter().filter(|r| !r.reachable) {
+        p.push(format!(
+            "member {} ({}) is unreachable: {}",
+            r.id,
+            r.address,
+            r.why.as_deref().unwrap_or("no answer")
+        ));
+    }
+    if view.isr.len() < view.members.len() {
+        let ids: Vec<String> = view.isr.iter().map(|i| i.to_string()).collect();
+        p.push(format!(
+            "only {} of {} members are in sync (in sync: {})",
+            view.isr.len(),
+            view.members.len(),
+            if ids.is_empty() {
+                "none".into()
+            } else {
+                ids.join(", ")
+            }
+        ));
+    }
+    p
+}
+
+/// `dkv-client status`: see the module doc for its exit codes.
+fn status(server: &str, opts: dkv::ClientOptions, json: bool) -> ExitCode {
+    let fail = |code: u8, msg: String| {
+        if json {
+            println!("{}", serde_json::json!({ "error": msg }));
+        }
+        eprintln!("dkv-client: {msg}");
+        ExitCode::from(code)
+    };
+    let list = match server_list(server) {
+        Ok(l) => l,
+        Err(e) => return fail(exit::USAGE, e),
+    };
+    let deadline = Instant::now() + opts.op_timeout;
+    let view = Client::with_servers(list, opts).and_then(|c| {
+        let view = c.cluster_view_before(deadline)?;
+        Ok((c, view))
+    });
+    let (c, view) = match view {
+        Ok(v) => v,
+        Err(e) => return fail(exit::FAILED, e.to_string()),
+    };
+    let rows = rows(&c, &view, deadline);
+    let problems = problems(&view, &rows);
+    show_status(&view, rows, json, &problems);
+    if problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!(
+            "dkv-client: the cluster is degraded: {}",
+            problems.join("; ")
+        );
+        ExitCode::from(exit::DEGRADED)
+    }
+}
+
+fn show_status(view: &ClusterView, rows: Vec<Row>, json: bool, problems: &[String]) {
     if json {
         let members: Vec<_> = rows
             .iter()
@@ -394,10 +541,12 @@ fn status(server: &str, pw: &Option<Vec<u8>>, json: bool) -> Result<(), Error> {
             "server_rejected_peers": view.auth.rejected_peers,
             "server_failed_client_auth": view.auth.failed_client_auth,
             "recovery": view.recovery,
+            "healthy": problems.is_empty(),
+            "problems": problems,
             "members": members,
         });
         println!("{}", serde_json::to_string_pretty(&out).expect("json"));
-        return Ok(());
+        return;
     }
     println!(
         "epoch {}  coordinator {}  in sync {:?}",
@@ -442,5 +591,4 @@ fn status(server: &str, pw: &Option<Vec<u8>>, json: bool) -> Result<(), Error> {
                 .unwrap_or_else(|| "-".into())
         );
     }
-    Ok(())
 }

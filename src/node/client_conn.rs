@@ -23,9 +23,28 @@ pub(super) fn serve(sh: &Shared, stream: &TcpStream, mut reader: TimedStream<'_>
     }
     loop {
         let max = gate.max_frame(sh.settings.max_client_frame());
-        let req: Request = match wire::read_frame(&mut reader, max) {
+        let req: Request = match wire::read_frame_bytes(&mut reader, max).and_then(|body| {
+            wire::decode(&body, max).map_err(|e| match wire::server_request_on_node(&body) {
+                true => WireError::NotTheServer,
+                false => e,
+            })
+        }) {
             Ok(r) => r,
             Err(WireError::Closed) => return,
+            Err(WireError::NotTheServer) => {
+                // A client given this node's address as the server's: answer
+                // in the server protocol, which that client reads, with the
+                // typed refusal it turns into "... is a DKV node's data port".
+                log::info!("client {peer} sent a server request to this data port; refusing it");
+                out.clear();
+                let refusal = wire::ServerResponse::Error {
+                    kind: ErrorKind::NotTheServer,
+                    message: "this is a DKV node's data port, not the server".into(),
+                };
+                wire::encode_frame_into(&mut out, &refusal);
+                let _ = std::io::Write::write_all(&mut &*stream, &out);
+                return;
+            }
             Err(e) => {
                 // A malformed or oversized frame, or a request that took
                 // longer than read-timeout (a slow client, not a crash): say

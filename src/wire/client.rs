@@ -71,6 +71,12 @@ pub enum ErrorKind {
     AuthFailed,
     /// The data reached `max-memory`; writes that add data are refused.
     OutOfMemory,
+    /// A node's data port got a server request (a client was given the
+    /// node's address as the server's). Sent as a [`ServerResponse`] so that
+    /// client can read it.
+    ///
+    /// [`ServerResponse`]: super::ServerResponse
+    NotTheServer,
 }
 
 impl crate::errors::Error {
@@ -89,6 +95,7 @@ impl crate::errors::Error {
             | ErrorKind::StorageFailed => Error::Refused(message),
             ErrorKind::AuthRequired | ErrorKind::AuthFailed => Error::Auth(message),
             ErrorKind::OutOfMemory => Error::OutOfMemory(message),
+            ErrorKind::NotTheServer => Error::Refused(message),
         }
     }
 }

@@ -21,6 +21,10 @@ pub enum WireError {
     Forged,
     #[error("{0}")]
     Io(#[from] io::Error),
+    /// A node's data port read a frame that is no client request but a
+    /// request for the server (see [`super::server_request_on_node`]).
+    #[error("a server request sent to a node's data port")]
+    NotTheServer,
 }
 
 impl WireError {

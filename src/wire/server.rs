@@ -87,6 +87,16 @@ impl ServerRequest {
     }
 }
 
+/// True when `body`, which failed to decode as a client [`Request`], is a
+/// request a client sends the server: a client given a node's data port as
+/// the server's address. The node answers it with
+/// `ServerResponse::Error { kind: ErrorKind::NotTheServer, .. }`.
+///
+/// [`Request`]: super::Request
+pub fn server_request_on_node(body: &[u8]) -> bool {
+    super::decode::<ServerRequest>(body, MAX_SERVER_FRAME).is_ok_and(|r| !r.is_member_only())
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ServerResponse {
     Registered {
@@ -189,4 +199,31 @@ pub struct MemberInfo {
     pub digest: u64,
     /// Milliseconds since the coordinator last reported this member.
     pub last_status_ms: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{decode, encode, Request};
+
+    #[test]
+    fn a_node_recognises_a_client_server_request_and_nothing_else() {
+        for req in [ServerRequest::WhoIsCoordinator, ServerRequest::View] {
+            let body = encode(&req);
+            assert!(decode::<Request>(&body, 1024).is_err());
+            assert!(server_request_on_node(&body));
+        }
+        let auth = encode(&ServerRequest::Auth {
+            password: b"pw".to_vec(),
+        });
+        assert!(server_request_on_node(&auth));
+        // Member requests and client requests are not it.
+        let grant = encode(&ServerRequest::RequestGrant {
+            candidate: 1,
+            epoch: 1,
+            last: LogPos::new(1, 1),
+        });
+        assert!(!server_request_on_node(&grant));
+        assert!(!server_request_on_node(&encode(&Request::Status)));
+    }
 }
