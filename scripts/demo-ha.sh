@@ -39,10 +39,10 @@ echo "server list given to nodes and clients: $SERVER"
 say "starting three nodes, each given both servers"
 for n in 1 2 3; do start_node "$n"; done
 wait_in_sync 3
-run "$BIN/dkv-client" status "$SERVER"
+show_status
 
 say "writing and reading with client_proto (through either server)"
-run "$BIN/client_proto" "$SERVER" W,city,Lisbon "W,note,hello, world" R,city R,note
+run "$BIN/client_proto" "$SERVER" W,city,Lisbon 'W,note,hello\, world' R,city R,note
 run "$BIN/client_proto" "${SERVER_ADDR[2]}" R,city
 args=()
 for i in $(seq 1 300); do args+=("W,bulk-$i,value-$i"); done
@@ -79,7 +79,7 @@ forget "$probe"
 explain_probe "$WORK/probe1.txt"
 echo "what the nodes logged:"
 grep -h "server ${SERVER_ADDR[1]} unreachable" "$WORK"/node*.log | sed 's/^/  /' || true
-run "$BIN/dkv-client" status "$SERVER"
+show_status
 epoch1=$(cluster_epoch)
 if [ "$epoch1" = "$epoch0" ] && [ "$(coordinator_label)" = "$coord0" ]; then
   echo "epoch $epoch0 before the kill, $epoch1 after, same coordinator (node ${NODE_ID[$coord0]}): no failover"
@@ -106,7 +106,7 @@ echo "first write acknowledged $((t1 - t0)) ms after the kill (measured from thi
 explain_probe "$WORK/probe2.txt" "the probe sent the write as the coordinator was killed, and no answer came"
 echo "what server 2 logged:"
 grep -h "granted epoch" "$WORK/server2.log" | sed 's/^/  /' || true
-run "$BIN/dkv-client" status "$SERVER"
+show_status
 epoch2=$(cluster_epoch)
 c2=$(coordinator_label)
 if [ "$epoch2" -gt "$epoch1" ] && [ "$c2" != "$c" ]; then

@@ -30,7 +30,7 @@ for n in 1 2 3; do start_node "$n"; done
 wait_in_sync 3
 
 say "writing, reading and deleting with client_proto"
-run "$BIN/client_proto" "$SERVER" W,city,Lisbon "W,note,hello, world" R,city R,note
+run "$BIN/client_proto" "$SERVER" W,city,Lisbon 'W,note,hello\, world' R,city R,note
 run "$BIN/client_proto" "$SERVER" D,city
 set +e
 run "$BIN/client_proto" "$SERVER" R,city
@@ -51,12 +51,12 @@ for i in $(seq 1 500); do args+=("W,bulk-$i,value-$i"); done
 "$BIN/client_proto" "$SERVER" "${args[@]}" | sort | uniq -c
 
 say "cluster status: every node at the same log position with the same digest"
-run "$BIN/dkv-client" status "$SERVER"
+show_status
 
 say "adding a fourth node: it gets a copy, then joins the in-sync set"
 start_node 4
 wait_in_sync 4
-run "$BIN/dkv-client" status "$SERVER"
+show_status
 
 say "failover: kill -9 the coordinator while a client keeps writing"
 "$BIN/dkv-client" probe "$SERVER" --duration 2 >"$WORK/probe.txt" &
@@ -71,7 +71,7 @@ t1=$(now_ms)
 wait "$probe"
 echo "first write acknowledged $((t1 - t0)) ms after the kill (measured from this script, process start-up included)"
 explain_probe "$WORK/probe.txt" "the probe sent the write as the coordinator was killed, and no answer came"
-run "$BIN/dkv-client" status "$SERVER"
+show_status
 
 say "every key written before the kill is still there"
 missing=0

@@ -22,7 +22,7 @@ config() { # retention fsync
 wait_node_in_sync() {
   local id=${NODE_ID[$1]} t0
   t0=$(now_ms)
-  until "$BIN/dkv-client" status "$SERVER" --json | tr -d ' \n' | grep -q "\"id\":$id,[^}]*\"in_sync\":true"; do
+  until status_json | tr -d ' \n' | grep -q "\"id\":$id,[^}]*\"in_sync\":true"; do
     sleep 0.02
   done
   echo $(( $(now_ms) - t0 ))

@@ -46,6 +46,25 @@ quote() {
 # run CMD ARG...: prints the command as it can be pasted into a shell (from
 # the repository root: $BIN is relative to it unless absolute), then runs it.
 run() { printf '$ %s\n' "$(quote "$@")"; "$@"; }
+
+# show_status: `dkv-client status` as a user runs it. Exit 1 (degraded: a
+# member unreachable, the in-sync set smaller than the members) is expected
+# right after a kill; it is said, not fatal. Other codes are errors.
+show_status() {
+  local rc=0
+  printf '$ %s\n' "$(quote "$BIN/dkv-client" status "$SERVER")"
+  "$BIN/dkv-client" status "$SERVER" || rc=$?
+  if [ "$rc" -eq 1 ]; then echo "(exit 1: degraded, for the reasons above)"; fi
+  [ "$rc" -le 1 ]
+}
+
+# status_json: the server's view as JSON, whatever the cluster's health
+# (exit 1 only means degraded; the document is complete).
+status_json() {
+  local rc=0
+  "$BIN/dkv-client" status "$SERVER" --json || rc=$?
+  [ "$rc" -le 1 ]
+}
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 
 # explain_probe FILE [WHY]: prints `dkv-client probe`'s summary line, then,
@@ -105,7 +124,7 @@ declare -A NODE_ID
 wait_in_sync() {
   for _ in $(seq 1 200); do
     local n
-    n=$("$BIN/dkv-client" status "$SERVER" --json | grep -c '"in_sync": true' || true)
+    n=$(status_json | grep -c '"in_sync": true' || true)
     [ "$n" -ge "$1" ] && return 0
     sleep 0.05
   done
@@ -115,7 +134,7 @@ wait_in_sync() {
 
 # Prints the cluster's epoch according to the server.
 cluster_epoch() {
-  "$BIN/dkv-client" status "$SERVER" --json | sed -n 's/^  "epoch": \([0-9]*\),*$/\1/p'
+  status_json | sed -n 's/^  "epoch": \([0-9]*\),*$/\1/p'
 }
 
 # Fails (and says so) when the epoch moved since $1: a failover happened.
@@ -131,7 +150,7 @@ check_no_failover() {
 # Prints the label N of the node that is coordinator now.
 coordinator_label() {
   local id
-  id=$("$BIN/dkv-client" status "$SERVER" --json | sed -n 's/^  "coordinator": \([0-9]*\),*$/\1/p')
+  id=$(status_json | sed -n 's/^  "coordinator": \([0-9]*\),*$/\1/p')
   for n in "${!NODE_ID[@]}"; do
     if [ "${NODE_ID[$n]}" = "$id" ]; then echo "$n"; return 0; fi
   done

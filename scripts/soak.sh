@@ -15,7 +15,7 @@ QUIET=1
 start_server
 for n in 1 2 3; do start_node "$n"; done
 wait_in_sync 3
-epoch0=$("$BIN/dkv-client" status "$SERVER" --json | sed -n 's/^  "epoch": \([0-9]*\),*$/\1/p')
+epoch0=$(status_json | sed -n 's/^  "epoch": \([0-9]*\),*$/\1/p')
 echo "3 nodes in sync at epoch $epoch0; $CLIENTS writers for $DURATION s"
 probes=()
 for i in $(seq 1 "$CLIENTS"); do
@@ -24,11 +24,11 @@ for i in $(seq 1 "$CLIENTS"); do
 done
 fail=0
 for p in "${probes[@]}"; do wait "$p" || fail=1; done
-epoch1=$("$BIN/dkv-client" status "$SERVER" --json | sed -n 's/^  "epoch": \([0-9]*\),*$/\1/p')
+epoch1=$(status_json | sed -n 's/^  "epoch": \([0-9]*\),*$/\1/p')
 total=$(cat "$WORK"/probe-*.json | sed -n 's/.*"writes_ok":\([0-9]*\).*/\1/p' | awk '{s+=$1} END {print s}')
 worst=$(cat "$WORK"/probe-*.json | sed -n 's/.*"max_gap_ms":\([0-9.]*\).*/\1/p' | sort -n | tail -n1)
 echo "acknowledged writes: $total ($(( total / DURATION )) per second); longest gap seen by any client: $worst ms"
-"$BIN/dkv-client" status "$SERVER"
+show_status
 if [ "$epoch1" != "$epoch0" ]; then
   echo "FALSE FAILOVER: epoch went from $epoch0 to $epoch1 under load" >&2
   grep -h "suspected\|stepping down\|granted" "$WORK"/*.log >&2 || true

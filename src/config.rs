@@ -194,6 +194,15 @@ pub struct NodeSettings {
     /// a Timeout error (outcome unknown).
     #[serde(default = "d_write_timeout")]
     pub write_timeout: u64,
+    /// How long (ms) the server keeps a member it has not heard of (no
+    /// status report from the coordinator names it as reachable) before it
+    /// removes it from the view; 0 keeps members until they are replaced.
+    /// Only members outside the in-sync set are removed, and a removed node
+    /// that comes back rejoins with its id. A member whose address a newer
+    /// member took (a node restarted without its data directory) is removed
+    /// as soon as it is outside the in-sync set.
+    #[serde(default = "d_member_expiry")]
+    pub member_expiry: u64,
     /// Where nodes serve RESP (the Redis protocol); `--resp-listen`
     /// overrides it. Default: the node's listen address with an ephemeral
     /// port. "off" turns it off.
@@ -292,6 +301,9 @@ fn d_read_timeout() -> u64 {
 fn d_write_timeout() -> u64 {
     5_000
 }
+fn d_member_expiry() -> u64 {
+    600_000
+}
 
 impl Default for NodeSettings {
     fn default() -> Self {
@@ -356,6 +368,11 @@ impl NodeSettings {
     pub fn fsync_interval(&self) -> Duration {
         Duration::from_millis(self.fsync_interval)
     }
+    /// `None`: members are never removed for silence.
+    pub fn member_expiry(&self) -> Option<Duration> {
+        (self.member_expiry > 0).then(|| Duration::from_millis(self.member_expiry))
+    }
+
     pub fn write_timeout(&self) -> Duration {
         Duration::from_millis(self.write_timeout)
     }
@@ -420,6 +437,7 @@ impl Config {
             ("read-timeout", Some(n.read_timeout)),
             ("write-timeout", Some(n.write_timeout)),
             ("fsync-interval", Some(n.fsync_interval)),
+            ("member-expiry", Some(n.member_expiry)),
         ];
         for (key, v) in durations {
             if v.is_some_and(|v| v > DAY_MS) {

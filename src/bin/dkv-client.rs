@@ -390,6 +390,9 @@ struct Row {
     memory: Option<(u64, u64)>,
     /// Why the member did not answer.
     why: Option<String>,
+    /// How long ago the coordinator last reported hearing from it (as the
+    /// server counts); `None`: not since the server started.
+    last_heard_ms: Option<u64>,
 }
 
 /// Every member's row, asking the members at once, all before `deadline`.
@@ -408,6 +411,23 @@ fn rows(c: &Client, view: &ClusterView, deadline: Instant) -> Vec<Row> {
         .iter()
         .zip(answers)
         .map(|(m, answer)| match answer {
+            // Its address answers as another node: a node restarted there
+            // without its data directory, under a new id.
+            Ok(st) if st.node_id != m.node_id => Row {
+                id: m.node_id,
+                address: m.data_addr.clone(),
+                role: "unreachable".into(),
+                in_sync: m.in_sync,
+                log_epoch: 0,
+                log_position: 0,
+                digest: 0,
+                keys: None,
+                reachable: false,
+                auth: None,
+                memory: None,
+                why: Some(format!("its address now answers as node {}", st.node_id)),
+                last_heard_ms: m.last_status_ms,
+            },
             Ok(st) => Row {
                 id: m.node_id,
                 address: m.data_addr.clone(),
@@ -421,20 +441,22 @@ fn rows(c: &Client, view: &ClusterView, deadline: Instant) -> Vec<Row> {
                 auth: Some(st.auth),
                 memory: Some((st.used_memory, st.max_memory)),
                 why: None,
+                last_heard_ms: m.last_status_ms,
             },
             Err(e) => Row {
                 id: m.node_id,
                 address: m.data_addr.clone(),
                 role: "unreachable".into(),
                 in_sync: m.in_sync,
-                log_epoch: m.log_position.epoch,
-                log_position: m.log_position.index,
-                digest: m.digest,
+                log_epoch: 0,
+                log_position: 0,
+                digest: 0,
                 keys: None,
                 reachable: false,
                 auth: None,
                 memory: None,
                 why: Some(e.to_string()),
+                last_heard_ms: m.last_status_ms,
             },
         })
         .collect()
@@ -451,9 +473,10 @@ fn problems(view: &ClusterView, rows: &[Row]) -> Vec<String> {
     }
     for r in rows.iter().filter(|r| !r.reachable) {
         p.push(format!(
-            "member {} ({}) is unreachable: {}",
+            "member {} ({}) is unreachable ({}): {}",
             r.id,
             r.address,
+            last_heard(r.last_heard_ms),
             r.why.as_deref().unwrap_or("no answer")
         ));
     }
@@ -471,6 +494,16 @@ fn problems(view: &ClusterView, rows: &[Row]) -> Vec<String> {
         ));
     }
     p
+}
+
+/// When the cluster last heard from a member, as people read it.
+fn last_heard(ms: Option<u64>) -> String {
+    match ms {
+        Some(ms) if ms < 1000 => format!("last heard {ms} ms ago"),
+        Some(ms) if ms < 120_000 => format!("last heard {:.1} s ago", ms as f64 / 1000.0),
+        Some(ms) => format!("last heard {} min ago", ms / 60_000),
+        None => "not heard from since the server started".into(),
+    }
 }
 
 /// `dkv-client status`: see the module doc for its exit codes.
@@ -519,9 +552,10 @@ fn show_status(view: &ClusterView, rows: Vec<Row>, json: bool, problems: &[Strin
                     "address": r.address,
                     "role": r.role,
                     "in_sync": r.in_sync,
-                    "log_position": r.log_position,
-                    "log_epoch": r.log_epoch,
-                    "digest": format!("{:016x}", r.digest),
+                    "log_position": r.reachable.then_some(r.log_position),
+                    "log_epoch": r.reachable.then_some(r.log_epoch),
+                    "digest": r.reachable.then(|| format!("{:016x}", r.digest)),
+                    "last_heard_ms": r.last_heard_ms,
                     "keys": r.keys,
                     "reachable": r.reachable,
                     "used_memory": r.memory.map(|m| m.0),
@@ -549,12 +583,12 @@ fn show_status(view: &ClusterView, rows: Vec<Row>, json: bool, problems: &[Strin
         return;
     }
     println!(
-        "epoch {}  coordinator {}  in sync {:?}",
+        "epoch {}  coordinator {}  in sync {}",
         view.epoch,
         view.coordinator
             .map(|c| c.to_string())
             .unwrap_or_else(|| "none".into()),
-        view.isr
+        dkv::types::fmt_ids(&view.isr)
     );
     if let Some(why) = &view.recovery {
         println!("RECOVERING: the server grants nothing until it can: {why}");
@@ -574,6 +608,20 @@ fn show_status(view: &ClusterView, rows: Vec<Row>, json: bool, problems: &[Strin
         "ID", "ADDRESS", "ROLE", "IN-SYNC", "LOG-POSITION", "DIGEST", "KEYS"
     );
     for r in rows {
+        if !r.reachable {
+            // No figures it did not give: when it was last heard, and why
+            // it does not answer.
+            println!(
+                "{:<4} {:<22} {:<12} {:<8} {}: {}",
+                r.id,
+                r.address,
+                r.role,
+                if r.in_sync { "yes" } else { "no" },
+                last_heard(r.last_heard_ms),
+                r.why.as_deref().unwrap_or("no answer")
+            );
+            continue;
+        }
         println!(
             "{:<4} {:<22} {:<12} {:<8} {:<14} {:<17} {:<9} {}",
             r.id,

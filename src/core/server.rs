@@ -115,6 +115,12 @@ pub struct ServerCore {
     /// Why recovery waits, for logs and views.
     recovery_note: Option<String>,
     renewal: Option<Renewal>,
+    /// Members not heard of for this long leave the view (see
+    /// [`ServerCore::tick`]); `None`: never for silence.
+    member_expiry: Option<Duration>,
+    /// When this core started: the "last heard" of a member nobody
+    /// reported since.
+    started: Instant,
 }
 
 impl ServerCore {
@@ -134,7 +140,15 @@ impl ServerCore {
             recovery_since,
             recovery_note: None,
             renewal: None,
+            member_expiry: None,
+            started: now,
         }
+    }
+
+    /// Members nobody reported for `expiry` leave the view (`None`: never).
+    pub fn with_member_expiry(mut self, expiry: Option<Duration>) -> Self {
+        self.member_expiry = expiry;
+        self
     }
 
     /// For a server that started without any view: no brand-new node may
@@ -217,10 +231,11 @@ impl ServerCore {
     }
 
     /// Time passed: a recovery may be decided by it (the operator's settle
-    /// period). Returns whether the durable view changed. The runtime calls
-    /// it every heartbeat.
+    /// period), and members gone for good leave the view
+    /// ([`ServerCore::reap`]). Returns whether the durable view changed. The
+    /// runtime calls it every heartbeat.
     pub fn tick(&mut self, now: Instant) -> bool {
-        let changed = self.try_recover(now, None);
+        let changed = self.try_recover(now, None) | self.reap(now);
         if changed {
             self.assert_coordinator_in_isr();
         }
@@ -385,6 +400,7 @@ impl ServerCore {
         self.view.next_id = self.view.next_id.max(max_id + 1);
         let rep = self.reports.entry(id).or_default();
         rep.applied = r.last;
+        rep.at = Some(now);
         let coordinated = r.coordinated.as_ref().map(|(e, isr)| {
             let inc = |m: NodeId| r.view.member(m).map(|x| x.incarnation).unwrap_or(0);
             (*e, isr.iter().map(|&m| (m, inc(m))).collect::<Vec<_>>())
@@ -650,6 +666,7 @@ impl ServerCore {
         let rep = self.reports.entry(id).or_default();
         rep.applied = last;
         rep.role = None;
+        rep.at = Some(now);
         if restarted {
             // A new life of a known node: whatever it held before, it must
             // catch up before it counts as in sync again, and if it was the
@@ -693,6 +710,9 @@ impl ServerCore {
             self.view.isr_version += 1;
             self.lease_until = Some(now + self.lease);
         }
+        // A member this node replaced at its address leaves at once (when
+        // outside the in-sync set).
+        self.reap(now);
         (
             ServerResponse::Registered {
                 node_id: id,
@@ -758,6 +778,65 @@ impl ServerCore {
         ServerResponse::Ok(self.view(now))
     }
 
+    /// Removes the members that are gone for good:
+    /// * *replaced*: a newer member registered at its data address (a node
+    ///   restarted there without its data directory), so its process is gone;
+    /// * *expired*: no status report named it for `member-expiry` (the
+    ///   coordinator reports only the members it hears from).
+    ///
+    /// Never the coordinator nor a member of the recorded in-sync set: the
+    /// in-sync set and every grant stay as they are, and a member outside
+    /// the recorded set is one no acknowledged write depends on. A removed
+    /// member cannot be recorded in sync again (`SetIsr` names members
+    /// only) unless it comes back and rejoins. See docs/ARCHITECTURE.md,
+    /// "Members that leave".
+    fn reap(&mut self, now: Instant) -> bool {
+        if self.recovering() {
+            return false;
+        }
+        let mut gone = Vec::new();
+        for (&id, m) in &self.view.members {
+            if Some(id) == self.view.coordinator || self.view.isr.contains(&id) {
+                continue;
+            }
+            let newer = self
+                .view
+                .members
+                .range(id + 1..)
+                .find(|(_, n)| n.data_addr == m.data_addr);
+            if let Some((&newer, _)) = newer {
+                gone.push((
+                    id,
+                    format!("its address {} is now node {newer}'s", m.data_addr),
+                ));
+                continue;
+            }
+            if let Some(expiry) = self.member_expiry {
+                let heard = self
+                    .reports
+                    .get(&id)
+                    .and_then(|r| r.at)
+                    .unwrap_or(self.started);
+                let silent = now.saturating_duration_since(heard);
+                if silent >= expiry {
+                    gone.push((
+                        id,
+                        format!(
+                            "nothing heard of it for {} s (member-expiry)",
+                            silent.as_secs()
+                        ),
+                    ));
+                }
+            }
+        }
+        for (id, why) in &gone {
+            self.view.members.remove(id);
+            self.reports.remove(id);
+            log::info!("removed node {id} from the members: {why}");
+        }
+        !gone.is_empty()
+    }
+
     fn take_reports(&mut self, now: Instant, reports: &[MemberReport]) {
         for r in reports {
             if self.view.members.contains_key(&r.node_id) {
@@ -791,10 +870,13 @@ impl ServerCore {
             );
         }
         if let Some(bad) = isr.iter().find(|id| !self.view.members.contains_key(id)) {
+            // Not a stale coordinator (that is refused above): the member
+            // left the view (replaced or expired) while the coordinator
+            // wanted it in. It keeps its role and drops the member.
             return (
-                ServerResponse::Rejected {
-                    epoch: self.view.epoch,
-                    reason: format!("node {bad} is not a member"),
+                ServerResponse::Error {
+                    kind: crate::wire::ErrorKind::BadRequest,
+                    message: format!("node {bad} is no longer a member"),
                 },
                 false,
             );
@@ -939,13 +1021,25 @@ impl ServerCore {
 mod tests {
     use super::*;
 
+    /// Registers node `id` (`None`: a new node) at an address of its own.
     fn reg(core: &mut ServerCore, now: Instant, id: Option<NodeId>, inc: u64) -> ServerResponse {
+        let port = 1000 + id.unwrap_or(core.durable().next_id.max(1));
+        reg_at(core, now, id, inc, &format!("127.0.0.1:{port}"))
+    }
+
+    fn reg_at(
+        core: &mut ServerCore,
+        now: Instant,
+        id: Option<NodeId>,
+        inc: u64,
+        addr: &str,
+    ) -> ServerResponse {
         core.handle(
             now,
             ServerRequest::Register {
                 node_id: id,
                 incarnation: inc,
-                data_addr: format!("127.0.0.1:{}", 1000 + inc),
+                data_addr: addr.to_string(),
                 beacon_addr: "127.0.0.1:1".into(),
                 last: LogPos::ZERO,
                 resp_addr: None,
@@ -1094,6 +1188,98 @@ mod tests {
             },
         );
         (c, now)
+    }
+
+    fn members(c: &ServerCore) -> Vec<NodeId> {
+        c.durable().members.keys().copied().collect()
+    }
+
+    fn set_isr(c: &mut ServerCore, now: Instant, isr: Vec<NodeId>) -> ServerResponse {
+        c.handle(
+            now,
+            ServerRequest::SetIsr {
+                from: 1,
+                epoch: 1,
+                isr,
+            },
+        )
+        .0
+    }
+
+    /// A node restarted without its data directory registers anew at its
+    /// old address: the old member leaves once outside the in-sync set.
+    #[test]
+    fn a_new_node_at_a_dead_members_address_replaces_it() {
+        let (mut c, now) = three_in_sync();
+        reg_at(&mut c, now, None, 1, "127.0.0.1:1003");
+        assert_eq!(members(&c), [1, 2, 3, 4], "3 is in sync: it stays for now");
+        set_isr(&mut c, now, vec![1, 2]);
+        assert!(c.tick(now), "the view changed");
+        assert_eq!(members(&c), [1, 2, 4], "3 was replaced by 4");
+        // Outside the in-sync set, the old member goes at once.
+        reg_at(&mut c, now, None, 1, "127.0.0.1:1003");
+        assert_eq!(members(&c), [1, 2, 5]);
+        // And a stale SetIsr naming it is an error, not a refusal that
+        // would make the coordinator step down.
+        assert!(matches!(
+            set_isr(&mut c, now, vec![1, 2, 4]),
+            ServerResponse::Error { .. }
+        ));
+    }
+
+    #[test]
+    fn a_silent_member_outside_the_in_sync_set_expires() {
+        let (c, now) = three_in_sync();
+        let mut c = c.with_member_expiry(Some(Duration::from_secs(60)));
+        let later = now + Duration::from_secs(61);
+        assert!(!c.tick(later), "members in sync never expire");
+        set_isr(&mut c, later, vec![1, 2]);
+        // The coordinator reports itself and 2 (it hears from them), not 3.
+        let report = |id| MemberReport {
+            node_id: id,
+            role: if id == 1 {
+                Role::Coordinator
+            } else {
+                Role::Replica
+            },
+            applied: LogPos::ZERO,
+            digest: 0,
+        };
+        let push = |c: &mut ServerCore, at| {
+            c.handle(
+                at,
+                ServerRequest::Status {
+                    from: 1,
+                    epoch: 1,
+                    reports: vec![report(1), report(2)],
+                },
+            )
+        };
+        push(&mut c, later);
+        let much_later = later + Duration::from_secs(59);
+        push(&mut c, much_later);
+        assert!(c.tick(much_later), "3 was last heard at registration");
+        assert_eq!(members(&c), [1, 2]);
+        // Back from a long partition, it rejoins under its id.
+        let (rep, _) = c.handle(
+            much_later,
+            ServerRequest::Rejoin(Box::new(RejoinReport {
+                node_id: 3,
+                incarnation: 1,
+                data_addr: "127.0.0.1:1003".into(),
+                beacon_addr: "127.0.0.1:1".into(),
+                resp_addr: None,
+                epoch: 1,
+                role: Role::Replica,
+                last: LogPos::ZERO,
+                holds_lease: false,
+                coordinated: None,
+                view: c.view(much_later),
+            })),
+        );
+        assert!(matches!(rep, ServerResponse::Registered { node_id: 3, .. }));
+        assert_eq!(members(&c), [1, 2, 3]);
+        assert!(!c.tick(much_later + Duration::from_secs(30)));
     }
 
     #[test]

@@ -113,6 +113,7 @@ pub fn new_core(
             ServerCore::new(DurableView::default(), lease, now).with_bootstrap_wait(now + wait)
         }
     };
+    let core = core.with_member_expiry(settings.member_expiry());
     if recover_from_nodes {
         core.with_recover_from_nodes(settings.failure_timeout())
     } else {

@@ -55,6 +55,7 @@ impl NodeCore {
             return;
         }
         for &id in desired.difference(&self.isr) {
+            self.commit_extra.insert(id);
             out.push(Action::AddToCommitSet(id));
         }
         self.isr_pending = Some(desired.clone());
@@ -79,6 +80,7 @@ impl NodeCore {
             }
             for id in &pending {
                 self.want_in.remove(id);
+                self.commit_extra.remove(id);
             }
             self.isr = pending;
             self.isr_version = self.isr_version.max(isr_version);
@@ -96,6 +98,28 @@ impl NodeCore {
                 out.push(Action::RemoveFromCommitSet(id));
             }
             self.isr = recorded;
+        }
+    }
+
+    /// Members the server removed from the view leave the coordinator's
+    /// sets. One the commit waits for without being recorded in sync (its
+    /// addition failed) stops holding the commit: it is not in the recorded
+    /// in-sync set, and as a non-member it cannot be recorded again.
+    pub(super) fn drop_departed(&mut self, out: &mut Vec<Action>) {
+        let view = &self.view;
+        let member = |id: &NodeId| view.member(*id).is_some();
+        self.want_in.retain(member);
+        self.gone.retain(member);
+        let pending = self.isr_pending.clone().unwrap_or_default();
+        let departed: Vec<NodeId> = self
+            .commit_extra
+            .iter()
+            .copied()
+            .filter(|id| !member(id) && !pending.contains(id) && !self.isr.contains(id))
+            .collect();
+        for id in departed {
+            self.commit_extra.remove(&id);
+            out.push(Action::RemoveFromCommitSet(id));
         }
     }
 

@@ -215,6 +215,9 @@ pub struct NodeCore {
     isr_pending: Option<BTreeSet<NodeId>>,
     want_in: BTreeSet<NodeId>,
     gone: BTreeSet<NodeId>,
+    /// Members added to the commit set whose in-sync membership the server
+    /// has not confirmed (their `SetIsr` is pending, or failed).
+    commit_extra: BTreeSet<NodeId>,
     /// Replicas with a replication stream to this coordinator, and its number.
     connected: BTreeMap<NodeId, u64>,
     coordinator_since: Instant,
@@ -276,6 +279,7 @@ impl NodeCore {
             isr_pending: None,
             want_in: BTreeSet::new(),
             gone: BTreeSet::new(),
+            commit_extra: BTreeSet::new(),
             connected: BTreeMap::new(),
             coordinator_since: registered_at,
             lease_until: None,

@@ -34,7 +34,7 @@ impl NodeCore {
                     ServerRequest::Status {
                         from: self.id,
                         epoch: self.epoch,
-                        reports: self.reports(),
+                        reports: self.reports(now),
                     },
                     out,
                 );
@@ -44,7 +44,9 @@ impl NodeCore {
         }
     }
 
-    pub(super) fn reports(&self) -> Vec<MemberReport> {
+    /// This node and the members it hears from (a silent one is left out,
+    /// so the server's "last heard" of it stays when it was last heard).
+    pub(super) fn reports(&self, now: Instant) -> Vec<MemberReport> {
         let mut v = vec![MemberReport {
             node_id: self.id,
             role: self.role,
@@ -52,7 +54,7 @@ impl NodeCore {
             digest: self.local.digest,
         }];
         for (&id, p) in &self.peers {
-            if id == self.id {
+            if id == self.id || self.suspected(id, now) {
                 continue;
             }
             if let Some(role) = p.role {
@@ -238,6 +240,13 @@ impl NodeCore {
                 if self.role == Role::Coordinator && epoch >= self.epoch {
                     self.step_down(now, out);
                 }
+                self.next_server = now;
+            }
+            (Call::SetIsr, Ok(ServerResponse::Error { message, .. })) => {
+                // A member the change names left the view meanwhile.
+                log::info!("node {}: in-sync set change refused: {message}", self.id);
+                self.isr_pending = None;
+                self.drop_departed(out);
                 self.next_server = now;
             }
             (_, Ok(other)) => {

@@ -41,6 +41,7 @@ impl NodeCore {
         }
         if self.role == Role::Coordinator && !epoch_changed && coordinator == Some(self.id) {
             self.follow_recorded_isr(out);
+            self.drop_departed(out);
             out.push(Action::SetRequired(required));
             return;
         }
@@ -109,6 +110,7 @@ impl NodeCore {
         self.isr_pending = None;
         self.want_in.clear();
         self.gone.clear();
+        self.commit_extra.clear();
         self.connected.clear();
         self.coordinator_since = now;
         self.following = None;
