@@ -61,8 +61,13 @@ show_status() {
 # status_json: the server's view as JSON, whatever the cluster's health
 # (exit 1 only means degraded; the document is complete).
 status_json() {
-  local rc=0
-  "$BIN/dkv-client" status "$SERVER" --json || rc=$?
+  local rc=0 err
+  err=$(mktemp)
+  "$BIN/dkv-client" status "$SERVER" --json 2>"$err" || rc=$?
+  # The reasons of a degraded cluster are in the document; only an error is
+  # worth showing.
+  if [ "$rc" -gt 1 ]; then cat "$err" >&2; fi
+  rm -f "$err"
   [ "$rc" -le 1 ]
 }
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
