@@ -55,6 +55,22 @@ fn an_oversized_resp_value_is_refused_with_the_limit_before_the_connection_close
     assert_eq!(send_then_read(&resp, &cmds), "$-1\r\n+OK\r\n");
 }
 
+/// The native protocol too: a client that sends a whole oversized frame
+/// (as a library writes its request, then reads) reads the error frame.
+#[test]
+fn an_oversized_native_frame_is_refused_with_the_limit_before_the_connection_closes() {
+    let c = Cluster::start("refusals-native", 1, default_settings());
+    let s = raw_client(&c.nodes[0].addr);
+    let frame = encode_frame(&vec![0u8; 32 << 20]);
+    (&s).write_all(&frame)
+        .expect("the node reset the connection before the client could read why");
+    let r: dkv::wire::Response = dkv::wire::read_frame(&mut &s, 1 << 20).unwrap();
+    assert!(
+        matches!(&r, dkv::wire::Response::Error { kind: dkv::wire::ErrorKind::BadRequest, message } if message.contains("exceeds the limit")),
+        "{r:?}"
+    );
+}
+
 /// `dkv-client status` as a user runs it: exit code, stdout, stderr.
 fn status(server: &str) -> (i32, String, String) {
     let out = std::process::Command::new(CLIENT_BIN)

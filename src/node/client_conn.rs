@@ -42,7 +42,9 @@ pub(super) fn serve(sh: &Shared, stream: &TcpStream, mut reader: TimedStream<'_>
                     message: "this is a DKV node's data port, not the server".into(),
                 };
                 wire::encode_frame_into(&mut out, &refusal);
-                let _ = std::io::Write::write_all(&mut &*stream, &out);
+                if std::io::Write::write_all(&mut &*stream, &out).is_ok() {
+                    crate::net::close_after_reply(stream, crate::net::LINGER);
+                }
                 return;
             }
             Err(e) => {
@@ -51,7 +53,7 @@ pub(super) fn serve(sh: &Shared, stream: &TcpStream, mut reader: TimedStream<'_>
                 // why before closing. Anything else just closes.
                 let explain = match &e {
                     WireError::TooLarge { .. } | WireError::Malformed(_) => {
-                        log::warn!("client {peer}: {e}; closing connection");
+                        log::info!("client {peer}: {e}; told it and closed the connection");
                         true
                     }
                     e => {
@@ -72,7 +74,11 @@ pub(super) fn serve(sh: &Shared, stream: &TcpStream, mut reader: TimedStream<'_>
                         message,
                     };
                     wire::encode_frame_into(&mut out, &error);
-                    let _ = std::io::Write::write_all(&mut &*stream, &out);
+                    // The rest of an oversized frame may still be arriving:
+                    // take it in, so the client reads why instead of a reset.
+                    if std::io::Write::write_all(&mut &*stream, &out).is_ok() {
+                        crate::net::close_after_reply(stream, crate::net::LINGER);
+                    }
                 }
                 return;
             }
