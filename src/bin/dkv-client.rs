@@ -410,10 +410,8 @@ fn rows(c: &Client, view: &ClusterView, deadline: Instant) -> Vec<Row> {
     view.members
         .iter()
         .zip(answers)
-        .map(|(m, answer)| match answer {
-            // Its address answers as another node: a node restarted there
-            // without its data directory, under a new id.
-            Ok(st) if st.node_id != m.node_id => Row {
+        .map(|(m, answer)| {
+            let unreachable = |why: String| Row {
                 id: m.node_id,
                 address: m.data_addr.clone(),
                 role: "unreachable".into(),
@@ -425,39 +423,32 @@ fn rows(c: &Client, view: &ClusterView, deadline: Instant) -> Vec<Row> {
                 reachable: false,
                 auth: None,
                 memory: None,
-                why: Some(format!("its address now answers as node {}", st.node_id)),
+                why: Some(why),
                 last_heard_ms: m.last_status_ms,
-            },
-            Ok(st) => Row {
-                id: m.node_id,
-                address: m.data_addr.clone(),
-                role: st.role.to_string(),
-                in_sync: m.in_sync,
-                log_epoch: st.applied.epoch,
-                log_position: st.applied.index,
-                digest: st.digest,
-                keys: Some(st.keys),
-                reachable: true,
-                auth: Some(st.auth),
-                memory: Some((st.used_memory, st.max_memory)),
-                why: None,
-                last_heard_ms: m.last_status_ms,
-            },
-            Err(e) => Row {
-                id: m.node_id,
-                address: m.data_addr.clone(),
-                role: "unreachable".into(),
-                in_sync: m.in_sync,
-                log_epoch: 0,
-                log_position: 0,
-                digest: 0,
-                keys: None,
-                reachable: false,
-                auth: None,
-                memory: None,
-                why: Some(e.to_string()),
-                last_heard_ms: m.last_status_ms,
-            },
+            };
+            match answer {
+                // Its address answers as another node: a node restarted
+                // there without its data directory, under a new id.
+                Ok(st) if st.node_id != m.node_id => {
+                    unreachable(format!("its address now answers as node {}", st.node_id))
+                }
+                Ok(st) => Row {
+                    id: m.node_id,
+                    address: m.data_addr.clone(),
+                    role: st.role.to_string(),
+                    in_sync: m.in_sync,
+                    log_epoch: st.applied.epoch,
+                    log_position: st.applied.index,
+                    digest: st.digest,
+                    keys: Some(st.keys),
+                    reachable: true,
+                    auth: Some(st.auth),
+                    memory: Some((st.used_memory, st.max_memory)),
+                    why: None,
+                    last_heard_ms: m.last_status_ms,
+                },
+                Err(e) => unreachable(e.to_string()),
+            }
         })
         .collect()
 }
