@@ -8,20 +8,101 @@
 //! sent back as `-ERR Protocol error: ...` before the connection is closed
 //! (a lingering close: see [`crate::net::close_after_reply`]).
 
-/// Serves one RESP connection: reads, answers every complete command with
-/// `handle` (the reply, and whether to close after it), and writes all the
-/// replies of one read at once, so pipelined clients get them batched.
+/// What a RESP port does with its commands.
+pub trait Handler {
+    /// A write that was started and waits for its commit.
+    type Pending: Pending;
+    /// Answers one command, or starts it; the flag closes the connection
+    /// after the reply.
+    fn handle(&mut self, args: &[Vec<u8>]) -> (Answer<Self::Pending>, bool);
+    /// Whether `args` may be handled while earlier writes of the same
+    /// connection still wait for their commit: it neither reads nor depends
+    /// on what they change (a plain SET or single-key DEL). Anything else
+    /// waits for them first, so a read sees the connection's own writes.
+    fn pipelines(&self, _args: &[Vec<u8>]) -> bool {
+        false
+    }
+}
+
+/// A command's answer: known now, or once its write commits.
+pub enum Answer<P> {
+    Now(Reply),
+    Later(P),
+}
+
+/// A started write: `wait` blocks until it commits (or its deadline) and
+/// gives the reply.
+pub trait Pending {
+    fn wait(self) -> Reply;
+}
+
+impl Pending for std::convert::Infallible {
+    fn wait(self) -> Reply {
+        match self {}
+    }
+}
+
+/// A handler whose every answer is known at once (the Sentinel port).
+pub struct Immediate<F>(pub F);
+
+impl<F: FnMut(&[Vec<u8>]) -> (Reply, bool)> Handler for Immediate<F> {
+    type Pending = std::convert::Infallible;
+    fn handle(&mut self, args: &[Vec<u8>]) -> (Answer<Self::Pending>, bool) {
+        let (reply, close) = (self.0)(args);
+        (Answer::Now(reply), close)
+    }
+}
+
+/// Most writes one connection has in flight before it waits for them.
+pub const MAX_PIPELINED: usize = 1024;
+
+/// Replies of one connection, in command order, some still waiting for
+/// their write's commit.
+struct Replies<P> {
+    queue: std::collections::VecDeque<Answer<P>>,
+    waiting: usize,
+}
+
+impl<P: Pending> Replies<P> {
+    fn push(&mut self, a: Answer<P>, out: &mut Vec<u8>) {
+        match a {
+            Answer::Now(r) if self.queue.is_empty() => r.encode(out),
+            Answer::Now(r) => self.queue.push_back(Answer::Now(r)),
+            Answer::Later(p) => {
+                self.waiting += 1;
+                self.queue.push_back(Answer::Later(p));
+            }
+        }
+    }
+
+    /// Waits for every started write, in order, and encodes all replies.
+    fn flush(&mut self, out: &mut Vec<u8>) {
+        for a in self.queue.drain(..) {
+            match a {
+                Answer::Now(r) => r.encode(out),
+                Answer::Later(p) => p.wait().encode(out),
+            }
+        }
+        self.waiting = 0;
+    }
+}
+
+/// Serves one RESP connection: reads, hands every complete command to
+/// `handler`, and writes all the replies of one read at once, so pipelined
+/// clients get them batched. Writes the handler starts ([`Answer::Later`])
+/// are all appended before the first is waited for, so a pipeline of writes
+/// shares replication batches and fsyncs; replies keep command order.
 /// `limits()` is asked before each command, so a connection can be held to
 /// tighter limits until it authenticated.
 /// Returns at end of stream, on an IO error, when asked to close, when
 /// `stop()` says so, or after answering a protocol error (returned).
 /// A connection silent for `deadlines.idle`, or whose command is not complete
 /// `deadlines.request` after its first byte, is closed.
-pub fn serve(
+pub fn serve<H: Handler>(
     stream: &std::net::TcpStream,
     limits: impl Fn() -> Limits,
     deadlines: crate::net::Deadlines,
-    mut handle: impl FnMut(&[Vec<u8>]) -> (Reply, bool),
+    handler: &mut H,
     stop: impl Fn() -> bool,
 ) -> Result<(), RespError> {
     use std::io::{Read, Write};
@@ -29,6 +110,10 @@ pub fn serve(
     let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut chunk = vec![0u8; 64 * 1024];
     let mut out = Vec::with_capacity(16 * 1024);
+    let mut replies = Replies::<H::Pending> {
+        queue: Default::default(),
+        waiting: 0,
+    };
     loop {
         let n = match reader.read(&mut chunk) {
             Ok(0) => return Ok(()),
@@ -53,8 +138,13 @@ pub fn serve(
                 Ok(Some((args, len))) => {
                     used += len;
                     if !args.is_empty() {
-                        let (reply, c) = handle(&args);
-                        reply.encode(&mut out);
+                        if replies.waiting > 0
+                            && (replies.waiting >= MAX_PIPELINED || !handler.pipelines(&args))
+                        {
+                            replies.flush(&mut out);
+                        }
+                        let (answer, c) = handler.handle(&args);
+                        replies.push(answer, &mut out);
                         close = c;
                         // Bounded output: a pipeline of large GETs is
                         // answered as it goes, not buffered whole.
@@ -68,6 +158,7 @@ pub fn serve(
                 }
                 Ok(None) => break,
                 Err(e) => {
+                    replies.flush(&mut out);
                     Reply::err(format!("ERR Protocol error: {}", e.0)).encode(&mut out);
                     if (&*stream).write_all(&out).is_ok() {
                         crate::net::close_after_reply(stream, crate::net::LINGER);
@@ -76,6 +167,8 @@ pub fn serve(
                 }
             }
         }
+        // Every command that arrived is in: now wait for its writes.
+        replies.flush(&mut out);
         buf.drain(..used);
         if used > 0 {
             // A command completed: the read-timeout restarts for whatever

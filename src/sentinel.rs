@@ -69,7 +69,8 @@ fn serve(ctx: &Context, stream: TcpStream) {
         let peers = ctx.peers.read().clone();
         (handle(args, &ctx.name, &view, down, &peers), false)
     };
-    let _ = crate::resp::serve(&stream, || limits, ctx.deadlines, answer, || false);
+    let mut handler = crate::resp::Immediate(answer);
+    let _ = crate::resp::serve(&stream, || limits, ctx.deadlines, &mut handler, || false);
 }
 
 fn split(addr: &str) -> (String, String) {

@@ -147,6 +147,31 @@ impl DataPath<'_> {
     }
 }
 
+/// A write appended to the log and not yet answered: a connection that
+/// pipelines appends every write it has read, then waits for each in order
+/// (one replication batch and one fsync can carry them all).
+pub struct PendingWrite {
+    outcome: Outcome,
+    deadline: Instant,
+}
+
+impl PendingWrite {
+    /// A write whose answer is due within `timeout` (`write-timeout`).
+    pub fn new(outcome: Outcome, timeout: std::time::Duration) -> Self {
+        PendingWrite {
+            outcome,
+            deadline: Instant::now() + timeout,
+        }
+    }
+
+    /// Waits for the commit (until the deadline) and gives the answer: a
+    /// write not committed by then is of unknown outcome, never failed.
+    pub fn wait(self) -> Response {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        finish(self.outcome.recv_timeout(left))
+    }
+}
+
 /// The answer to a write, from what its wait for the commit gave.
 pub fn finish(res: Result<OpOutcome, RecvTimeoutError>) -> Response {
     match res {

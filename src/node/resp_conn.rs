@@ -9,10 +9,10 @@
 //! coordinator, so any node is a usable endpoint. When no coordinator can be
 //! reached the reply is `-TRYAGAIN ...`, never a hang.
 
-use super::requests::{finish, Begun, DataPath};
+use super::requests::{Begun, DataPath, PendingWrite};
 use super::Shared;
 use crate::net::listener::Service;
-use crate::resp::{AuthGate, Gated, Limits, Reply};
+use crate::resp::{Answer, AuthGate, Gated, Handler, Limits, Pending, Reply};
 use crate::types::Role;
 use crate::wire::{ErrorKind, Request, Response};
 use crate::{Client, ClientOptions, Error};
@@ -64,6 +64,43 @@ struct Conn<'a> {
     password: Option<Vec<u8>>,
 }
 
+/// A write waiting for its commit; its reply in RESP.
+struct PendingReply(PendingWrite);
+
+impl Pending for PendingReply {
+    fn wait(self) -> Reply {
+        to_reply(self.0.wait())
+    }
+}
+
+impl Handler for Conn<'_> {
+    type Pending = PendingReply;
+
+    fn handle(&mut self, args: &[Vec<u8>]) -> (Answer<PendingReply>, bool) {
+        self.answer(args)
+    }
+
+    fn pipelines(&self, args: &[Vec<u8>]) -> bool {
+        single_write(args).is_some()
+    }
+}
+
+/// A plain `SET key value` or `DEL key`: a write whose start depends on
+/// nothing earlier writes change, so it may be appended while they wait.
+fn single_write(args: &[Vec<u8>]) -> Option<Request> {
+    let is = |name: &[u8]| args[0].eq_ignore_ascii_case(name);
+    match args.len() {
+        3 if is(b"SET") => Some(Request::Put {
+            key: args[1].clone(),
+            value: args[2].clone(),
+        }),
+        2 if is(b"DEL") => Some(Request::Delete {
+            key: args[1].clone(),
+        }),
+        _ => None,
+    }
+}
+
 fn upper(b: &[u8]) -> String {
     String::from_utf8_lossy(b).to_ascii_uppercase()
 }
@@ -99,19 +136,14 @@ impl Conn<'_> {
                 crate::resp::UNAUTHENTICATED
             }
         };
-        if let Err(e) = crate::resp::serve(
-            &stream,
-            limits,
-            deadlines,
-            |args| self.handle(args),
-            || sh.stopping(),
-        ) {
+        if let Err(e) = crate::resp::serve(&stream, limits, deadlines, &mut self, || sh.stopping())
+        {
             log::info!("RESP client: protocol error: {}; told it and closed", e.0);
         }
     }
 
     /// One command; the flag closes the connection after the reply.
-    fn handle(&mut self, args: &[Vec<u8>]) -> (Reply, bool) {
+    fn answer(&mut self, args: &[Vec<u8>]) -> (Answer<PendingReply>, bool) {
         let gate = self.gate.check(args, &self.sh.counters, || {
             "client (RESP): wrong password".into()
         });
@@ -122,7 +154,10 @@ impl Conn<'_> {
             self.forward = None;
         }
         if let Gated::Answer { reply, close } = gate {
-            return (reply, close);
+            return (Answer::Now(reply), close);
+        }
+        if let Some(req) = single_write(args) {
+            return (self.write(req), false);
         }
         let cmd = upper(&args[0]);
         let n = args.len();
@@ -133,7 +168,7 @@ impl Conn<'_> {
                 _ => wrong_args(&cmd),
             },
             "ECHO" if n == 2 => Reply::Bulk(args[1].clone()),
-            "QUIT" => return (Reply::ok(), true),
+            "QUIT" => return (Answer::Now(Reply::ok()), true),
             "SELECT" if n == 2 => {
                 if args[1] == b"0" {
                     Reply::ok()
@@ -180,9 +215,9 @@ impl Conn<'_> {
                 if let Some(opt) = args.get(3) {
                     let o = upper(opt);
                     return (
-                        Reply::err(format!(
+                        Answer::Now(Reply::err(format!(
                             "ERR SET option '{o}' is not supported by DKV (no expiry and no conditional writes)"
-                        )),
+                        ))),
                         false,
                     );
                 }
@@ -196,7 +231,7 @@ impl Conn<'_> {
                 for k in &args[1..] {
                     match self.data(Request::Delete { key: k.clone() }) {
                         Reply::Int(c) => count += c,
-                        err => return (err, false),
+                        err => return (Answer::Now(err), false),
                     }
                 }
                 Reply::Int(count)
@@ -207,7 +242,7 @@ impl Conn<'_> {
                     match self.data(Request::Get { key: k.clone() }) {
                         Reply::Bulk(_) => count += 1,
                         Reply::Nil => {}
-                        err => return (err, false),
+                        err => return (Answer::Now(err), false),
                     }
                 }
                 Reply::Int(count)
@@ -223,15 +258,15 @@ impl Conn<'_> {
                             }
                             if bytes > MAX_MGET_REPLY {
                                 return (
-                                    Reply::err(format!(
+                                    Answer::Now(Reply::err(format!(
                                         "ERR MGET reply exceeds {MAX_MGET_REPLY} bytes; ask for fewer keys"
-                                    )),
+                                    ))),
                                     false,
                                 );
                             }
                             items.push(r)
                         }
-                        err => return (err, false),
+                        err => return (Answer::Now(err), false),
                     }
                 }
                 Reply::Array(items)
@@ -243,7 +278,7 @@ impl Conn<'_> {
                         value: kv[1].clone(),
                     }) {
                         Reply::Simple(_) => {}
-                        err => return (err, false),
+                        err => return (Answer::Now(err), false),
                     }
                 }
                 Reply::ok()
@@ -255,16 +290,25 @@ impl Conn<'_> {
                 Reply::err(format!("ERR unknown command '{shown}'"))
             }
         };
-        (reply, false)
+        (Answer::Now(reply), false)
     }
 
     fn role(&self) -> Role {
         self.sh.serving.read().role
     }
 
-    /// A data request: locally when this node is the serving coordinator,
-    /// forwarded to the coordinator otherwise.
+    /// A data request, answered before the next command is handled.
     fn data(&mut self, req: Request) -> Reply {
+        match self.write(req) {
+            Answer::Now(r) => r,
+            Answer::Later(p) => p.wait(),
+        }
+    }
+
+    /// A data request: locally when this node is the serving coordinator
+    /// (a write is started, its reply comes once it commits), forwarded to
+    /// the coordinator otherwise.
+    fn write(&mut self, req: Request) -> Answer<PendingReply> {
         let serving = self.sh.serving.read().clone();
         let dp = DataPath {
             store: &self.sh.store,
@@ -272,12 +316,14 @@ impl Conn<'_> {
             serving: &serving,
             settings: &self.sh.settings,
         };
-        let resp = match dp.begin(req.clone(), Instant::now()) {
-            Begun::Done(Response::NotCoordinator { .. }) => return self.forward(req),
-            Begun::Done(r) => r,
-            Begun::Wait(rx) => finish(rx.recv_timeout(self.sh.settings.write_timeout())),
-        };
-        to_reply(resp)
+        match dp.begin(req.clone(), Instant::now()) {
+            Begun::Done(Response::NotCoordinator { .. }) => Answer::Now(self.forward(req)),
+            Begun::Done(r) => Answer::Now(to_reply(r)),
+            Begun::Wait(rx) => Answer::Later(PendingReply(PendingWrite::new(
+                rx,
+                self.sh.settings.write_timeout(),
+            ))),
+        }
     }
 
     fn forward(&mut self, req: Request) -> Reply {

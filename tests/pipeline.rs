@@ -1,0 +1,83 @@
+//! Pipelined writes: a connection appends every write that arrived before it
+//! waits for the first commit, and answers in command order; a read waits
+//! for the connection's own earlier writes.
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+fn resp_command(args: &[&[u8]]) -> Vec<u8> {
+    let mut v = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        v.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        v.extend_from_slice(a);
+        v.extend_from_slice(b"\r\n");
+    }
+    v
+}
+
+/// Sends every command in one write, then reads until the node closes
+/// (the last command is QUIT).
+fn pipeline(addr: &str, cmds: &[&[&[u8]]]) -> String {
+    let mut bytes = Vec::new();
+    for c in cmds {
+        bytes.extend(resp_command(c));
+    }
+    bytes.extend(resp_command(&[b"QUIT"]));
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(&bytes).unwrap();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[test]
+fn a_resp_pipeline_of_writes_and_reads_answers_in_order_and_reads_its_own_writes() {
+    let c = Cluster::start("pipeline-resp", 3, default_settings());
+    c.wait_for_isr(3);
+    let coord = c.coordinator();
+    let replica = (coord + 1) % 3;
+    // At the coordinator (writes started together) and at a replica
+    // (forwarded one by one): the same answers.
+    for (i, who) in [(0, coord), (1, replica)] {
+        let key = format!("k{i}");
+        let k = key.as_bytes();
+        let got = pipeline(
+            &c.nodes[who].resp_addr,
+            &[
+                &[b"SET", k, b"1"],
+                &[b"SET", k, b"2"],
+                &[b"GET", k],
+                &[b"DEL", k],
+                &[b"DEL", k],
+                &[b"GET", k],
+                &[b"SET", k, b"3"],
+                &[b"EXISTS", k],
+            ],
+        );
+        assert_eq!(
+            got, "+OK\r\n+OK\r\n$1\r\n2\r\n:1\r\n:0\r\n$-1\r\n+OK\r\n:1\r\n+OK\r\n",
+            "node {who}"
+        );
+    }
+    // A long pipeline of writes: every one acknowledged, in order, and
+    // every one there afterwards.
+    let n = 3000;
+    let keys: Vec<String> = (0..n).map(|i| format!("p{i}")).collect();
+    let cmds: Vec<Vec<&[u8]>> = keys
+        .iter()
+        .map(|k| vec![&b"SET"[..], k.as_bytes(), k.as_bytes()])
+        .collect();
+    let cmd_refs: Vec<&[&[u8]]> = cmds.iter().map(|c| c.as_slice()).collect();
+    let got = pipeline(&c.nodes[coord].resp_addr, &cmd_refs);
+    assert_eq!(got, "+OK\r\n".repeat(n + 1));
+    let mut cl = c.client();
+    for k in keys.iter().step_by(97) {
+        assert_eq!(cl.get(k.as_bytes()).unwrap(), Some(k.as_bytes().to_vec()));
+    }
+    c.wait_converged(&[0, 1, 2]);
+}
