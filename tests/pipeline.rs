@@ -81,3 +81,55 @@ fn a_resp_pipeline_of_writes_and_reads_answers_in_order_and_reads_its_own_writes
     }
     c.wait_converged(&[0, 1, 2]);
 }
+
+#[test]
+fn a_native_pipeline_answers_in_order_and_reads_its_own_writes() {
+    use dkv::wire::{Request, Response};
+    let c = Cluster::start("pipeline-native", 3, default_settings());
+    c.wait_for_isr(3);
+    let coord = c.coordinator();
+    let n = 2000usize;
+    let mut reqs = Vec::new();
+    for i in 0..n {
+        reqs.push(Request::Put {
+            key: format!("n{}", i % 100).into_bytes(),
+            value: i.to_string().into_bytes(),
+        });
+        if i % 250 == 249 {
+            // A read in the middle sees the writes before it.
+            reqs.push(Request::Get {
+                key: format!("n{}", i % 100).into_bytes(),
+            });
+        }
+    }
+    reqs.push(Request::Delete {
+        key: b"n0".to_vec(),
+    });
+    reqs.push(Request::Get {
+        key: b"n0".to_vec(),
+    });
+    let mut bytes = Vec::new();
+    for r in &reqs {
+        dkv::wire::encode_frame_into(&mut bytes, r);
+    }
+    let s = raw_client(&c.nodes[coord].addr);
+    (&s).write_all(&bytes).unwrap();
+    for (i, req) in reqs.iter().enumerate() {
+        let got: Response = dkv::wire::read_frame(&mut &s, 1 << 20).unwrap();
+        let want = match req {
+            Request::Put { .. } => Response::Written,
+            Request::Get { key } if key == b"n0" && i == reqs.len() - 1 => Response::Value(None),
+            Request::Get { .. } => {
+                // The Put just before it, in request order.
+                let Request::Put { value, .. } = &reqs[i - 1] else {
+                    unreachable!()
+                };
+                Response::Value(Some(value.clone()))
+            }
+            Request::Delete { .. } => Response::Deleted(true),
+            _ => unreachable!(),
+        };
+        assert_eq!(got, want, "answer {i} to {req:?}");
+    }
+    c.wait_converged(&[0, 1, 2]);
+}

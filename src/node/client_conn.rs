@@ -1,27 +1,93 @@
-//! One client connection: read a request frame, answer it, repeat.
+//! One client connection: read request frames, answer them in order.
 //!
 //! Reads are answered by the coordinator while its lease is valid. Writes are
 //! appended to the log and answered once every in-sync member has them and
 //! the coordinator applied them. Anything else gets NotCoordinator with the
 //! coordinator's address, or an error saying why.
 
-use super::requests::{finish, Begun, DataPath};
+use super::requests::{Begun, DataPath, PendingWrite};
 use super::Shared;
 use crate::auth::{self, Gate, Verdict};
 use crate::net::TimedStream;
+use crate::resp::MAX_PIPELINED;
 use crate::wire::{self, ErrorKind, NodeStatus, Request, Response, WireError};
+use std::collections::VecDeque;
+use std::io::BufReader;
 use std::net::TcpStream;
 use std::time::Instant;
 
-pub(super) fn serve(sh: &Shared, stream: &TcpStream, mut reader: TimedStream<'_>, peer: &str) {
+/// A reply not yet written: known, or a write waiting for its commit.
+enum Reply {
+    Now(Response),
+    Later(PendingWrite),
+}
+
+/// Replies of one connection in request order, and how many wait.
+#[derive(Default)]
+struct Replies {
+    queue: VecDeque<Reply>,
+    waiting: usize,
+}
+
+impl Replies {
+    fn push(&mut self, r: Reply) {
+        if matches!(r, Reply::Later(_)) {
+            self.waiting += 1;
+        }
+        self.queue.push_back(r);
+    }
+
+    /// Waits for every started write, in order, and encodes every reply.
+    fn flush(&mut self, out: &mut Vec<u8>) {
+        for r in self.queue.drain(..) {
+            let resp = match r {
+                Reply::Now(resp) => resp,
+                Reply::Later(p) => p.wait(),
+            };
+            wire::encode_frame_into(out, &resp);
+        }
+        self.waiting = 0;
+    }
+}
+
+/// Whether `buf` starts with a whole frame: the next request can be taken
+/// without waiting for the network.
+fn frame_buffered(buf: &[u8]) -> bool {
+    buf.len() >= 4 && buf.len() - 4 >= u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize
+}
+
+/// Reads ahead at most this much of a pipelining client's requests.
+const READ_AHEAD: usize = 64 * 1024;
+
+/// Serves one client connection. A client that pipelines (sends requests
+/// without waiting for answers) has every write that already arrived
+/// appended before the first is waited for, so they share replication
+/// batches and fsyncs; answers keep request order, and any other request
+/// waits for the connection's earlier writes first (a read sees them).
+pub(super) fn serve(sh: &Shared, stream: &TcpStream, reader: TimedStream<'_>, peer: &str) {
     let mut out = Vec::with_capacity(256);
     let mut gate = Gate::new(sh.security.password.clone());
+    let mut reader = BufReader::with_capacity(READ_AHEAD, reader);
+    let mut replies = Replies::default();
     if !gate.is_authenticated() {
         // Until it authenticates a client gets little: small frames, and no
         // more silence than the read-timeout.
-        reader.set_idle(sh.settings.read_timeout());
+        reader.get_mut().set_idle(sh.settings.read_timeout());
     }
     loop {
+        if !replies.queue.is_empty()
+            && (replies.waiting >= MAX_PIPELINED || !frame_buffered(reader.buffer()))
+        {
+            // Nothing more has arrived: answer what is in.
+            replies.flush(&mut out);
+            if std::io::Write::write_all(&mut &*stream, &out).is_err() {
+                return;
+            }
+            out.clear();
+            if sh.stopping() || gate.exhausted() {
+                return;
+            }
+        }
         let max = gate.max_frame(sh.settings.max_client_frame());
         let req: Request = match wire::read_frame_bytes(&mut reader, max).and_then(|body| {
             wire::decode(&body, max).map_err(|e| match wire::server_request_on_node(&body) {
@@ -31,97 +97,110 @@ pub(super) fn serve(sh: &Shared, stream: &TcpStream, mut reader: TimedStream<'_>
         }) {
             Ok(r) => r,
             Err(WireError::Closed) => return,
-            Err(WireError::NotTheServer) => {
-                // A client given this node's address as the server's: answer
-                // in the server protocol, which that client reads, with the
-                // typed refusal it turns into "... is a DKV node's data port".
-                log::info!("client {peer} sent a server request to this data port; refusing it");
-                out.clear();
-                let refusal = wire::ServerResponse::Error {
-                    kind: ErrorKind::NotTheServer,
-                    message: "this is a DKV node's data port, not the server".into(),
-                };
-                wire::encode_frame_into(&mut out, &refusal);
-                if std::io::Write::write_all(&mut &*stream, &out).is_ok() {
-                    crate::net::close_after_reply(stream, crate::net::LINGER);
-                }
-                return;
-            }
             Err(e) => {
-                // A malformed or oversized frame, or a request that took
-                // longer than read-timeout (a slow client, not a crash): say
-                // why before closing. Anything else just closes.
-                let explain = match &e {
-                    WireError::TooLarge { .. } | WireError::Malformed(_) => {
-                        log::info!("client {peer}: {e}; told it and closed the connection");
-                        true
-                    }
-                    e => {
-                        log::debug!("client {peer}: {e}");
-                        e.is_timeout() && reader.in_request()
-                    }
-                };
-                if explain {
-                    out.clear();
-                    let message = match &e {
-                        WireError::TooLarge { .. } if !gate.is_authenticated() => {
-                            auth::unauthenticated_too_large(&e)
-                        }
-                        e => e.to_string(),
-                    };
-                    let error = Response::Error {
-                        kind: ErrorKind::BadRequest,
-                        message,
-                    };
-                    wire::encode_frame_into(&mut out, &error);
-                    // The rest of an oversized frame may still be arriving:
-                    // take it in, so the client reads why instead of a reset.
-                    if std::io::Write::write_all(&mut &*stream, &out).is_ok() {
-                        crate::net::close_after_reply(stream, crate::net::LINGER);
-                    }
-                }
+                // Earlier requests are answered first, in order.
+                replies.flush(&mut out);
+                refuse(stream, &gate, reader.get_ref(), peer, e, &mut out);
                 return;
             }
         };
-        reader.request_done();
-        let resp = match req {
+        reader.get_mut().request_done();
+        let pipelined =
+            matches!(req, Request::Put { .. } | Request::Delete { .. }) && gate.is_authenticated();
+        if !pipelined && replies.waiting > 0 {
+            replies.flush(&mut out);
+        }
+        let reply = match req {
             Request::Auth { password } => {
                 let wrong = || format!("client {peer}: wrong password");
-                match gate.admit(&password, &sh.counters, wrong) {
+                Reply::Now(match gate.admit(&password, &sh.counters, wrong) {
                     Verdict::NoPasswordSet => Response::Error {
                         kind: ErrorKind::BadRequest,
                         message: auth::NO_PASSWORD_SET.into(),
                     },
                     Verdict::Admitted => {
-                        reader.set_idle(sh.settings.client_idle_timeout());
+                        reader.get_mut().set_idle(sh.settings.client_idle_timeout());
                         Response::Authenticated
                     }
                     Verdict::Refused => Response::Error {
                         kind: ErrorKind::AuthFailed,
                         message: auth::WRONG_PASSWORD.into(),
                     },
-                }
+                })
             }
-            _ if !gate.is_authenticated() => Response::Error {
+            _ if !gate.is_authenticated() => Reply::Now(Response::Error {
                 kind: ErrorKind::AuthRequired,
                 message: auth::AUTH_REQUIRED.into(),
-            },
+            }),
             req => handle(sh, req),
         };
-        out.clear();
-        wire::encode_frame_into(&mut out, &resp);
-        if std::io::Write::write_all(&mut &*stream, &out).is_err() {
-            return;
-        }
-        if sh.stopping() || gate.exhausted() {
-            return;
-        }
+        replies.push(reply);
     }
 }
 
-fn handle(sh: &Shared, req: Request) -> Response {
+/// Answers a request that could not be read, when the client should learn
+/// why, and closes.
+fn refuse(
+    stream: &TcpStream,
+    gate: &Gate,
+    reader: &TimedStream<'_>,
+    peer: &str,
+    e: WireError,
+    out: &mut Vec<u8>,
+) {
+    if let WireError::NotTheServer = e {
+        // A client given this node's address as the server's: answer in
+        // the server protocol, which that client reads, with the typed
+        // refusal it turns into "... is a DKV node's data port".
+        log::info!("client {peer} sent a server request to this data port; refusing it");
+        let refusal = wire::ServerResponse::Error {
+            kind: ErrorKind::NotTheServer,
+            message: "this is a DKV node's data port, not the server".into(),
+        };
+        wire::encode_frame_into(out, &refusal);
+    } else {
+        // A malformed or oversized frame, or a request that took longer
+        // than read-timeout (a slow client, not a crash): say why before
+        // closing. Anything else just closes.
+        let explain = match &e {
+            WireError::TooLarge { .. } | WireError::Malformed(_) => {
+                log::info!("client {peer}: {e}; told it and closed the connection");
+                true
+            }
+            e => {
+                log::debug!("client {peer}: {e}");
+                e.is_timeout() && reader.in_request()
+            }
+        };
+        if explain {
+            let message = match &e {
+                WireError::TooLarge { .. } if !gate.is_authenticated() => {
+                    auth::unauthenticated_too_large(&e)
+                }
+                e => e.to_string(),
+            };
+            wire::encode_frame_into(
+                out,
+                &Response::Error {
+                    kind: ErrorKind::BadRequest,
+                    message,
+                },
+            );
+        }
+    }
+    if out.is_empty() {
+        return;
+    }
+    // The rest of an oversized frame may still be arriving: take it in, so
+    // the client reads why instead of a reset.
+    if std::io::Write::write_all(&mut &*stream, out).is_ok() {
+        crate::net::close_after_reply(stream, crate::net::LINGER);
+    }
+}
+
+fn handle(sh: &Shared, req: Request) -> Reply {
     if req == Request::Status {
-        return Response::Status(status(sh));
+        return Reply::Now(Response::Status(status(sh)));
     }
     let serving = sh.serving.read().clone();
     let parts = DataPath {
@@ -131,8 +210,8 @@ fn handle(sh: &Shared, req: Request) -> Response {
         settings: &sh.settings,
     };
     match parts.begin(req, Instant::now()) {
-        Begun::Done(r) => r,
-        Begun::Wait(rx) => finish(rx.recv_timeout(sh.settings.write_timeout())),
+        Begun::Done(r) => Reply::Now(r),
+        Begun::Wait(rx) => Reply::Later(PendingWrite::new(rx, sh.settings.write_timeout())),
     }
 }
 
