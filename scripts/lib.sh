@@ -121,9 +121,10 @@ start_node() {
   line=$(banner "$WORK/node$n.out" "$WORK/node$n.log")
   NODE_ADDR[$n]=$(awk '{print $5}' <<<"$line")
   NODE_ID[$n]=$(awk '{print $2}' <<<"$line")
+  NODE_RESP[$n]=$(awk '{print $9}' <<<"$line")
   [ -n "${QUIET:-}" ] || echo "node $n: $line (pid ${NODE_PID[$n]})"
 }
-declare -A NODE_ID
+declare -A NODE_ID NODE_RESP
 
 # Waits (up to 10 s) until the server lists $1 members in sync.
 wait_in_sync() {
