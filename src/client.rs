@@ -45,6 +45,9 @@ use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod pipeline;
+pub use pipeline::{Op, OpResult, MAX_PIPELINE_BYTES, MAX_PIPELINE_OPS};
+
 /// How long a lookup waits for one server when others are left to try.
 const LOOKUP_PATIENCE: Duration = Duration::from_millis(300);
 

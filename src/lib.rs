@@ -40,7 +40,7 @@ pub mod store;
 pub mod types;
 pub mod wire;
 
-pub use client::{Client, ClientOptions};
+pub use client::{Client, ClientOptions, Op, OpResult};
 pub use errors::{Error, NotAServer, Result};
 pub use servers::ServerList;
 
