@@ -700,6 +700,27 @@ impl Client {
     }
 
     /// Sends one request, following redirects and failovers until the deadline.
+    /// Makes sure a live connection to the coordinator is open: to the
+    /// address a `NotCoordinator` answer redirected to, else to the one the
+    /// server names.
+    pub(crate) fn connect_coordinator(
+        &mut self,
+        redirect: &mut Option<String>,
+        deadline: Instant,
+    ) -> Result<()> {
+        if self.conn.as_ref().is_some_and(|c| !alive(c)) {
+            self.conn = None;
+        }
+        if self.conn.is_none() {
+            let addr = match redirect.take() {
+                Some(a) => a,
+                None => self.ask_coordinator(deadline)?,
+            };
+            self.open(addr, deadline)?;
+        }
+        Ok(())
+    }
+
     fn request(&mut self, req: Request, idempotent: bool) -> Result<Response> {
         let deadline = Instant::now() + self.opts.op_timeout;
         let mut backoff = Duration::from_millis(10);
@@ -707,16 +728,7 @@ impl Client {
         let mut last_err: Error;
         loop {
             let attempt = (|| -> Result<Response> {
-                if self.conn.as_ref().is_some_and(|c| !alive(c)) {
-                    self.conn = None;
-                }
-                if self.conn.is_none() {
-                    let addr = match redirect.take() {
-                        Some(a) => a,
-                        None => self.ask_coordinator(deadline)?,
-                    };
-                    self.open(addr, deadline)?;
-                }
+                self.connect_coordinator(&mut redirect, deadline)?;
                 let c = self.conn.as_mut().expect("connected");
                 let mut io = Bounded::new(&c.stream, deadline, &mut c.timeout);
                 if let Err(e) = wire::write_frame(&mut io, &req) {

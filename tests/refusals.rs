@@ -25,16 +25,6 @@ fn send_then_read(addr: &str, cmd: &[u8]) -> String {
     String::from_utf8_lossy(&got).into_owned()
 }
 
-fn resp_command(args: &[&[u8]]) -> Vec<u8> {
-    let mut v = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        v.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        v.extend_from_slice(a);
-        v.extend_from_slice(b"\r\n");
-    }
-    v
-}
-
 #[test]
 fn an_oversized_resp_value_is_refused_with_the_limit_before_the_connection_closes() {
     let c = Cluster::start("refusals-oversized", 1, default_settings());

@@ -9,7 +9,7 @@
 //! waits for the connection's earlier writes). Nothing else: a node that
 //! answers one frame at a time serves a pipeline correctly, only slower.
 
-use super::{alive, ms, unexpected, wire_clause, Bounded, Client};
+use super::{ms, unexpected, wire_clause, Bounded, Client};
 use crate::cli::io_text;
 use crate::errors::{Error, Result};
 use crate::wire::{self, Request, Response};
@@ -206,16 +206,7 @@ impl Client {
                 )));
             }
             let attempt = (|| -> Result<(String, Exchange)> {
-                if self.conn.as_ref().is_some_and(|c| !alive(c)) {
-                    self.conn = None;
-                }
-                if self.conn.is_none() {
-                    let addr = match redirect.take() {
-                        Some(a) => a,
-                        None => self.ask_coordinator(deadline)?,
-                    };
-                    self.open(addr, deadline)?;
-                }
+                self.connect_coordinator(&mut redirect, deadline)?;
                 let max = self.opts.max_value_bytes + 64 * 1024;
                 let c = self.conn.as_mut().expect("connected");
                 let got = exchange(

@@ -688,6 +688,17 @@ pub fn raw_call(s: &TcpStream, req: &Request) -> Response {
     dkv::net::call::<_, Response>(s, req, 4 << 20).unwrap()
 }
 
+/// One RESP command as a client library sends it.
+pub fn resp_command(args: &[&[u8]]) -> Vec<u8> {
+    let mut v = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        v.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        v.extend_from_slice(a);
+        v.extend_from_slice(b"\r\n");
+    }
+    v
+}
+
 pub fn encode_frame(body: &[u8]) -> Vec<u8> {
     let mut v = (body.len() as u32).to_be_bytes().to_vec();
     v.extend_from_slice(body);
