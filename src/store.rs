@@ -1,4 +1,6 @@
-//! The key-value map: a sharded, parking_lot-guarded `HashMap`, plus the
+//! The key-value map: a sharded, parking_lot-guarded hash table (a
+//! std `HashSet`, which is a `HashMap` without values, of pairs keyed by their key,
+//! one allocation each), plus the
 //! position it reflects and a digest of its contents.
 //!
 //! One thread at a time writes: whoever holds the log's apply guard (the
@@ -11,12 +13,65 @@
 
 use crate::types::{LogPos, Op, OpOutcome};
 use parking_lot::{Mutex, RwLock};
-use std::collections::HashMap;
+use std::borrow::Borrow;
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
 use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 const SHARDS: usize = 64;
 
-type Shard = HashMap<Vec<u8>, Vec<u8>>;
+/// A shard: its pairs, each one [`Item`], found by key.
+type Shard = HashSet<Item>;
+
+/// One pair in one allocation: the key's length (4 bytes, little-endian),
+/// the key, the value. Against a map of two `Vec`s this saves an allocation
+/// and 32 bytes of headers per pair, and the table's slots shrink from 48
+/// bytes to 16 (`make bench-compare`, memory row). Hashed and compared by
+/// its key, so the set is looked up with the key alone.
+struct Item(Box<[u8]>);
+
+impl Item {
+    fn new(key: &[u8], value: &[u8]) -> Item {
+        // Keys are at most max-key-bytes (64 MiB): the length fits.
+        let mut b = Vec::with_capacity(4 + key.len() + value.len());
+        b.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        b.extend_from_slice(key);
+        b.extend_from_slice(value);
+        Item(b.into_boxed_slice())
+    }
+
+    fn key_len(&self) -> usize {
+        u32::from_le_bytes([self.0[0], self.0[1], self.0[2], self.0[3]]) as usize
+    }
+
+    fn key(&self) -> &[u8] {
+        &self.0[4..4 + self.key_len()]
+    }
+
+    fn value(&self) -> &[u8] {
+        &self.0[4 + self.key_len()..]
+    }
+}
+
+impl Borrow<[u8]> for Item {
+    fn borrow(&self) -> &[u8] {
+        self.key()
+    }
+}
+
+impl Hash for Item {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.key().hash(h)
+    }
+}
+
+impl PartialEq for Item {
+    fn eq(&self, other: &Item) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for Item {}
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StoreMeta {
@@ -68,7 +123,7 @@ pub struct Delta {
 impl Store {
     pub fn new() -> Self {
         Store {
-            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| RwLock::new(HashSet::new())).collect(),
             meta: Mutex::new(StoreMeta::default()),
         }
     }
@@ -78,7 +133,10 @@ impl Store {
     }
 
     pub fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        self.shard(key).read().get(key).cloned()
+        self.shard(key)
+            .read()
+            .get(key)
+            .map(|it| it.value().to_vec())
     }
 
     pub fn meta(&self) -> StoreMeta {
@@ -90,19 +148,17 @@ impl Store {
         match op {
             Op::Put { key, value } => {
                 let h_new = pair_hash(key, value);
-                let mut shard = self.shard(key).write();
-                match shard.get_mut(key.as_slice()) {
+                let item = Item::new(key, value);
+                match self.shard(key).write().replace(item) {
                     Some(old) => {
+                        let old = old.value();
                         delta.digest = delta
                             .digest
                             .wrapping_sub(pair_hash(key, old))
                             .wrapping_add(h_new);
                         delta.bytes += value.len() as i64 - old.len() as i64;
-                        old.clear();
-                        old.extend_from_slice(value);
                     }
                     None => {
-                        shard.insert(key.clone(), value.clone());
                         delta.digest = delta.digest.wrapping_add(h_new);
                         delta.keys += 1;
                         delta.bytes += pair_bytes(key, value);
@@ -111,8 +167,9 @@ impl Store {
                 OpOutcome::Written
             }
             Op::Delete { key } => {
-                let removed = self.shard(key).write().remove(key.as_slice());
+                let removed = self.shard(key).write().take(key.as_slice());
                 if let Some(old) = &removed {
+                    let old = old.value();
                     delta.digest = delta.digest.wrapping_sub(pair_hash(key, old));
                     delta.keys -= 1;
                     delta.bytes -= pair_bytes(key, old);
@@ -134,7 +191,7 @@ impl Store {
     /// Empties the map (before installing a snapshot).
     pub fn clear(&self, applied: LogPos) {
         for s in self.shards.iter() {
-            *s.write() = HashMap::new();
+            *s.write() = HashSet::new();
         }
         *self.meta.lock() = StoreMeta {
             applied,
@@ -154,7 +211,7 @@ impl Store {
         self.shards[i]
             .read()
             .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|it| (it.key().to_vec(), it.value().to_vec()))
             .collect()
     }
 
@@ -162,8 +219,8 @@ impl Store {
     pub fn recompute_digest(&self) -> u64 {
         let mut d = 0u64;
         for s in self.shards.iter() {
-            for (k, v) in s.read().iter() {
-                d = d.wrapping_add(pair_hash(k, v));
+            for it in s.read().iter() {
+                d = d.wrapping_add(pair_hash(it.key(), it.value()));
             }
         }
         d
@@ -208,6 +265,31 @@ mod tests {
         assert_eq!(a.meta().keys, 2);
         assert_eq!(b.meta().keys, 2);
         assert_eq!(a.get(b"x"), Some(b"3".to_vec()));
+    }
+
+    #[test]
+    fn puts_overwrites_and_deletes_read_back() {
+        let s = Store::new();
+        let mut d = Delta::default();
+        assert_eq!(s.apply(&put("k", "v1"), &mut d), OpOutcome::Written);
+        assert_eq!(
+            s.apply(&put("k", "a longer value"), &mut d),
+            OpOutcome::Written
+        );
+        assert_eq!(s.apply(&put("", ""), &mut d), OpOutcome::Written);
+        assert_eq!(s.get(b"k"), Some(b"a longer value".to_vec()));
+        assert_eq!(s.get(b""), Some(vec![]));
+        assert_eq!(s.get(b"kk"), None);
+        let del = |k: &str| Op::Delete {
+            key: k.as_bytes().to_vec(),
+        };
+        assert_eq!(s.apply(&del("k"), &mut d), OpOutcome::Deleted(true));
+        assert_eq!(s.apply(&del("k"), &mut d), OpOutcome::Deleted(false));
+        s.commit(LogPos::new(1, 5), d);
+        let m = s.meta();
+        assert_eq!((m.keys, m.bytes), (1, ENTRY_OVERHEAD));
+        assert_eq!(m.digest, s.recompute_digest());
+        assert_eq!(s.get(b"k"), None);
     }
 
     #[test]
