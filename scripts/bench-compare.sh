@@ -42,6 +42,17 @@ rb() {
   echo "$(date +%T) $1: $out" >&2
 }
 
+# rb_rows WHO HOST:PORT: the four redis-benchmark rows (SET, GET at -P 1 and
+# -P 16) into R[WHO_rb_TEST_P].
+rb_rows() {
+  local t p
+  for t in set get; do
+    for p in 1 16; do
+      R[$1_rb_${t}_$p]=$(rb "$1 redis-benchmark $t -P $p" "$2" "$t" "$p")
+    done
+  done
+}
+
 echo "starting Redis (1 primary, 2 replicas), etcd (3 members) and DKV (3 nodes)..." >&2
 RP=$(free_port); bg redis-server --port "$RP" --dir "$WORK" --save "" --appendonly no
 for _ in 1 2; do bg redis-server --port "$(free_port)" --dir "$WORK" --save "" --appendonly no --replicaof 127.0.0.1 "$RP"; done
@@ -85,22 +96,14 @@ R[redis_wait32]=$(bench "Redis SET+WAIT 2 32c" resp-wait "127.0.0.1:$RP" 32 0)
 R[redis_wait1]=$(bench "Redis SET+WAIT 2 1c" resp-wait "127.0.0.1:$RP" 1 0)
 R[redis_r32]=$(bench "Redis GET 32c" resp "127.0.0.1:$RP" 32 1)
 R[etcd_w32]=$(bench "etcd put 32c" etcd "127.0.0.1:$ETCD_LEADER" 32 0)
-for t in set get; do
-  for p in 1 16; do
-    R[redis_rb_${t}_$p]=$(rb "Redis redis-benchmark $t -P $p" "127.0.0.1:$RP" "$t" "$p")
-  done
-done
+rb_rows redis "127.0.0.1:$RP"
 # The same write row with nothing on disk, as the Redis peer runs (no RDB, no AOF).
 dkv_cluster memory
 R[dkv_w32_mem]=$(bench "DKV write 32c in memory" native "$SERVER" 32 0)
 # The RESP rows, in memory too: the Redis peer keeps nothing on disk.
 DKV_RESP=${NODE_RESP[$(coordinator_label)]}
 R[dkv_resp_w32]=$(bench "DKV RESP write 32c" resp "$DKV_RESP" 32 0)
-for t in set get; do
-  for p in 1 16; do
-    R[dkv_rb_${t}_$p]=$(rb "DKV redis-benchmark $t -P $p" "$DKV_RESP" "$t" "$p")
-  done
-done
+rb_rows dkv "$DKV_RESP"
 check_no_failover "$EPOCH0"
 dkv_cluster always
 R[dkv_w32_always]=$(bench "DKV write 32c fsync always" native "$SERVER" 32 0)
