@@ -528,6 +528,28 @@ fn clients_without_the_password_are_refused_on_both_protocols() {
         ));
     }
     assert!(closed_by_peer(&s));
+    // Also when the guesses come pipelined, many in one write.
+    let s = raw_client(&c.nodes[coord].addr);
+    let mut guesses = Vec::new();
+    for _ in 0..50 {
+        dkv::wire::encode_frame_into(&mut guesses, &wrong);
+    }
+    (&s).write_all(&guesses).unwrap();
+    let mut answered = 0;
+    while let Ok(r) = dkv::wire::read_frame::<_, Response>(&mut &s, 1 << 20) {
+        assert!(matches!(
+            r,
+            Response::Error {
+                kind: ErrorKind::AuthFailed,
+                ..
+            }
+        ));
+        answered += 1;
+    }
+    assert_eq!(
+        answered, 3,
+        "the third wrong password closes the connection"
+    );
     let mut r = TcpStream::connect(&c.nodes[coord].resp_addr).unwrap();
     r.set_read_timeout(Some(PATIENCE)).unwrap();
     for _ in 0..3 {

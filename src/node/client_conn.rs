@@ -135,6 +135,13 @@ pub(super) fn serve(sh: &Shared, stream: &TcpStream, reader: TimedStream<'_>, pe
             req => handle(sh, req),
         };
         replies.push(reply);
+        if gate.exhausted() {
+            // The last wrong password closes the connection now, however
+            // many more guesses a pipelining client already sent.
+            replies.flush(&mut out);
+            let _ = std::io::Write::write_all(&mut &*stream, &out);
+            return;
+        }
     }
 }
 
