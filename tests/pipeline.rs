@@ -5,9 +5,7 @@
 mod common;
 
 use common::*;
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::time::Duration;
+use std::io::Write;
 
 /// Sends every command in one write, then reads until the node closes
 /// (the last command is QUIT).
@@ -17,12 +15,7 @@ fn pipeline(addr: &str, cmds: &[&[&[u8]]]) -> String {
         bytes.extend(resp_command(c));
     }
     bytes.extend(resp_command(&[b"QUIT"]));
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    s.write_all(&bytes).unwrap();
-    let mut got = Vec::new();
-    let _ = s.read_to_end(&mut got);
-    String::from_utf8_lossy(&got).into_owned()
+    send_then_read(addr, &bytes)
 }
 
 #[test]

@@ -5,25 +5,7 @@
 mod common;
 
 use common::*;
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::time::Duration;
-
-/// Sends `cmd` whole, as a client library does (it writes the command, then
-/// reads the reply), and returns everything the node answered until it
-/// closed the connection.
-fn send_then_read(addr: &str, cmd: &[u8]) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    // A client library that cannot write its command reports the reset,
-    // not the node's reply: the node must take the command in, even when
-    // it refuses it at the first bytes.
-    s.write_all(cmd)
-        .expect("the node reset the connection before the client could read why");
-    let mut got = Vec::new();
-    let _ = s.read_to_end(&mut got);
-    String::from_utf8_lossy(&got).into_owned()
-}
+use std::io::Write;
 
 #[test]
 fn an_oversized_resp_value_is_refused_with_the_limit_before_the_connection_closes() {

@@ -688,6 +688,23 @@ pub fn raw_call(s: &TcpStream, req: &Request) -> Response {
     dkv::net::call::<_, Response>(s, req, 4 << 20).unwrap()
 }
 
+/// Sends `cmd` whole, as a client library does (it writes the command, then
+/// reads the reply), and returns everything the node answered until it
+/// closed the connection.
+pub fn send_then_read(addr: &str, cmd: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    // A client library that cannot write its command reports the reset,
+    // not the node's reply: the node must take the command in, even when
+    // it refuses it at the first bytes.
+    s.write_all(cmd)
+        .expect("the node reset the connection before the client could read why");
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    String::from_utf8_lossy(&got).into_owned()
+}
+
 /// One RESP command as a client library sends it.
 pub fn resp_command(args: &[&[u8]]) -> Vec<u8> {
     let mut v = format!("*{}\r\n", args.len()).into_bytes();
