@@ -33,6 +33,7 @@
 //! answer or by its answer to a probe, see [`probe`]).
 
 use crate::cli::io_text;
+use crate::commands::{Command, Cond, SetExpiry, TtlKind, Value, When};
 use crate::errors::{Error, NotAServer, Result};
 use crate::net;
 use crate::servers::ServerList;
@@ -477,6 +478,139 @@ impl Client {
         }
     }
 
+    /// Runs any data command ([`crate::commands`]) at the coordinator and
+    /// gives its reply as Redis would ([`Value::Error`] for a command error
+    /// such as INCR of a non-integer). Reads are retried across failovers;
+    /// a write whose answer was lost is [`Error::Indeterminate`].
+    pub fn command(&mut self, cmd: Command) -> Result<Value> {
+        let mut bad = None;
+        cmd.for_each_key(&mut |k| {
+            if bad.is_none() {
+                bad = self.check_key(k).err();
+            }
+        });
+        if let Some(e) = bad {
+            return Err(e);
+        }
+        let idempotent = cmd.is_read();
+        match self.request(Request::Command(cmd), idempotent)? {
+            Response::Reply(v) => Ok(v),
+            other => Err(unexpected(&other, "the coordinator")),
+        }
+    }
+
+    /// [`Client::command`], with a command error as [`Error::Refused`].
+    fn command_ok(&mut self, cmd: Command) -> Result<Value> {
+        match self.command(cmd)? {
+            Value::Error(e) => Err(Error::Refused(e)),
+            v => Ok(v),
+        }
+    }
+
+    /// Writes `key` with a time to live: it reads as absent once `ttl` has
+    /// passed by the coordinator's clock.
+    pub fn put_with_ttl(&mut self, key: &[u8], value: &[u8], ttl: Duration) -> Result<()> {
+        self.command_ok(Command::Set {
+            key: key.to_vec(),
+            value: value.to_vec(),
+            cond: Cond::Always,
+            expiry: SetExpiry::Set(When::In(ttl.as_millis().min(i64::MAX as u128) as i64)),
+            get: false,
+        })
+        .map(drop)
+    }
+
+    /// The time `key` has left; `None` when it has no deadline or does not
+    /// exist ([`Client::get`] tells those apart).
+    pub fn ttl(&mut self, key: &[u8]) -> Result<Option<Duration>> {
+        match self.command_ok(Command::Ttl {
+            key: key.to_vec(),
+            kind: TtlKind::Millis,
+        })? {
+            Value::Int(ms) if ms >= 0 => Ok(Some(Duration::from_millis(ms as u64))),
+            _ => Ok(None),
+        }
+    }
+
+    /// Adds `by` to the integer at `key` (absent counts as 0); the new value.
+    pub fn incr_by(&mut self, key: &[u8], by: i64) -> Result<i64> {
+        match self.command_ok(Command::IncrBy {
+            key: key.to_vec(),
+            by,
+        })? {
+            Value::Int(n) => Ok(n),
+            other => Err(Error::Protocol(format!("INCRBY answered {other:?}"))),
+        }
+    }
+
+    /// Sets `key` to `new` (deletes it for `None`) only if it holds
+    /// `expected` (is absent for `None`); whether it did.
+    pub fn compare_and_set(
+        &mut self,
+        key: &[u8],
+        expected: Option<&[u8]>,
+        new: Option<&[u8]>,
+    ) -> Result<bool> {
+        Ok(self.command_ok(Command::CompareAndSet {
+            key: key.to_vec(),
+            expected: expected.map(<[u8]>::to_vec),
+            value: new.map(<[u8]>::to_vec),
+            ttl_ms: None,
+        })? == Value::Int(1))
+    }
+
+    /// Runs `commands` as one atomic batch (MULTI/EXEC): every replica
+    /// applies all of their writes or none. One reply per command; a command
+    /// that fails (INCR of a non-integer) gives [`Value::Error`] and the
+    /// others still apply, as in Redis.
+    pub fn atomic(&mut self, commands: Vec<Command>) -> Result<Vec<Value>> {
+        match self.command_ok(Command::Exec {
+            watched: Vec::new(),
+            commands,
+        })? {
+            Value::Array(v) => Ok(v),
+            other => Err(Error::Protocol(format!("EXEC answered {other:?}"))),
+        }
+    }
+
+    /// One page of an iteration over the keys matching `pattern` (a Redis
+    /// glob): start at cursor 0, stop when the returned cursor is 0. Every
+    /// key present for the whole iteration is returned once.
+    pub fn scan(
+        &mut self,
+        cursor: u64,
+        pattern: Option<&[u8]>,
+        count: usize,
+    ) -> Result<(u64, Vec<Vec<u8>>)> {
+        let page = self.command_ok(Command::Scan {
+            cursor,
+            pattern: pattern.map(<[u8]>::to_vec),
+            count,
+            type_name: None,
+        })?;
+        if let Value::Array(mut v) = page {
+            if let (Some(Value::Array(keys)), Some(Value::Bulk(c))) = (v.pop(), v.pop()) {
+                let cursor = std::str::from_utf8(&c).ok().and_then(|c| c.parse().ok());
+                let keys: Option<Vec<_>> = keys
+                    .into_iter()
+                    .map(|k| {
+                        if let Value::Bulk(k) = k {
+                            Some(k)
+                        } else {
+                            None
+                        }
+                    })
+                    .collect();
+                if let (Some(cursor), Some(keys)) = (cursor, keys) {
+                    return Ok((cursor, keys));
+                }
+            }
+        }
+        Err(Error::Protocol(
+            "SCAN answered something else than a page".into(),
+        ))
+    }
+
     /// The cluster view held by the server.
     pub fn cluster_view(&self) -> Result<ClusterView> {
         self.cluster_view_before(self.deadline())
@@ -821,6 +955,7 @@ fn unexpected(r: &Response, addr: &str) -> Error {
         Response::NotCoordinator { .. } => "a redirect",
         Response::Error { .. } => "an error",
         Response::Authenticated => "a password confirmation",
+        Response::Reply(_) => "a command reply",
     };
     Error::Protocol(format!(
         "{addr} answered with {name}, which does not fit the request (is it a DKV node of this version?)"

@@ -13,12 +13,24 @@ pub enum KvOp {
     Read(String),
     Write(String, u64),
     Delete(String),
+    /// A write with a time to live (ms): the key may expire at any moment
+    /// after the write, and once any op saw it gone it stays gone.
+    WriteTtl(String, u64, u64),
+    /// INCR: returns the new value.
+    Incr(String),
+    /// SET NX: returns whether it wrote.
+    SetNx(String, u64),
 }
 
 impl KvOp {
     fn key(&self) -> &str {
         match self {
-            KvOp::Read(k) | KvOp::Write(k, _) | KvOp::Delete(k) => k,
+            KvOp::Read(k)
+            | KvOp::Write(k, _)
+            | KvOp::Delete(k)
+            | KvOp::WriteTtl(k, ..)
+            | KvOp::Incr(k)
+            | KvOp::SetNx(k, _) => k,
         }
     }
 }
@@ -28,24 +40,90 @@ pub enum Ret {
     Value(Option<u64>),
     Ok,
     Deleted(bool),
+    /// A conditional write: whether it wrote.
+    Applied(bool),
 }
 
-/// One key as a sequential register.
+/// One key as a sequential register whose value may carry a deadline.
+/// Time is not modelled: a key written with a TTL may expire between any
+/// two ops (the checker picks), which every op that looks at it may
+/// observe; expiry is final until the next write. So the spec checks that
+/// no expired key comes back (across failovers and clocks that differ),
+/// and that INCR and SET NX serialize with everything else.
 #[derive(Clone, Debug, Default)]
-struct Register(Option<u64>);
+struct Register {
+    value: Option<u64>,
+    expiring: bool,
+}
+
+impl Register {
+    /// The value an op finds: the current one, or (when `gone`, allowed
+    /// only for an expiring key) none, and then the key has expired.
+    fn look(&mut self, gone: bool) -> Option<Option<u64>> {
+        if gone {
+            if !self.expiring {
+                return None;
+            }
+            self.value = None;
+            self.expiring = false;
+        }
+        Some(self.value)
+    }
+}
 
 impl SequentialSpec for Register {
     type Op = KvOp;
     type Ret = Ret;
     fn invoke(&mut self, op: &KvOp) -> Ret {
         match op {
-            KvOp::Read(_) => Ret::Value(self.0),
+            KvOp::Read(_) => Ret::Value(self.value),
             KvOp::Write(_, v) => {
-                self.0 = Some(*v);
+                *self = Register {
+                    value: Some(*v),
+                    expiring: false,
+                };
                 Ret::Ok
             }
-            KvOp::Delete(_) => Ret::Deleted(self.0.take().is_some()),
+            KvOp::WriteTtl(_, v, _) => {
+                *self = Register {
+                    value: Some(*v),
+                    expiring: true,
+                };
+                Ret::Ok
+            }
+            KvOp::Delete(_) => {
+                self.expiring = false;
+                Ret::Deleted(self.value.take().is_some())
+            }
+            KvOp::Incr(_) => {
+                let n = self.value.unwrap_or(0) + 1;
+                self.value = Some(n);
+                Ret::Value(Some(n))
+            }
+            KvOp::SetNx(_, v) => {
+                if self.value.is_some() {
+                    return Ret::Applied(false);
+                }
+                self.value = Some(*v);
+                Ret::Applied(true)
+            }
         }
+    }
+
+    fn is_valid_step(&mut self, op: &KvOp, ret: &Ret) -> bool {
+        // Every way the op could have gone: with the key as it is, or (if it
+        // carries a deadline) after it expired.
+        for gone in [false, true] {
+            let mut s = self.clone();
+            if s.look(gone).is_none() {
+                continue;
+            }
+            if &s.invoke(op) == ret {
+                *self = s;
+                return true;
+            }
+        }
+        false
     }
 }
 

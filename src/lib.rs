@@ -17,6 +17,7 @@ pub mod auth;
 pub mod bench;
 pub mod cli;
 pub mod client;
+pub mod commands;
 pub mod config;
 pub mod core;
 pub mod errors;

@@ -50,29 +50,106 @@ impl fmt::Display for LogPos {
     }
 }
 
-/// A state-changing operation. Both are idempotent overwrites, which is what
-/// lets a snapshot taken while writes continue ("fuzzy") be repaired by
-/// replaying the log from the position where the snapshot started.
+/// A state-changing operation, as the log carries it. Every op states the
+/// *result* for the keys it touches (a value and its deadline, or absence),
+/// never a computation on what was there: INCR is logged as the Put of the
+/// new value, EXPIRE as the Put of the value with its deadline. So applying
+/// is deterministic on every replica and in the simulator, and every op is
+/// an idempotent overwrite, which is what lets a snapshot taken while writes
+/// continue ("fuzzy") be repaired by replaying the log from the position
+/// where the snapshot started.
+///
+/// Deadlines are absolute wall-clock times in milliseconds since the UNIX
+/// epoch, chosen by the coordinator that evaluated the command. Replicas
+/// never expire keys themselves: the coordinator appends their deletion.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
-    Put { key: Vec<u8>, value: Vec<u8> },
-    Delete { key: Vec<u8> },
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Delete {
+        key: Vec<u8>,
+    },
+    /// A Put whose key expires at `expires_at` (ms since the UNIX epoch).
+    PutExpiring {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        expires_at: u64,
+    },
+    /// Several ops applied as one: every replica applies all or none, and
+    /// readers of several keys see all or none of them.
+    Batch(Vec<Op>),
+    /// Deletes every key.
+    Flush,
 }
 
 impl Op {
-    pub fn key(&self) -> &[u8] {
-        match self {
-            Op::Put { key, .. } | Op::Delete { key } => key,
-        }
-    }
-
     /// Bytes this op carries, used to bound replication batches.
     pub fn payload_len(&self) -> usize {
         match self {
-            Op::Put { key, value } => key.len() + value.len(),
+            Op::Put { key, value } | Op::PutExpiring { key, value, .. } => key.len() + value.len(),
             Op::Delete { key } => key.len(),
+            Op::Batch(ops) => ops.iter().map(|o| o.payload_len() + 16).sum(),
+            Op::Flush => 0,
         }
     }
+
+    /// The op that gives `key` its value or absence, with `expires_at` when set.
+    pub fn put(key: Vec<u8>, value: Vec<u8>, expires_at: Option<u64>) -> Op {
+        match expires_at {
+            None => Op::Put { key, value },
+            Some(expires_at) => Op::PutExpiring {
+                key,
+                value,
+                expires_at,
+            },
+        }
+    }
+
+    /// What this op leaves at `key`: `None` when it does not touch it,
+    /// `Some(None)` when it leaves the key absent, `Some(Some(..))` the value
+    /// and deadline. The last op of a batch that touches the key decides.
+    pub fn effect_on(&self, key: &[u8]) -> Option<Option<(&[u8], Option<u64>)>> {
+        match self {
+            Op::Put { key: k, value } if k == key => Some(Some((value, None))),
+            Op::PutExpiring {
+                key: k,
+                value,
+                expires_at,
+            } if k == key => Some(Some((value, Some(*expires_at)))),
+            Op::Delete { key: k } if k == key => Some(None),
+            Op::Flush => Some(None),
+            Op::Batch(ops) => ops.iter().rev().find_map(|o| o.effect_on(key)),
+            _ => None,
+        }
+    }
+
+    /// Calls `f` with every key this op names (not a flush's).
+    pub fn for_each_key(&self, f: &mut impl FnMut(&[u8])) {
+        match self {
+            Op::Put { key, .. } | Op::PutExpiring { key, .. } | Op::Delete { key } => f(key),
+            Op::Batch(ops) => ops.iter().for_each(|o| o.for_each_key(f)),
+            Op::Flush => {}
+        }
+    }
+
+    /// Whether this op is or holds a flush.
+    pub fn has_flush(&self) -> bool {
+        match self {
+            Op::Flush => true,
+            Op::Batch(ops) => ops.iter().any(Op::has_flush),
+            _ => false,
+        }
+    }
+}
+
+/// This machine's wall clock in ms since the UNIX epoch: what a coordinator
+/// chooses and checks deadlines by.
+pub fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// One log entry.

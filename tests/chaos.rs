@@ -628,12 +628,13 @@ fn client_loop(
         }
         let c = client.as_mut().unwrap();
         let key = format!("k{}", rng.below(keys as u64));
-        let op = match rng.below(10) {
-            0..=4 => KvOp::Read(key.clone()),
-            5..=8 => {
-                next_value += 1;
-                KvOp::Write(key.clone(), next_value)
-            }
+        next_value += 1;
+        let op = match rng.below(20) {
+            0..=8 => KvOp::Read(key.clone()),
+            9..=13 => KvOp::Write(key.clone(), next_value),
+            14 => KvOp::WriteTtl(key.clone(), next_value, 200 + rng.below(1800)),
+            15..=16 => KvOp::Incr(key.clone()),
+            17 => KvOp::SetNx(key.clone(), next_value),
             _ => KvOp::Delete(key.clone()),
         };
         let (start, wall_start) = (Instant::now(), stamp());
@@ -650,6 +651,19 @@ fn client_loop(
                 .put(k.as_bytes(), v.to_string().as_bytes())
                 .map(|()| Ret::Ok),
             KvOp::Delete(k) => c.delete(k.as_bytes()).map(Ret::Deleted),
+            KvOp::WriteTtl(k, v, ms) => c
+                .put_with_ttl(
+                    k.as_bytes(),
+                    v.to_string().as_bytes(),
+                    Duration::from_millis(*ms),
+                )
+                .map(|()| Ret::Ok),
+            KvOp::Incr(k) => c
+                .incr_by(k.as_bytes(), 1)
+                .map(|n| Ret::Value(Some(n as u64))),
+            KvOp::SetNx(k, v) => c
+                .compare_and_set(k.as_bytes(), None, Some(v.to_string().as_bytes()))
+                .map(Ret::Applied),
         };
         let end = Instant::now();
         let line = format!(

@@ -99,7 +99,71 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         (bytes(16), bytes(32)).prop_map(|(key, value)| Op::Put { key, value }),
         bytes(16).prop_map(|key| Op::Delete { key }),
+        (bytes(16), bytes(32), any::<u64>()).prop_map(|(key, value, expires_at)| {
+            Op::PutExpiring {
+                key,
+                value,
+                expires_at,
+            }
+        }),
+        vec((bytes(8), bytes(8)), 0..3).prop_map(|kv| Op::Batch(
+            kv.into_iter()
+                .map(|(key, value)| Op::Put { key, value })
+                .collect()
+        )),
+        Just(Op::Flush),
     ]
+}
+
+fn pair() -> impl Strategy<Value = dkv::store::Pair> {
+    (bytes(16), bytes(32), any::<Option<u64>>()).prop_map(|(key, value, expires_at)| {
+        dkv::store::Pair {
+            key,
+            value,
+            expires_at,
+        }
+    })
+}
+
+fn command() -> impl Strategy<Value = dkv::commands::Command> {
+    use dkv::commands::{Command, Cond, SetExpiry, When};
+    prop_oneof![
+        (bytes(16), any::<i64>()).prop_map(|(key, by)| Command::IncrBy { key, by }),
+        (bytes(16), bytes(16), any::<i64>()).prop_map(|(key, value, ms)| Command::Set {
+            key,
+            value,
+            cond: Cond::Absent,
+            expiry: SetExpiry::Set(When::In(ms)),
+            get: true,
+        }),
+        (any::<u64>(), prop::option::of(bytes(8)), 0usize..100).prop_map(
+            |(cursor, pattern, count)| Command::Scan {
+                cursor,
+                pattern,
+                count,
+                type_name: None,
+            }
+        ),
+        vec(bytes(8), 0..3).prop_map(|keys| Command::Exec {
+            watched: keys.iter().map(|k| (k.clone(), 7)).collect(),
+            commands: keys.into_iter().map(|key| Command::Get { key }).collect(),
+        }),
+        Just(Command::Flush),
+    ]
+}
+
+fn value() -> impl Strategy<Value = dkv::commands::Value> {
+    use dkv::commands::Value;
+    let leaf = prop_oneof![
+        Just(Value::Ok),
+        Just(Value::Nil),
+        Just(Value::NilArray),
+        any::<i64>().prop_map(Value::Int),
+        bytes(16).prop_map(Value::Bulk),
+        text().prop_map(Value::Error),
+        text().prop_map(Value::Status),
+    ];
+    leaf.prop_recursive(2, 8, 4, |inner| vec(inner, 0..4).prop_map(Value::Array))
 }
 
 fn entry() -> impl Strategy<Value = Entry> {
@@ -184,6 +248,7 @@ fn request() -> impl Strategy<Value = Request> {
         bytes(24).prop_map(|key| Request::Delete { key }),
         Just(Request::Status),
         bytes(24).prop_map(|password| Request::Auth { password }),
+        command().prop_map(Request::Command),
     ]
 }
 
@@ -197,13 +262,14 @@ fn response() -> impl Strategy<Value = Response> {
             .prop_map(|(epoch, coordinator)| Response::NotCoordinator { epoch, coordinator }),
         (error_kind(), text()).prop_map(|(kind, message)| Response::Error { kind, message }),
         Just(Response::Authenticated),
+        value().prop_map(Response::Reply),
     ]
 }
 
 fn repl_msg() -> impl Strategy<Value = ReplMsg> {
     prop_oneof![
         (any::<u64>(), pos()).prop_map(|(epoch, pos)| ReplMsg::SnapshotBegin { epoch, pos }),
-        vec((bytes(16), bytes(32)), 0..4).prop_map(|pairs| ReplMsg::SnapshotChunk { pairs }),
+        vec(pair(), 0..4).prop_map(|pairs| ReplMsg::SnapshotChunk { pairs }),
         any::<u64>().prop_map(|epoch| ReplMsg::SnapshotEnd { epoch }),
         (any::<u64>(), pos(), vec(entry(), 0..4), any::<u64>()).prop_map(
             |(epoch, prev, entries, commit)| ReplMsg::Append {
@@ -1354,7 +1420,18 @@ fn seeds() -> Vec<(&'static str, Seeds)> {
             (
                 "snapshot-chunk",
                 ReplMsg::SnapshotChunk {
-                    pairs: vec![(b"a".to_vec(), b"1".to_vec()), (b"b".to_vec(), vec![])],
+                    pairs: vec![
+                        dkv::store::Pair {
+                            key: b"a".to_vec(),
+                            value: b"1".to_vec(),
+                            expires_at: None,
+                        },
+                        dkv::store::Pair {
+                            key: b"b".to_vec(),
+                            value: vec![],
+                            expires_at: Some(1_800_000_000_000),
+                        },
+                    ],
                 },
             ),
             ("snapshot-end", ReplMsg::SnapshotEnd { epoch: 4 }),

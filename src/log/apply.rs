@@ -85,7 +85,14 @@ impl ReplLog {
             "applying {pos} past the commit index {}",
             g.commit
         );
+        let before = g.applied;
         g.applied = pos.index;
+        let inner = &mut *g;
+        if let Some(l) = inner.leader.as_mut() {
+            let start = (before - inner.base.index) as usize;
+            let end = (pos.index - inner.base.index) as usize;
+            l.note_applied(pos.index, inner.entries.range(start..end).map(|e| &**e));
+        }
         if let Some(l) = g.leader.as_mut() {
             for (index, outcome) in outcomes {
                 if let Some(tx) = l.waiters.remove(index) {

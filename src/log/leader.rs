@@ -60,6 +60,84 @@ pub(super) struct Leader {
     /// The replication stream each tracked replica is on, so the end of an
     /// old stream cannot untrack the replica's newer one.
     pub(super) streams: HashMap<NodeId, u64>,
+    /// The newest entry not yet applied that touches each key, and the newest
+    /// unapplied flush: with the map they give the state the whole log holds,
+    /// which commands are evaluated against ([`ReplLog::append_command`]).
+    pub(super) pending: HashMap<Vec<u8>, u64>,
+    pub(super) pending_flush: Option<u64>,
+}
+
+impl Leader {
+    /// Records that the entry at `index` holding `op` is appended.
+    fn note_pending(&mut self, index: u64, op: &Op) {
+        if op.has_flush() {
+            self.pending.clear();
+            self.pending_flush = Some(index);
+        }
+        op.for_each_key(&mut |k| {
+            self.pending.insert(k.to_vec(), index);
+        });
+    }
+
+    /// Forgets what the entries up to `applied` touched: the map has them now.
+    pub(super) fn note_applied<'a>(
+        &mut self,
+        applied: u64,
+        entries: impl Iterator<Item = &'a Entry>,
+    ) {
+        if self.pending_flush.is_some_and(|f| f <= applied) {
+            self.pending_flush = None;
+        }
+        if self.pending.is_empty() {
+            return;
+        }
+        for e in entries {
+            let index = e.pos.index;
+            e.op.for_each_key(&mut |k| {
+                if self.pending.get(k) == Some(&index) {
+                    self.pending.remove(k);
+                }
+            });
+        }
+    }
+}
+
+/// What [`ReplLog::append_command`] gives.
+pub struct Appended {
+    pub value: crate::commands::Value,
+    /// The entry to wait for before answering, if one was appended.
+    pub wait: Option<Outcome>,
+}
+
+/// The map plus the log's unapplied entries, as of the last one.
+struct Latest<'a> {
+    inner: &'a super::Inner,
+    leader: &'a Leader,
+    store: &'a crate::store::Store,
+    /// Whether some answer came from an entry not yet committed.
+    used_pending: std::cell::Cell<bool>,
+}
+
+impl crate::commands::View for Latest<'_> {
+    fn get(&self, key: &[u8]) -> Option<crate::commands::Stored> {
+        if let Some(&index) = self.leader.pending.get(key) {
+            self.used_pending.set(true);
+            let g = self.inner;
+            let e = &g.entries[(index - g.base.index - 1) as usize];
+            if let Some(s) = e.op.effect_on(key) {
+                return s.map(|(v, t)| (v.to_vec(), t));
+            }
+            debug_assert!(
+                false,
+                "entry {index} does not touch the key it is pending for"
+            );
+        }
+        if self.leader.pending_flush.is_some() {
+            self.used_pending.set(true);
+            return None;
+        }
+        self.store.get_pair(key)
+    }
 }
 
 impl ReplLog {
@@ -96,7 +174,15 @@ impl ReplLog {
             waiters: HashMap::new(),
             required,
             streams: HashMap::new(),
+            pending: HashMap::new(),
+            pending_flush: None,
         });
+        // Entries inherited and not applied yet are pending like its own.
+        let inner = &mut *g;
+        let leader = inner.leader.as_mut().expect("just set");
+        for e in inner.entries.iter().filter(|e| e.pos.index > inner.applied) {
+            leader.note_pending(e.pos.index, &e.op);
+        }
         g.generation += 1;
         self.changed.notify_all();
     }
@@ -128,13 +214,57 @@ impl ReplLog {
     /// Appends a client op at the coordinator. The receiver yields the op's
     /// outcome once it is committed and applied.
     pub fn append_leader(&self, op: Op) -> Result<(u64, Outcome), AppendError> {
-        let (tx, rx) = oneshot();
         let mut g = self.inner.lock();
+        self.check_append(&mut g)?;
+        Ok(self.push_leader(&mut g, op))
+    }
+
+    /// Evaluates `cmd` against the latest state the log holds (the map
+    /// `store` plus every entry appended and not yet applied) and appends
+    /// the ops that state its result, in one step under the log's lock: a
+    /// command sees every write appended before it, and none after, so
+    /// concurrent conditional writes and increments serialize in log order.
+    ///
+    /// The answer is due when the appended entry commits. A command that
+    /// changes nothing but whose answer rests on an entry not yet committed
+    /// (SET NX on a key another client's pending write created) appends an
+    /// empty batch to wait for, so no answer reveals a write that may yet be
+    /// lost; one that rests on the map alone is answered at once.
+    pub fn append_command(
+        &self,
+        store: &crate::store::Store,
+        cmd: &crate::commands::Command,
+        env: crate::commands::Env,
+    ) -> Result<Appended, AppendError> {
+        let mut g = self.inner.lock();
+        self.check_append(&mut g)?;
+        let (evaluated, used_pending) = {
+            let inner = &*g;
+            let view = Latest {
+                inner,
+                leader: inner.leader.as_ref().expect("checked"),
+                store,
+                used_pending: std::cell::Cell::new(false),
+            };
+            let e = crate::commands::eval(cmd, &view, env);
+            (e, view.used_pending.get())
+        };
+        let op = match evaluated.op {
+            Some(op) => Some(op),
+            None if used_pending => Some(Op::Batch(Vec::new())),
+            None => None,
+        };
+        let wait = op.map(|op| self.push_leader(&mut g, op).1);
+        Ok(Appended {
+            value: evaluated.value,
+            wait,
+        })
+    }
+
+    fn check_append(&self, g: &mut super::Inner) -> Result<(), AppendError> {
         if let Some(e) = &g.storage_error {
             return Err(AppendError::Storage(e.clone()));
         }
-        let index = g.last().index + 1;
-        let durable = g.durable;
         let leader = g.leader.as_mut().ok_or(AppendError::NotLeader)?;
         let in_sync = leader.progress.commit_set().len();
         if in_sync < leader.required {
@@ -143,8 +273,18 @@ impl ReplLog {
                 required: leader.required,
             });
         }
+        Ok(())
+    }
+
+    /// Appends `op` (after [`Self::check_append`]).
+    fn push_leader(&self, g: &mut super::Inner, op: Op) -> (u64, Outcome) {
+        let (tx, rx) = oneshot();
+        let index = g.last().index + 1;
+        let durable = g.durable;
+        let leader = g.leader.as_mut().expect("checked");
         let pos = LogPos::new(leader.epoch, index);
         leader.waiters.insert(index, tx);
+        leader.note_pending(index, &op);
         let self_id = leader.self_id;
         // With a write-ahead log, the coordinator's own ack waits for it.
         let advanced = if durable {
@@ -168,7 +308,7 @@ impl ReplLog {
         if durable {
             self.wal.notify_one();
         }
-        Ok((index, rx))
+        (index, rx)
     }
 
     /// Starts tracking a replica, on replication stream `stream`, whose log

@@ -45,7 +45,7 @@ mod outcome;
 mod wal;
 
 use leader::Leader;
-pub use leader::{AckEffect, AppendError, Fetch};
+pub use leader::{AckEffect, AppendError, Appended, Fetch};
 pub use outcome::Outcome;
 pub use wal::WalBatch;
 

@@ -216,9 +216,9 @@ fn handle(sh: &Shared, req: Request) -> Reply {
         serving: &serving,
         settings: &sh.settings,
     };
-    match parts.begin(req, Instant::now()) {
+    match parts.begin(req, Instant::now(), crate::types::wall_ms()) {
         Begun::Done(r) => Reply::Now(r),
-        Begun::Wait(rx) => Reply::Later(PendingWrite::new(rx, sh.settings.write_timeout())),
+        Begun::Wait(rx, r) => Reply::Later(PendingWrite::new(rx, r, sh.settings.write_timeout())),
     }
 }
 

@@ -316,11 +316,12 @@ impl Conn<'_> {
             serving: &serving,
             settings: &self.sh.settings,
         };
-        match dp.begin(req.clone(), Instant::now()) {
+        match dp.begin(req.clone(), Instant::now(), crate::types::wall_ms()) {
             Begun::Done(Response::NotCoordinator { .. }) => Answer::Now(self.forward(req)),
             Begun::Done(r) => Answer::Now(to_reply(r)),
-            Begun::Wait(rx) => Answer::Later(PendingReply(PendingWrite::new(
+            Begun::Wait(rx, r) => Answer::Later(PendingReply(PendingWrite::new(
                 rx,
+                r,
                 self.sh.settings.write_timeout(),
             ))),
         }
@@ -347,7 +348,9 @@ impl Conn<'_> {
                 .map(|v| v.map(Reply::Bulk).unwrap_or(Reply::Nil)),
             Request::Put { key, value } => c.put(&key, &value).map(|()| Reply::ok()),
             Request::Delete { key } => c.delete(&key).map(|e| Reply::Int(e as i64)),
-            Request::Status | Request::Auth { .. } => Ok(Reply::err("ERR not a data request")),
+            Request::Status | Request::Auth { .. } | Request::Command(_) => {
+                Ok(Reply::err("ERR not a data request"))
+            }
         };
         res.unwrap_or_else(|e| client_error(&e))
     }
@@ -434,7 +437,9 @@ fn to_reply(r: Response) -> Reply {
         Response::NotCoordinator { .. } => {
             Reply::err("TRYAGAIN no coordinator could serve the request; retry")
         }
-        Response::Status(_) | Response::Authenticated => Reply::err("ERR not a data request"),
+        Response::Status(_) | Response::Authenticated | Response::Reply(_) => {
+            Reply::err("ERR not a data request")
+        }
         Response::Error { kind, message } => Reply::err(match kind {
             ErrorKind::Unavailable => format!("TRYAGAIN {message}"),
             ErrorKind::NotEnoughReplicas => format!("NOREPLICAS {message}"),

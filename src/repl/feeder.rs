@@ -141,11 +141,12 @@ impl Feeder {
             let mut out = Vec::new();
             while !pairs.is_empty() {
                 let (mut bytes, mut n) = (0, 0);
-                for (k, v) in &pairs {
-                    if n > 0 && bytes + k.len() + v.len() > max_batch {
+                for p in &pairs {
+                    let len = p.key.len() + p.value.len() + 8;
+                    if n > 0 && bytes + len > max_batch {
                         break;
                     }
-                    bytes += k.len() + v.len();
+                    bytes += len;
                     n += 1;
                 }
                 let rest = pairs.split_off(n);

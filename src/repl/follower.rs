@@ -2,7 +2,7 @@
 
 use crate::log::ReplLog;
 use crate::store::{Delta, Store};
-use crate::types::{Entry, Epoch, LogPos, NodeId, Op};
+use crate::types::{Entry, Epoch, LogPos, NodeId};
 use crate::wire::{FollowRequest, Refusal, ReplMsg};
 use std::sync::Arc;
 
@@ -65,7 +65,7 @@ pub struct Step {
 #[derive(Debug)]
 struct Staging {
     pos: LogPos,
-    pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    pairs: Vec<crate::store::Pair>,
     /// `SnapshotEnd` arrived.
     ended: bool,
     /// The replica's log end when the snapshot began: it may have
@@ -258,8 +258,8 @@ impl Follower {
             log.reset(self.token, s.pos)?;
             store.clear(s.pos);
             let mut delta = Delta::default();
-            for (key, value) in std::mem::take(&mut s.pairs) {
-                store.apply(&Op::Put { key, value }, &mut delta);
+            for p in std::mem::take(&mut s.pairs) {
+                store.apply(&p.into_op(), &mut delta);
             }
             store.commit(s.pos, delta);
         }

@@ -3,6 +3,7 @@
 //! op in the history that the final check tests for linearizability.
 
 use super::{Endpoint, Ev, Msg, Sim, KEYS};
+use crate::commands::{Command, Cond, SetExpiry, Value, When};
 use crate::history::{self, KvOp};
 use crate::wire::{Request, Response, ServerRequest, ServerResponse};
 use std::time::Duration;
@@ -47,15 +48,16 @@ impl Sim {
             return;
         }
         let key = KEYS[self.rng.below(KEYS.len() as u64) as usize].to_string();
-        let op = match self.rng.below(10) {
-            0..=3 => KvOp::Read(key),
-            4..=7 => {
-                let v = self.next_value;
-                self.next_value += 1;
-                KvOp::Write(key, v)
-            }
+        let v = self.next_value;
+        let op = match self.rng.below(20) {
+            0..=6 => KvOp::Read(key),
+            7..=10 => KvOp::Write(key, v),
+            11 => KvOp::WriteTtl(key, v, 20 + self.rng.below(400)),
+            12..=14 => KvOp::Incr(key),
+            15..=16 => KvOp::SetNx(key, v),
             _ => KvOp::Delete(key),
         };
+        self.next_value += 1;
         let id = self
             .history
             .invoke(self.clients[c].thread, op.clone(), self.now);
@@ -109,6 +111,24 @@ impl Sim {
             KvOp::Delete(k) => Request::Delete {
                 key: k.into_bytes(),
             },
+            KvOp::WriteTtl(k, v, ms) => Request::Command(Command::Set {
+                key: k.into_bytes(),
+                value: v.to_string().into_bytes(),
+                cond: Cond::Always,
+                expiry: SetExpiry::Set(When::In(ms as i64)),
+                get: false,
+            }),
+            KvOp::Incr(k) => Request::Command(Command::IncrBy {
+                key: k.into_bytes(),
+                by: 1,
+            }),
+            KvOp::SetNx(k, v) => Request::Command(Command::Set {
+                key: k.into_bytes(),
+                value: v.to_string().into_bytes(),
+                cond: Cond::Absent,
+                expiry: SetExpiry::Clear,
+                get: false,
+            }),
         };
         self.clients[c].attempt += 1;
         let attempt = self.clients[c].attempt;
@@ -196,6 +216,19 @@ impl Sim {
             }
             Response::Written => self.client_done(c, Some(history::Ret::Ok), false),
             Response::Deleted(e) => self.client_done(c, Some(history::Ret::Deleted(e)), false),
+            Response::Reply(v) => {
+                let ret = match (&op, v) {
+                    (KvOp::Incr(_), Value::Int(n)) => history::Ret::Value(Some(n as u64)),
+                    (KvOp::SetNx(..), Value::Ok) => history::Ret::Applied(true),
+                    (KvOp::SetNx(..), Value::Nil) => history::Ret::Applied(false),
+                    (KvOp::WriteTtl(..), Value::Ok) => history::Ret::Ok,
+                    (op, v) => {
+                        self.fail(format!("{op:?} was answered {v:?}"));
+                        return;
+                    }
+                };
+                self.client_done(c, Some(ret), false)
+            }
             Response::NotCoordinator { coordinator, .. } => {
                 self.clients[c].target = coordinator.as_deref().and_then(Self::node_by_addr);
                 if self.clients[c].target.is_none()

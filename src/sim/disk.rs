@@ -11,7 +11,7 @@ use crate::store::Store;
 use crate::types::{Entry, LogPos};
 
 /// Keys and values, as a snapshot file holds them.
-type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+type Pairs = Vec<crate::store::Pair>;
 
 pub struct Disk {
     pub policy: FsyncPolicy,
@@ -117,8 +117,8 @@ impl Disk {
         let (base, pairs) = &self.snapshot;
         let store = Store::new();
         let mut delta = crate::store::Delta::default();
-        for (key, value) in pairs.iter().cloned() {
-            store.apply(&crate::types::Op::Put { key, value }, &mut delta);
+        for p in pairs.iter().cloned() {
+            store.apply(&p.into_op(), &mut delta);
         }
         store.commit(*base, delta);
         let mut fold = ReplayFold::new(*base);

@@ -291,7 +291,7 @@ struct SimNode {
     /// Clock rate relative to true time.
     rate: f64,
     follower: Option<StreamId>,
-    pending: Vec<(usize, u64, crate::log::Outcome, LogPos)>,
+    pending: Vec<(usize, u64, crate::log::Outcome, LogPos, Response)>,
     /// A data directory (write-ahead log and snapshot), for durable nodes.
     disk: Option<Disk>,
     /// A slow disk: writes take milliseconds until then.
@@ -502,6 +502,12 @@ impl Sim {
     fn local(&self, i: usize) -> Instant {
         let d = self.now - self.base;
         self.base + d.mul_f64(self.nodes[i].rate)
+    }
+
+    /// Node `i`'s wall clock (ms since the UNIX epoch): it runs at the
+    /// node's rate, so the nodes' wall clocks drift apart as the run goes.
+    fn wall_ms(&self, i: usize) -> u64 {
+        1_800_000_000_000 + (self.local(i) - self.base).as_millis() as u64
     }
 
     /// Server `k`'s clock.

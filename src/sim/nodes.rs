@@ -310,20 +310,25 @@ impl Sim {
         while n.log.apply_committed(&n.store, 64).is_some() {}
         let mut done = Vec::new();
         n.pending
-            .retain(|(client, attempt, rx, pos)| match rx.try_recv() {
+            .retain(|(client, attempt, rx, pos, reply)| match rx.try_recv() {
                 Ok(o) => {
-                    done.push((*client, *attempt, finish(Ok(o)), Some(*pos)));
+                    done.push((*client, *attempt, finish(Ok(o), reply.clone()), Some(*pos)));
                     false
                 }
                 Err(TryRecvError::Empty) => true,
                 Err(TryRecvError::Disconnected) => {
-                    let r = finish(Err(crossbeam_channel::RecvTimeoutError::Disconnected));
+                    let r = finish(
+                        Err(crossbeam_channel::RecvTimeoutError::Disconnected),
+                        reply.clone(),
+                    );
                     done.push((*client, *attempt, r, None));
                     false
                 }
             });
         for (client, attempt, resp, pos) in done {
-            if let (Some(pos), Response::Written | Response::Deleted(_)) = (pos, &resp) {
+            if let (Some(pos), Response::Written | Response::Deleted(_) | Response::Reply(_)) =
+                (pos, &resp)
+            {
                 self.acked.push((pos, format!("{:?}", resp)));
                 if self.probe.is_some_and(|(from, _)| self.now >= from) {
                     self.report.acked_after_heal += 1;
@@ -391,6 +396,7 @@ impl Sim {
                 req,
             } => {
                 let now = self.local(i);
+                let wall = self.wall_ms(i);
                 let n = &self.nodes[i];
                 let dp = DataPath {
                     store: &n.store,
@@ -398,11 +404,11 @@ impl Sim {
                     serving: &n.serving,
                     settings: &self.settings,
                 };
-                match dp.begin(req, now) {
+                match dp.begin(req, now, wall) {
                     Begun::Done(r) => self.send_client(Endpoint::Node(i), client, attempt, r),
-                    Begun::Wait(rx) => {
+                    Begun::Wait(rx, r) => {
                         let pos = self.nodes[i].log.state().last;
-                        self.nodes[i].pending.push((client, attempt, rx, pos));
+                        self.nodes[i].pending.push((client, attempt, rx, pos, r));
                     }
                 }
             }

@@ -20,7 +20,9 @@ use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 const MAGIC: u32 = 0x444B_5353; // "DKSS"
-const VERSION: u16 = 1;
+/// Version 2 writes [`SnapRecord::Items`] (pairs with their deadlines);
+/// version 1 files (only [`SnapRecord::Pairs`]) are still read.
+const VERSION: u16 = 2;
 const CHUNK_BYTES: usize = 1 << 20;
 
 /// The records of a snapshot file: a header, chunks of pairs, an end.
@@ -31,10 +33,12 @@ pub enum SnapRecord {
         version: u16,
         pos: LogPos,
     },
+    /// Version 1: pairs without deadlines.
     Pairs(Vec<(Vec<u8>, Vec<u8>)>),
     End {
         keys: u64,
     },
+    Items(Vec<crate::store::Pair>),
 }
 
 fn name(pos: LogPos) -> String {
@@ -70,12 +74,12 @@ pub fn write(dir: &Path, pos: LogPos, store: &Store) -> Result<PathBuf> {
     for shard in 0..store.shard_count() {
         let mut pairs = Vec::new();
         let mut bytes = 0;
-        for (k, v) in store.shard_pairs(shard) {
-            bytes += k.len() + v.len() + 16;
-            pairs.push((k, v));
+        for p in store.shard_pairs(shard) {
+            bytes += p.key.len() + p.value.len() + 24;
+            pairs.push(p);
             if bytes >= CHUNK_BYTES {
                 keys += pairs.len() as u64;
-                record::encode_into(&mut buf, &SnapRecord::Pairs(std::mem::take(&mut pairs)));
+                record::encode_into(&mut buf, &SnapRecord::Items(std::mem::take(&mut pairs)));
                 w.write_all(&buf).map_err(|e| err(&tmp, e))?;
                 buf.clear();
                 bytes = 0;
@@ -83,7 +87,7 @@ pub fn write(dir: &Path, pos: LogPos, store: &Store) -> Result<PathBuf> {
         }
         if !pairs.is_empty() {
             keys += pairs.len() as u64;
-            record::encode_into(&mut buf, &SnapRecord::Pairs(pairs));
+            record::encode_into(&mut buf, &SnapRecord::Items(pairs));
         }
         w.write_all(&buf).map_err(|e| err(&tmp, e))?;
         buf.clear();
@@ -154,7 +158,7 @@ pub fn load(path: &Path, store: &Store) -> Result<LogPos> {
     let pos = match next(&mut r, &mut offset)? {
         Some(SnapRecord::Header {
             magic: MAGIC,
-            version: VERSION,
+            version: 1 | VERSION,
             pos,
         }) => pos,
         _ => return Err(bad(0, "no valid header".into())),
@@ -169,6 +173,12 @@ pub fn load(path: &Path, store: &Store) -> Result<LogPos> {
                 keys += pairs.len() as u64;
                 for (key, value) in pairs {
                     store.apply(&Op::Put { key, value }, &mut delta);
+                }
+            }
+            Some(SnapRecord::Items(items)) => {
+                keys += items.len() as u64;
+                for p in items {
+                    store.apply(&p.into_op(), &mut delta);
                 }
             }
             Some(SnapRecord::End { keys: n }) if n == keys => break,

@@ -23,6 +23,9 @@ pub enum Request {
     Auth {
         password: Vec<u8>,
     },
+    /// Any other data command (expiry, conditional and atomic writes,
+    /// transactions, scans); answered with [`Response::Reply`].
+    Command(crate::commands::Command),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,6 +45,8 @@ pub enum Response {
     },
     /// The password was right; the connection may send anything now.
     Authenticated,
+    /// The answer to a [`Request::Command`].
+    Reply(crate::commands::Value),
 }
 
 /// Error classes a node or the server reports. Append-only.

@@ -27,7 +27,7 @@ pub enum ReplMsg {
         pos: LogPos,
     },
     SnapshotChunk {
-        pairs: Vec<(Vec<u8>, Vec<u8>)>,
+        pairs: Vec<crate::store::Pair>,
     },
     SnapshotEnd {
         epoch: Epoch,
