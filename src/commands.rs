@@ -229,6 +229,10 @@ pub enum Value {
     Error(String),
 }
 
+/// Most value bytes one MGET may return: the reply is built whole before it
+/// is written, so one command must not be able to ask for gigabytes.
+pub const MAX_MGET_REPLY: usize = 64 << 20;
+
 pub const NOT_AN_INTEGER: &str = "ERR value is not an integer or out of range";
 pub const NOT_A_FLOAT: &str = "ERR value is not a valid float";
 pub const OVERFLOW: &str = "ERR increment or decrement would overflow";
@@ -579,7 +583,21 @@ fn one(layer: &mut Layer<'_>, cmd: &Command) -> Value {
     match cmd {
         Command::Get { key } => bulk_or_nil(layer.live(key)),
         Command::MGet { keys } => {
-            Value::Array(keys.iter().map(|k| bulk_or_nil(layer.live(k))).collect())
+            let mut bytes = 0;
+            let mut out = Vec::with_capacity(keys.len());
+            for k in keys {
+                let v = bulk_or_nil(layer.live(k));
+                if let Value::Bulk(b) = &v {
+                    bytes += b.len();
+                }
+                if bytes > MAX_MGET_REPLY {
+                    return Value::Error(format!(
+                        "ERR MGET reply exceeds {MAX_MGET_REPLY} bytes; ask for fewer keys"
+                    ));
+                }
+                out.push(v);
+            }
+            Value::Array(out)
         }
         Command::Exists { keys } => {
             int(keys.iter().filter(|k| layer.live(k).is_some()).count() as i64)
@@ -947,13 +965,12 @@ pub fn glob_match(pattern: &[u8], s: &[u8]) -> bool {
                         }
                     }
                 }
-                b'\\' if p + 1 < pattern.len() => {
-                    if pattern[p + 1] == s[i] {
-                        p += 2;
-                        i += 1;
-                        continue;
-                    }
+                b'\\' if p + 1 < pattern.len() && pattern[p + 1] == s[i] => {
+                    p += 2;
+                    i += 1;
+                    continue;
                 }
+                b'\\' if p + 1 < pattern.len() => {}
                 c if c == s[i] => {
                     p += 1;
                     i += 1;

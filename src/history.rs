@@ -50,24 +50,64 @@ pub enum Ret {
 /// observe; expiry is final until the next write. So the spec checks that
 /// no expired key comes back (across failovers and clocks that differ),
 /// and that INCR and SET NX serialize with everything else.
-#[derive(Clone, Debug, Default)]
+///
+/// The spec is nondeterministic (expired or not), and the checker replays an
+/// op of unknown outcome with `invoke`, which must pick one way: so the
+/// register holds every state the ops so far could have led to, and an op
+/// keeps those consistent with what it returned.
+#[derive(Clone, Debug)]
 struct Register {
-    value: Option<u64>,
-    expiring: bool,
+    /// (value, carries a deadline), each a possible current state.
+    states: Vec<(Option<u64>, bool)>,
+}
+
+impl Default for Register {
+    fn default() -> Self {
+        Register {
+            states: vec![(None, false)],
+        }
+    }
+}
+
+/// One op on one possible state: what it returns and leaves.
+fn step(state: (Option<u64>, bool), op: &KvOp) -> (Ret, (Option<u64>, bool)) {
+    let (value, expiring) = state;
+    match op {
+        KvOp::Read(_) => (Ret::Value(value), state),
+        KvOp::Write(_, v) => (Ret::Ok, (Some(*v), false)),
+        KvOp::WriteTtl(_, v, _) => (Ret::Ok, (Some(*v), true)),
+        KvOp::Delete(_) => (Ret::Deleted(value.is_some()), (None, false)),
+        KvOp::Incr(_) => {
+            // INCR keeps the key's deadline.
+            let n = value.unwrap_or(0) + 1;
+            (Ret::Value(Some(n)), (Some(n), expiring))
+        }
+        KvOp::SetNx(_, v) => match value {
+            Some(_) => (Ret::Applied(false), state),
+            None => (Ret::Applied(true), (Some(*v), false)),
+        },
+    }
 }
 
 impl Register {
-    /// The value an op finds: the current one, or (when `gone`, allowed
-    /// only for an expiring key) none, and then the key has expired.
-    fn look(&mut self, gone: bool) -> Option<Option<u64>> {
-        if gone {
-            if !self.expiring {
-                return None;
+    /// Every (return, next state) the op can give from the states held:
+    /// each state as it is, and an expiring one also after it expired.
+    fn outcomes(&self, op: &KvOp) -> Vec<(Ret, (Option<u64>, bool))> {
+        let mut out = Vec::new();
+        for &s in &self.states {
+            out.push(step(s, op));
+            if s.1 {
+                out.push(step((None, false), op));
             }
-            self.value = None;
-            self.expiring = false;
         }
-        Some(self.value)
+        out
+    }
+
+    fn keep(&mut self, next: impl Iterator<Item = (Option<u64>, bool)>) {
+        let mut states: Vec<_> = next.collect();
+        states.sort();
+        states.dedup();
+        self.states = states;
     }
 }
 
@@ -75,55 +115,19 @@ impl SequentialSpec for Register {
     type Op = KvOp;
     type Ret = Ret;
     fn invoke(&mut self, op: &KvOp) -> Ret {
-        match op {
-            KvOp::Read(_) => Ret::Value(self.value),
-            KvOp::Write(_, v) => {
-                *self = Register {
-                    value: Some(*v),
-                    expiring: false,
-                };
-                Ret::Ok
-            }
-            KvOp::WriteTtl(_, v, _) => {
-                *self = Register {
-                    value: Some(*v),
-                    expiring: true,
-                };
-                Ret::Ok
-            }
-            KvOp::Delete(_) => {
-                self.expiring = false;
-                Ret::Deleted(self.value.take().is_some())
-            }
-            KvOp::Incr(_) => {
-                let n = self.value.unwrap_or(0) + 1;
-                self.value = Some(n);
-                Ret::Value(Some(n))
-            }
-            KvOp::SetNx(_, v) => {
-                if self.value.is_some() {
-                    return Ret::Applied(false);
-                }
-                self.value = Some(*v);
-                Ret::Applied(true)
-            }
-        }
+        let out = self.outcomes(op);
+        let ret = out[0].0.clone();
+        self.keep(out.into_iter().map(|(_, s)| s));
+        ret
     }
 
     fn is_valid_step(&mut self, op: &KvOp, ret: &Ret) -> bool {
-        // Every way the op could have gone: with the key as it is, or (if it
-        // carries a deadline) after it expired.
-        for gone in [false, true] {
-            let mut s = self.clone();
-            if s.look(gone).is_none() {
-                continue;
-            }
-            if &s.invoke(op) == ret {
-                *self = s;
-                return true;
-            }
+        let out = self.outcomes(op);
+        if !out.iter().any(|(r, _)| r == ret) {
+            return false;
         }
-        false
+        self.keep(out.into_iter().filter(|(r, _)| r == ret).map(|(_, s)| s));
+        true
     }
 }
 
@@ -241,5 +245,39 @@ mod tests {
         let r = h.invoke(2, KvOp::Read("k".into()), ms(40));
         h.ret(r, Ret::Value(Some(7)), ms(50));
         assert!(h.check().is_ok());
+    }
+
+    #[test]
+    fn expiry_may_happen_any_time_but_is_final_and_incr_serializes() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let k = || "k".to_string();
+        let run = |ops: &[(KvOp, Option<Ret>)]| {
+            let mut h = History::default();
+            for (i, (op, ret)) in ops.iter().enumerate() {
+                let id = h.invoke(i as u64, op.clone(), ms(10 * i as u64));
+                if let Some(r) = ret {
+                    h.ret(id, r.clone(), ms(10 * i as u64 + 5));
+                }
+            }
+            h.check()
+        };
+        let ttl = (KvOp::WriteTtl(k(), 7, 100), Some(Ret::Ok));
+        let gone = (KvOp::Read(k()), Some(Ret::Value(None)));
+        let seen = (KvOp::Read(k()), Some(Ret::Value(Some(7))));
+        assert!(run(&[ttl.clone(), seen.clone(), gone.clone()]).is_ok());
+        assert!(
+            run(&[ttl.clone(), gone.clone(), seen.clone()]).is_err(),
+            "an expired key came back"
+        );
+        // Two increments of unknown outcome after the key expired.
+        let unknown = (KvOp::Incr(k()), None);
+        let two = (KvOp::Read(k()), Some(Ret::Value(Some(2))));
+        assert!(run(&[ttl.clone(), unknown.clone(), unknown.clone(), two]).is_ok());
+        let lost = (KvOp::Incr(k()), Some(Ret::Value(Some(1))));
+        assert!(
+            run(&[(KvOp::Write(k(), 5), Some(Ret::Ok)), lost]).is_err(),
+            "an increment lost the write before it"
+        );
     }
 }

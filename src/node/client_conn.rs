@@ -105,8 +105,12 @@ pub(super) fn serve(sh: &Shared, stream: &TcpStream, reader: TimedStream<'_>, pe
             }
         };
         reader.get_mut().request_done();
-        let pipelined =
-            matches!(req, Request::Put { .. } | Request::Delete { .. }) && gate.is_authenticated();
+        let pipelined = match &req {
+            Request::Put { .. } | Request::Delete { .. } => true,
+            // A write is evaluated against every entry appended before it.
+            Request::Command(c) => !c.is_read(),
+            _ => false,
+        } && gate.is_authenticated();
         if !pipelined && replies.waiting > 0 {
             replies.flush(&mut out);
         }

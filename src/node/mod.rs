@@ -20,6 +20,7 @@ mod persist;
 mod replication;
 pub mod requests;
 mod resp_conn;
+mod resp_data;
 
 use crate::auth::{log_sampled, AuthCounters, BeaconVerdict, ReplayGuard, Security};
 use crate::config::NodeSettings;

@@ -10,7 +10,9 @@
 //! reached the reply is `-TRYAGAIN ...`, never a hang.
 
 use super::requests::{Begun, DataPath, PendingWrite};
+use super::resp_data::{self, Shape};
 use super::Shared;
+use crate::commands::Command;
 use crate::net::listener::Service;
 use crate::resp::{Answer, AuthGate, Gated, Handler, Limits, Pending, Reply};
 use crate::types::Role;
@@ -37,6 +39,7 @@ pub(super) fn service(sh: Arc<Shared>) -> Service {
                 sh: &sh,
                 forward: None,
                 name: None,
+                tx: Default::default(),
                 gate: AuthGate::new(sh.security.password.clone()),
                 authenticated: std::rc::Rc::new(std::cell::Cell::new(
                     sh.security.password.is_none(),
@@ -48,15 +51,12 @@ pub(super) fn service(sh: Arc<Shared>) -> Service {
     }
 }
 
-/// Most value bytes one MGET may return: the reply is built whole before it
-/// is written, so one command must not be able to ask for gigabytes.
-const MAX_MGET_REPLY: usize = 64 << 20;
-
 struct Conn<'a> {
     sh: &'a Shared,
     /// Replica side: a client to the coordinator, opened on first use.
     forward: Option<Client>,
     name: Option<Vec<u8>>,
+    tx: resp_data::Transaction,
     gate: AuthGate,
     /// Whether the gate let this client in; read by the parser's limits.
     authenticated: std::rc::Rc<std::cell::Cell<bool>>,
@@ -65,11 +65,14 @@ struct Conn<'a> {
 }
 
 /// A write waiting for its commit; its reply in RESP.
-struct PendingReply(PendingWrite);
+struct PendingReply(PendingWrite, Shape);
 
 impl Pending for PendingReply {
     fn wait(self) -> Reply {
-        to_reply(self.0.wait())
+        match self.0.wait() {
+            Response::Reply(v) => resp_data::to_reply(v, self.1),
+            r => to_reply(r),
+        }
     }
 }
 
@@ -80,24 +83,10 @@ impl Handler for Conn<'_> {
         self.answer(args)
     }
 
+    /// Writes, and MULTI's queueing, pipeline: a write is evaluated against
+    /// every entry appended before it, the connection's own included.
     fn pipelines(&self, args: &[Vec<u8>]) -> bool {
-        single_write(args).is_some()
-    }
-}
-
-/// A plain `SET key value` or `DEL key`: a write whose start depends on
-/// nothing earlier writes change, so it may be appended while they wait.
-fn single_write(args: &[Vec<u8>]) -> Option<Request> {
-    let is = |name: &[u8]| args[0].eq_ignore_ascii_case(name);
-    match args.len() {
-        3 if is(b"SET") => Some(Request::Put {
-            key: args[1].clone(),
-            value: args[2].clone(),
-        }),
-        2 if is(b"DEL") => Some(Request::Delete {
-            key: args[1].clone(),
-        }),
-        _ => None,
+        self.tx.queued.is_some() || resp_data::is_write(&upper(&args[0]))
     }
 }
 
@@ -156,10 +145,16 @@ impl Conn<'_> {
         if let Gated::Answer { reply, close } = gate {
             return (Answer::Now(reply), close);
         }
-        if let Some(req) = single_write(args) {
-            return (self.write(req), false);
-        }
         let cmd = upper(&args[0]);
+        if let Some(a) = self.transaction(&cmd, args) {
+            return (a, false);
+        }
+        if let Some(parsed) = resp_data::parse(args) {
+            return match parsed {
+                Ok((c, shape)) => (self.run(c, shape), false),
+                Err(reply) => (Answer::Now(reply), false),
+            };
+        }
         let n = args.len();
         let reply = match cmd.as_str() {
             "PING" => match n {
@@ -207,84 +202,7 @@ impl Conn<'_> {
                 )),
             },
             "INFO" => Reply::Bulk(self.info().into_bytes()),
-            "DBSIZE" if n == 1 => Reply::Int(self.sh.store.meta().keys as i64),
-            "GET" if n == 2 => self.data(Request::Get {
-                key: args[1].clone(),
-            }),
-            "SET" if n >= 3 => {
-                if let Some(opt) = args.get(3) {
-                    let o = upper(opt);
-                    return (
-                        Answer::Now(Reply::err(format!(
-                            "ERR SET option '{o}' is not supported by DKV (no expiry and no conditional writes)"
-                        ))),
-                        false,
-                    );
-                }
-                self.data(Request::Put {
-                    key: args[1].clone(),
-                    value: args[2].clone(),
-                })
-            }
-            "DEL" if n >= 2 => {
-                let mut count = 0;
-                for k in &args[1..] {
-                    match self.data(Request::Delete { key: k.clone() }) {
-                        Reply::Int(c) => count += c,
-                        err => return (Answer::Now(err), false),
-                    }
-                }
-                Reply::Int(count)
-            }
-            "EXISTS" if n >= 2 => {
-                let mut count = 0;
-                for k in &args[1..] {
-                    match self.data(Request::Get { key: k.clone() }) {
-                        Reply::Bulk(_) => count += 1,
-                        Reply::Nil => {}
-                        err => return (Answer::Now(err), false),
-                    }
-                }
-                Reply::Int(count)
-            }
-            "MGET" if n >= 2 => {
-                let mut items = Vec::with_capacity(n - 1);
-                let mut bytes = 0;
-                for k in &args[1..] {
-                    match self.data(Request::Get { key: k.clone() }) {
-                        r @ (Reply::Bulk(_) | Reply::Nil) => {
-                            if let Reply::Bulk(v) = &r {
-                                bytes += v.len();
-                            }
-                            if bytes > MAX_MGET_REPLY {
-                                return (
-                                    Answer::Now(Reply::err(format!(
-                                        "ERR MGET reply exceeds {MAX_MGET_REPLY} bytes; ask for fewer keys"
-                                    ))),
-                                    false,
-                                );
-                            }
-                            items.push(r)
-                        }
-                        err => return (Answer::Now(err), false),
-                    }
-                }
-                Reply::Array(items)
-            }
-            "MSET" if n >= 3 && n % 2 == 1 => {
-                for kv in args[1..].chunks(2) {
-                    match self.data(Request::Put {
-                        key: kv[0].clone(),
-                        value: kv[1].clone(),
-                    }) {
-                        Reply::Simple(_) => {}
-                        err => return (Answer::Now(err), false),
-                    }
-                }
-                Reply::ok()
-            }
-            "ECHO" | "SELECT" | "CLIENT" | "DBSIZE" | "GET" | "SET" | "DEL" | "EXISTS" | "MGET"
-            | "MSET" => wrong_args(&cmd),
+            "ECHO" | "SELECT" | "CLIENT" => wrong_args(&cmd),
             _ => {
                 let shown: String = String::from_utf8_lossy(&args[0]).chars().take(64).collect();
                 Reply::err(format!("ERR unknown command '{shown}'"))
@@ -297,18 +215,96 @@ impl Conn<'_> {
         self.sh.serving.read().role
     }
 
-    /// A data request, answered before the next command is handled.
-    fn data(&mut self, req: Request) -> Reply {
-        match self.write(req) {
-            Answer::Now(r) => r,
-            Answer::Later(p) => p.wait(),
+    /// MULTI, EXEC, DISCARD, WATCH, UNWATCH, and queueing inside MULTI;
+    /// `None` for a command that runs as usual.
+    fn transaction(&mut self, cmd: &str, args: &[Vec<u8>]) -> Option<Answer<PendingReply>> {
+        let n = args.len();
+        let now = |r| Some(Answer::Now(r));
+        match cmd {
+            "MULTI" => {
+                if self.tx.queued.is_some() {
+                    return now(Reply::err("ERR MULTI calls can not be nested"));
+                }
+                self.tx.queued = Some(Vec::new());
+                self.tx.failed = false;
+                now(Reply::ok())
+            }
+            "DISCARD" => {
+                if self.tx.queued.take().is_none() {
+                    return now(Reply::err("ERR DISCARD without MULTI"));
+                }
+                self.tx.watched.clear();
+                now(Reply::ok())
+            }
+            "UNWATCH" => {
+                self.tx.watched.clear();
+                now(Reply::ok())
+            }
+            "WATCH" if self.tx.queued.is_some() => {
+                self.tx.failed = true;
+                now(Reply::err("ERR WATCH inside MULTI is not allowed"))
+            }
+            "WATCH" if n < 2 => now(resp_data::wrong_args(cmd)),
+            "WATCH" => {
+                let keys = args[1..].to_vec();
+                match self.run(Command::Fingerprint { keys: keys.clone() }, Shape::Plain) {
+                    Answer::Now(Reply::Array(fps)) => {
+                        for (k, f) in keys.into_iter().zip(fps) {
+                            if let Reply::Int(f) = f {
+                                self.tx.watched.push((k, f as u64));
+                            }
+                        }
+                        now(Reply::ok())
+                    }
+                    Answer::Now(other) => now(other),
+                    Answer::Later(p) => now(p.wait()),
+                }
+            }
+            "EXEC" => {
+                let Some(commands) = self.tx.queued.take() else {
+                    return now(Reply::err("ERR EXEC without MULTI"));
+                };
+                let watched = std::mem::take(&mut self.tx.watched);
+                if std::mem::take(&mut self.tx.failed) {
+                    return now(Reply::err(
+                        "EXECABORT Transaction discarded because of previous errors.",
+                    ));
+                }
+                Some(self.run(Command::Exec { watched, commands }, Shape::Plain))
+            }
+            _ if self.tx.queued.is_some() && cmd != "QUIT" => {
+                let reply = match resp_data::parse(args) {
+                    Some(Ok((c, Shape::Plain))) if !c.is_keyspace_read() => {
+                        self.tx.queued.as_mut().expect("in MULTI").push(c);
+                        Reply::Simple("QUEUED".into())
+                    }
+                    Some(Err(e)) => e,
+                    Some(Ok(_)) | None => Reply::err(format!(
+                        "ERR DKV does not queue '{}' inside MULTI (only data commands other than \
+                         SETNX, SCAN, KEYS, RANDOMKEY and DBSIZE)",
+                        cmd.to_ascii_lowercase()
+                    )),
+                };
+                if matches!(reply, Reply::Error(_)) {
+                    self.tx.failed = true;
+                }
+                now(reply)
+            }
+            _ => None,
         }
+    }
+
+    /// A data command: run here when this node is the serving coordinator
+    /// (a write's reply comes once it commits), forwarded to the coordinator
+    /// otherwise.
+    fn run(&mut self, cmd: Command, shape: Shape) -> Answer<PendingReply> {
+        self.write(Request::Command(cmd), shape)
     }
 
     /// A data request: locally when this node is the serving coordinator
     /// (a write is started, its reply comes once it commits), forwarded to
     /// the coordinator otherwise.
-    fn write(&mut self, req: Request) -> Answer<PendingReply> {
+    fn write(&mut self, req: Request, shape: Shape) -> Answer<PendingReply> {
         let serving = self.sh.serving.read().clone();
         let dp = DataPath {
             store: &self.sh.store,
@@ -317,17 +313,17 @@ impl Conn<'_> {
             settings: &self.sh.settings,
         };
         match dp.begin(req.clone(), Instant::now(), crate::types::wall_ms()) {
-            Begun::Done(Response::NotCoordinator { .. }) => Answer::Now(self.forward(req)),
+            Begun::Done(Response::NotCoordinator { .. }) => Answer::Now(self.forward(req, shape)),
+            Begun::Done(Response::Reply(v)) => Answer::Now(resp_data::to_reply(v, shape)),
             Begun::Done(r) => Answer::Now(to_reply(r)),
-            Begun::Wait(rx, r) => Answer::Later(PendingReply(PendingWrite::new(
-                rx,
-                r,
-                self.sh.settings.write_timeout(),
-            ))),
+            Begun::Wait(rx, r) => Answer::Later(PendingReply(
+                PendingWrite::new(rx, r, self.sh.settings.write_timeout()),
+                shape,
+            )),
         }
     }
 
-    fn forward(&mut self, req: Request) -> Reply {
+    fn forward(&mut self, req: Request, shape: Shape) -> Reply {
         if self.forward.is_none() {
             let opts = ClientOptions {
                 op_timeout: Duration::from_secs(3),
@@ -348,9 +344,8 @@ impl Conn<'_> {
                 .map(|v| v.map(Reply::Bulk).unwrap_or(Reply::Nil)),
             Request::Put { key, value } => c.put(&key, &value).map(|()| Reply::ok()),
             Request::Delete { key } => c.delete(&key).map(|e| Reply::Int(e as i64)),
-            Request::Status | Request::Auth { .. } | Request::Command(_) => {
-                Ok(Reply::err("ERR not a data request"))
-            }
+            Request::Command(cmd) => c.command(cmd).map(|v| resp_data::to_reply(v, shape)),
+            Request::Status | Request::Auth { .. } => Ok(Reply::err("ERR not a data request")),
         };
         res.unwrap_or_else(|e| client_error(&e))
     }
