@@ -319,6 +319,10 @@ impl Node {
         }
         {
             let sh = shared.clone();
+            threads.push(spawn("expire", Box::new(move || expire_loop(sh))));
+        }
+        {
+            let sh = shared.clone();
             threads.push(spawn(
                 "follower",
                 Box::new(move || replication::follower_loop(sh)),
@@ -885,6 +889,50 @@ fn admit_beacon(
         }
     }
     Ok(())
+}
+
+/// Keys deleted by one pass of the coordinator's expiry: a bounded amount of
+/// work (one entry) per pass, so expiry never crowds out client writes.
+const EXPIRE_PER_PASS: usize = 256;
+
+/// The coordinator's active expiry: every 100 ms it looks through the next
+/// shard of the map for keys whose deadline passed by its clock and appends
+/// their deletion ([`crate::commands::Command::Reap`], which checks each key
+/// again against the latest state of the log). A pass that hit its bound
+/// goes on at once. Replicas never expire keys themselves: they apply the
+/// deletions as any other entry, so every replica and every restart agrees.
+fn expire_loop(sh: Arc<Shared>) {
+    let mut shard = 0;
+    while !sh.stopping() {
+        let serving = sh.serving.read().clone();
+        let now = Instant::now();
+        let busy = if requests::is_serving_coordinator(&serving, now)
+            && sh.log.read_ready()
+            && sh.store.meta().expiring > 0
+        {
+            let now_ms = crate::types::wall_ms();
+            let keys = sh.store.expired_in_shard(shard, now_ms, EXPIRE_PER_PASS);
+            let full = keys.len() == EXPIRE_PER_PASS;
+            let dp = requests::DataPath {
+                store: &sh.store,
+                log: &sh.log,
+                serving: &serving,
+                settings: &sh.settings,
+            };
+            // Nobody waits for the deletion: the next pass finds what a
+            // refused one left.
+            drop(dp.reap(keys, now_ms));
+            if !full {
+                shard = (shard + 1) % sh.store.shard_count();
+            }
+            full
+        } else {
+            false
+        };
+        if !busy {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
 
 fn apply_loop(sh: Arc<Shared>) {
