@@ -199,6 +199,16 @@ pub(crate) struct Session<'s, 'a> {
 /// whether to close the connection after it. `None`: not an admin command.
 /// The caller has let it past the password gate.
 pub(crate) fn answer(s: &mut Session<'_, '_>, args: &[Vec<u8>]) -> Option<(Reply, bool)> {
+    const MINE: [&str; 9] = [
+        "HELLO", "CLIENT", "COMMAND", "INFO", "CONFIG", "TIME", "ROLE", "WAIT", "OBJECT",
+    ];
+    // Every data command passes here first: no allocation to say no.
+    if !MINE
+        .iter()
+        .any(|c| args[0].eq_ignore_ascii_case(c.as_bytes()))
+    {
+        return None;
+    }
     let cmd = upper(&args[0]);
     let reply = match cmd.as_str() {
         "HELLO" => hello(s, args),
