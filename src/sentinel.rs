@@ -762,4 +762,79 @@ mod tests {
         };
         assert!(info.contains("sentinels=3"));
     }
+
+    /// A subscriber registered as a connection's first SUBSCRIBE does.
+    fn subscriber(subs: &Subscribers, id: u64, stream: TcpStream, channel: &[u8]) {
+        let mut st = Subscriptions {
+            proto: RESP2,
+            ..Default::default()
+        };
+        st.channels.insert(channel.to_vec());
+        subs.0.lock().insert(
+            id,
+            Arc::new(Subscriber {
+                out: Mutex::new(stream),
+                state: Mutex::new(st),
+            }),
+        );
+    }
+
+    #[test]
+    fn a_subscriber_that_stops_reading_is_dropped_and_the_others_still_get_messages() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let subs = Subscribers::default();
+        // Connection 1 never reads; its socket's write timeout is short.
+        let stuck_client = TcpStream::connect(addr).unwrap();
+        let (stuck, _) = l.accept().unwrap();
+        stuck
+            .set_write_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        subscriber(&subs, 1, stuck, SWITCH_MASTER);
+        // Connection 2 reads everything.
+        let reader = TcpStream::connect(addr).unwrap();
+        let (live, _) = l.accept().unwrap();
+        live.set_write_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        subscriber(&subs, 2, live, SWITCH_MASTER);
+        // Connection 3 listens elsewhere.
+        let _other_client = TcpStream::connect(addr).unwrap();
+        let (other, _) = l.accept().unwrap();
+        subscriber(&subs, 3, other, b"+sdown");
+        let drain = std::thread::spawn(move || {
+            let mut r = reader;
+            let mut buf = vec![0u8; 1 << 16];
+            let mut total = 0usize;
+            while let Ok(n) = std::io::Read::read(&mut r, &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                total += n;
+            }
+            total
+        });
+        let payload = vec![b'x'; 16 * 1024];
+        let one = Reply::Array(vec![
+            Reply::text("message"),
+            Reply::Bulk(SWITCH_MASTER.to_vec()),
+            Reply::Bulk(payload.clone()),
+        ])
+        .to_bytes(RESP2)
+        .len();
+        let mut sent = 0;
+        // Until the stuck one's buffers fill and its write times out (a few
+        // MiB at most); bounded, so a bug fails instead of hanging.
+        while subs.0.lock().contains_key(&1) {
+            assert!(sent < 10_000, "the stuck subscriber was never dropped");
+            let n = subs.publish(SWITCH_MASTER, &payload);
+            assert!(n >= 1, "the reading subscriber got every message");
+            sent += 1;
+        }
+        assert!(subs.0.lock().contains_key(&2) && subs.0.lock().contains_key(&3));
+        assert_eq!(subs.publish(SWITCH_MASTER, &payload), 1);
+        sent += 1;
+        subs.0.lock().clear();
+        assert_eq!(drain.join().unwrap(), sent * one, "every message, whole");
+        drop(stuck_client);
+    }
 }
