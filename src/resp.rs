@@ -1,5 +1,11 @@
-//! RESP2, the Redis serialization protocol: a bounded, incremental command
-//! parser and a reply encoder, without IO.
+//! RESP, the Redis serialization protocol: a bounded, incremental command
+//! parser and a reply encoder for RESP2 and RESP3, without IO.
+//!
+//! Every connection starts in RESP2; `HELLO 3` switches it to RESP3
+//! ([`Handler::proto`]). A [`Reply`] is built once and encoded for the
+//! connection's version: the RESP3-only types (maps, sets, doubles, booleans,
+//! verbatim strings, pushes, the null) fall back to what Redis sends a RESP2
+//! client ([`Reply::encode`]).
 //!
 //! A connection appends what it reads to a buffer and calls
 //! [`parse_command`] until it returns `Ok(None)` (need more bytes), so many
@@ -21,6 +27,24 @@ pub trait Handler {
     /// waits for them first, so a read sees the connection's own writes.
     fn pipelines(&self, _args: &[Vec<u8>]) -> bool {
         false
+    }
+    /// The protocol version replies are encoded in (2 or 3), asked after
+    /// every command, so `HELLO 3` is itself answered in RESP3.
+    fn proto(&self) -> u8 {
+        2
+    }
+    /// Writes reply bytes to the client. A handler whose connection also
+    /// receives messages from another thread (a Sentinel subscriber) writes
+    /// under the lock that thread takes, so the two never interleave.
+    fn write_out(&mut self, stream: &std::net::TcpStream, bytes: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        (&*stream).write_all(bytes)
+    }
+    /// How long the connection may stay silent, when it is not the
+    /// `deadlines.idle` given to [`serve`] (a subscriber waits for messages
+    /// as long as it likes, as in Redis).
+    fn idle(&self) -> Option<std::time::Duration> {
+        None
     }
 }
 
@@ -57,30 +81,31 @@ impl<F: FnMut(&[Vec<u8>]) -> (Reply, bool)> Handler for Immediate<F> {
 pub const MAX_PIPELINED: usize = 1024;
 
 /// Replies of one connection, in command order, some still waiting for
-/// their write's commit.
+/// their write's commit; each with the protocol version it is encoded in
+/// (the connection's when its command was handled).
 struct Replies<P> {
-    queue: std::collections::VecDeque<Answer<P>>,
+    queue: std::collections::VecDeque<(Answer<P>, u8)>,
     waiting: usize,
 }
 
 impl<P: Pending> Replies<P> {
-    fn push(&mut self, a: Answer<P>, out: &mut Vec<u8>) {
+    fn push(&mut self, a: Answer<P>, proto: u8, out: &mut Vec<u8>) {
         match a {
-            Answer::Now(r) if self.queue.is_empty() => r.encode(out),
-            Answer::Now(r) => self.queue.push_back(Answer::Now(r)),
+            Answer::Now(r) if self.queue.is_empty() => r.encode(out, proto),
+            Answer::Now(r) => self.queue.push_back((Answer::Now(r), proto)),
             Answer::Later(p) => {
                 self.waiting += 1;
-                self.queue.push_back(Answer::Later(p));
+                self.queue.push_back((Answer::Later(p), proto));
             }
         }
     }
 
     /// Waits for every started write, in order, and encodes all replies.
     fn flush(&mut self, out: &mut Vec<u8>) {
-        for a in self.queue.drain(..) {
+        for (a, proto) in self.queue.drain(..) {
             match a {
-                Answer::Now(r) => r.encode(out),
-                Answer::Later(p) => p.wait().encode(out),
+                Answer::Now(r) => r.encode(out, proto),
+                Answer::Later(p) => p.wait().encode(out, proto),
             }
         }
         self.waiting = 0;
@@ -105,7 +130,7 @@ pub fn serve<H: Handler>(
     handler: &mut H,
     stop: impl Fn() -> bool,
 ) -> Result<(), RespError> {
-    use std::io::{Read, Write};
+    use std::io::Read;
     let mut reader = crate::net::TimedStream::new(stream, deadlines);
     let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut chunk = vec![0u8; 64 * 1024];
@@ -114,7 +139,12 @@ pub fn serve<H: Handler>(
         queue: Default::default(),
         waiting: 0,
     };
+    let mut idle = None;
     loop {
+        if handler.idle() != idle {
+            idle = handler.idle();
+            reader.set_idle(idle.unwrap_or(deadlines.idle));
+        }
         let n = match reader.read(&mut chunk) {
             Ok(0) => return Ok(()),
             Err(e) => {
@@ -122,8 +152,8 @@ pub fn serve<H: Handler>(
                     log::debug!("RESP client: {e}");
                     if reader.in_request() {
                         let mut msg = Vec::new();
-                        Reply::err(format!("ERR {e}")).encode(&mut msg);
-                        let _ = (&*stream).write_all(&msg);
+                        Reply::err(format!("ERR {e}")).encode(&mut msg, handler.proto());
+                        let _ = handler.write_out(stream, &msg);
                     }
                 }
                 return Ok(());
@@ -144,12 +174,12 @@ pub fn serve<H: Handler>(
                             replies.flush(&mut out);
                         }
                         let (answer, c) = handler.handle(&args);
-                        replies.push(answer, &mut out);
+                        replies.push(answer, handler.proto(), &mut out);
                         close = c;
                         // Bounded output: a pipeline of large GETs is
                         // answered as it goes, not buffered whole.
                         if out.len() >= MAX_PENDING_OUTPUT {
-                            if (&*stream).write_all(&out).is_err() {
+                            if handler.write_out(stream, &out).is_err() {
                                 return Ok(());
                             }
                             out.clear();
@@ -159,8 +189,9 @@ pub fn serve<H: Handler>(
                 Ok(None) => break,
                 Err(e) => {
                     replies.flush(&mut out);
-                    Reply::err(format!("ERR Protocol error: {}", e.0)).encode(&mut out);
-                    if (&*stream).write_all(&out).is_ok() {
+                    Reply::err(format!("ERR Protocol error: {}", e.0))
+                        .encode(&mut out, handler.proto());
+                    if handler.write_out(stream, &out).is_ok() {
                         crate::net::close_after_reply(stream, crate::net::LINGER);
                     }
                     return Err(e);
@@ -179,7 +210,7 @@ pub fn serve<H: Handler>(
             }
         }
         if !out.is_empty() {
-            if (&*stream).write_all(&out).is_err() {
+            if handler.write_out(stream, &out).is_err() {
                 return Ok(());
             }
             out.clear();
@@ -197,16 +228,66 @@ pub fn serve<H: Handler>(
 /// Reply bytes buffered before they are written out mid-pipeline.
 const MAX_PENDING_OUTPUT: usize = 1 << 20;
 
-/// A reply.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A reply, in the types of RESP3; [`Reply::encode`] writes it in the
+/// connection's protocol version.
+#[derive(Clone, Debug)]
 pub enum Reply {
     Simple(String),
     Error(String),
     Int(i64),
     Bulk(Vec<u8>),
+    /// A missing value: `$-1` in RESP2, `_` in RESP3.
     Nil,
     Array(Vec<Reply>),
+    /// A missing array (EXEC after a WATCHed key changed): `*-1` in RESP2,
+    /// `_` in RESP3.
+    NilArray,
+    /// `%` in RESP3; a flat array of keys and values in RESP2.
+    Map(Vec<(Reply, Reply)>),
+    /// `~` in RESP3; an array in RESP2.
+    Set(Vec<Reply>),
+    /// `,` in RESP3; a bulk string in RESP2, formatted as Redis does
+    /// ([`format_double`]).
+    Double(f64),
+    /// `#t` / `#f` in RESP3; the integer 1 / 0 in RESP2.
+    Bool(bool),
+    /// Text shown as is (INFO, CLIENT LIST in Redis 7): `=<len>\r\ntxt:...`
+    /// in RESP3, a bulk string in RESP2.
+    Verbatim(String),
+    /// Out-of-band data (pub/sub messages): `>` in RESP3, an array in RESP2.
+    Push(Vec<Reply>),
+    /// Several replies in a row, for a command Redis answers with more than
+    /// one (`SUBSCRIBE a b` confirms each channel); not a RESP type.
+    Many(Vec<Reply>),
 }
+
+/// Equality as data: doubles compare by their bits, so `Reply` is `Eq`
+/// (a NaN equals itself, `0.0` differs from `-0.0`).
+impl PartialEq for Reply {
+    fn eq(&self, other: &Reply) -> bool {
+        use Reply::*;
+        match (self, other) {
+            (Simple(a), Simple(b)) | (Error(a), Error(b)) | (Verbatim(a), Verbatim(b)) => a == b,
+            (Int(a), Int(b)) => a == b,
+            (Bulk(a), Bulk(b)) => a == b,
+            (Nil, Nil) | (NilArray, NilArray) => true,
+            (Array(a), Array(b)) | (Set(a), Set(b)) | (Push(a), Push(b)) | (Many(a), Many(b)) => {
+                a == b
+            }
+            (Map(a), Map(b)) => a == b,
+            (Double(a), Double(b)) => a.to_bits() == b.to_bits(),
+            (Bool(a), Bool(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Reply {}
+
+/// RESP2, the protocol every connection starts in.
+pub const RESP2: u8 = 2;
+/// RESP3, after `HELLO 3`.
+pub const RESP3: u8 = 3;
 
 impl Reply {
     pub fn ok() -> Reply {
@@ -217,25 +298,119 @@ impl Reply {
         Reply::Error(msg.into())
     }
 
-    /// Appends the RESP2 encoding of this reply to `out`.
-    pub fn encode(&self, out: &mut Vec<u8>) {
+    /// A bulk string of text.
+    pub fn text(s: impl Into<String>) -> Reply {
+        Reply::Bulk(s.into().into_bytes())
+    }
+
+    /// A map of text keys to replies.
+    pub fn map<K: Into<String>>(pairs: impl IntoIterator<Item = (K, Reply)>) -> Reply {
+        Reply::Map(
+            pairs
+                .into_iter()
+                .map(|(k, v)| (Reply::text(k), v))
+                .collect(),
+        )
+    }
+
+    /// The encoding of this reply in protocol version `proto`.
+    pub fn to_bytes(&self, proto: u8) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.encode(&mut out, proto);
+        out
+    }
+
+    /// Appends the encoding of this reply in protocol version `proto`
+    /// ([`RESP2`] or [`RESP3`]; anything but 3 is RESP2) to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>, proto: u8) {
+        let resp3 = proto == RESP3;
+        let len = |out: &mut Vec<u8>, tag: u8, n: usize| line(out, tag, n.to_string().as_bytes());
         match self {
             Reply::Simple(s) => line(out, b'+', s.as_bytes()),
             Reply::Error(s) => line(out, b'-', s.as_bytes()),
             Reply::Int(i) => line(out, b':', i.to_string().as_bytes()),
-            Reply::Bulk(b) => {
-                line(out, b'$', b.len().to_string().as_bytes());
-                out.extend_from_slice(b);
+            Reply::Bulk(b) => bulk(out, b),
+            Reply::Nil | Reply::NilArray if resp3 => out.extend_from_slice(b"_\r\n"),
+            Reply::Nil => out.extend_from_slice(b"$-1\r\n"),
+            Reply::NilArray => out.extend_from_slice(b"*-1\r\n"),
+            Reply::Array(items) => {
+                len(out, b'*', items.len());
+                for i in items {
+                    i.encode(out, proto);
+                }
+            }
+            Reply::Set(items) | Reply::Push(items) => {
+                let tag = match (resp3, self) {
+                    (false, _) => b'*',
+                    (true, Reply::Set(_)) => b'~',
+                    (true, _) => b'>',
+                };
+                len(out, tag, items.len());
+                for i in items {
+                    i.encode(out, proto);
+                }
+            }
+            Reply::Map(pairs) => {
+                if resp3 {
+                    len(out, b'%', pairs.len());
+                } else {
+                    len(out, b'*', 2 * pairs.len());
+                }
+                for (k, v) in pairs {
+                    k.encode(out, proto);
+                    v.encode(out, proto);
+                }
+            }
+            Reply::Double(d) if resp3 => line(out, b',', format_double(*d).as_bytes()),
+            Reply::Double(d) => bulk(out, format_double(*d).as_bytes()),
+            Reply::Bool(b) if resp3 => {
+                out.extend_from_slice(if *b { b"#t\r\n" } else { b"#f\r\n" })
+            }
+            Reply::Bool(b) => line(out, b':', if *b { b"1" } else { b"0" }),
+            Reply::Verbatim(s) if resp3 => {
+                len(out, b'=', s.len() + 4);
+                out.extend_from_slice(b"txt:");
+                out.extend_from_slice(s.as_bytes());
                 out.extend_from_slice(b"\r\n");
             }
-            Reply::Nil => out.extend_from_slice(b"$-1\r\n"),
-            Reply::Array(items) => {
-                line(out, b'*', items.len().to_string().as_bytes());
-                for i in items {
-                    i.encode(out);
+            Reply::Verbatim(s) => bulk(out, s.as_bytes()),
+            Reply::Many(replies) => {
+                for r in replies {
+                    r.encode(out, proto);
                 }
             }
         }
+    }
+}
+
+fn bulk(out: &mut Vec<u8>, b: &[u8]) {
+    line(out, b'$', b.len().to_string().as_bytes());
+    out.extend_from_slice(b);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A double as Redis writes it (`%.17g` with the shortest digits that read
+/// back as the same value): `1.5`, `3`, `-0`, `1e+21`, `1.5e-07`, `inf`,
+/// `-inf`, `nan`.
+pub fn format_double(d: f64) -> String {
+    if d.is_nan() {
+        return "nan".into();
+    }
+    if d.is_infinite() {
+        return if d > 0.0 { "inf" } else { "-inf" }.into();
+    }
+    if d == 0.0 {
+        return if d.is_sign_negative() { "-0" } else { "0" }.into();
+    }
+    // Shortest round-trip digits, then %g's choice of notation.
+    let sci = format!("{d:e}");
+    let (mantissa, exp) = sci.split_once('e').expect("{:e} has an exponent");
+    let exp: i32 = exp.parse().expect("{:e}'s exponent is an integer");
+    if (-4..17).contains(&exp) {
+        format!("{d}")
+    } else {
+        let sign = if exp < 0 { '-' } else { '+' };
+        format!("{mantissa}e{sign}{:02}", exp.abs())
     }
 }
 
@@ -344,6 +519,11 @@ impl AuthGate {
         let cmd = &args[0];
         let is_auth = cmd.eq_ignore_ascii_case(b"AUTH");
         let is_hello = cmd.eq_ignore_ascii_case(b"HELLO");
+        if is_hello {
+            if let Err(reply) = parse_hello(args) {
+                return answer(reply);
+            }
+        }
         if is_auth || is_hello {
             match auth_password(args) {
                 Err(reply) => return answer(reply),
@@ -385,29 +565,104 @@ impl AuthGate {
     }
 }
 
-/// The answer to `HELLO [2]` (RESP2 only: `HELLO 3` gets `-NOPROTO`).
-pub fn hello(args: &[Vec<u8>], role: &str, mode: &str) -> Reply {
-    if args.len() >= 2 && args[1] != b"2" {
-        return Reply::err("NOPROTO this server does not support the requested protocol version");
+/// What a `HELLO [protover [AUTH user pass] [SETNAME name]]` asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Hello {
+    /// The protocol to switch to; `None` keeps the connection's.
+    pub proto: Option<u8>,
+    /// The connection name to set (empty: clear it).
+    pub setname: Option<Vec<u8>>,
+}
+
+/// The version Redis clients see (`HELLO`'s `version`, INFO's
+/// `redis_version`): the Redis release whose commands DKV follows, then
+/// DKV's own version.
+pub const REDIS_VERSION: &str = concat!("7.0.0-dkv-", env!("CARGO_PKG_VERSION"));
+
+/// Parses `HELLO`, checking what Redis checks in its order: the version
+/// (`-NOPROTO` unless 2 or 3), then every option. AUTH itself is the
+/// [`AuthGate`]'s.
+pub fn parse_hello(args: &[Vec<u8>]) -> Result<Hello, Reply> {
+    let mut hello = Hello {
+        proto: None,
+        setname: None,
+    };
+    if let Some(v) = args.get(1) {
+        let v: i64 = std::str::from_utf8(v)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| Reply::err("ERR Protocol version is not an integer or out of range"))?;
+        if !(2..=3).contains(&v) {
+            return Err(Reply::err("NOPROTO unsupported protocol version"));
+        }
+        hello.proto = Some(v as u8);
     }
-    let kv = |k: &str, v: Reply| [Reply::Bulk(k.as_bytes().to_vec()), v];
-    Reply::Array(
-        [
-            kv("server", Reply::Bulk(b"dkv".to_vec())),
-            kv(
-                "version",
-                Reply::Bulk(env!("CARGO_PKG_VERSION").as_bytes().to_vec()),
-            ),
-            kv("proto", Reply::Int(2)),
-            kv("id", Reply::Int(1)),
-            kv("mode", Reply::Bulk(mode.as_bytes().to_vec())),
-            kv("role", Reply::Bulk(role.as_bytes().to_vec())),
-            kv("modules", Reply::Array(vec![])),
-        ]
-        .into_iter()
-        .flatten()
-        .collect(),
-    )
+    let mut j = 2;
+    while j < args.len() {
+        let more = args.len() - 1 - j;
+        let opt = &args[j];
+        if opt.eq_ignore_ascii_case(b"AUTH") && more >= 2 {
+            j += 3;
+        } else if opt.eq_ignore_ascii_case(b"SETNAME") && more >= 1 {
+            check_client_name(&args[j + 1])?;
+            hello.setname = Some(args[j + 1].clone());
+            j += 2;
+        } else {
+            return Err(Reply::err(format!(
+                "ERR Syntax error in HELLO option '{}'",
+                String::from_utf8_lossy(opt)
+            )));
+        }
+    }
+    Ok(hello)
+}
+
+/// Redis's rule for connection names: printable ASCII, no spaces.
+pub fn check_client_name(name: &[u8]) -> Result<(), Reply> {
+    if name.iter().all(|&c| (b'!'..=b'~').contains(&c)) {
+        Ok(())
+    } else {
+        Err(Reply::err(
+            "ERR Client names cannot contain spaces, newlines or special characters.",
+        ))
+    }
+}
+
+/// The answer to `HELLO`, as Redis gives it: a map of server, version,
+/// proto, id, mode, role (not on a Sentinel port: `role` is `None`) and
+/// modules, in the connection's (new) protocol.
+pub fn hello_reply(proto: u8, id: u64, mode: &str, role: Option<&str>) -> Reply {
+    let mut m = vec![
+        ("server", Reply::text("dkv")),
+        ("version", Reply::text(REDIS_VERSION)),
+        ("proto", Reply::Int(proto as i64)),
+        ("id", Reply::Int(id as i64)),
+        ("mode", Reply::text(mode)),
+    ];
+    if let Some(role) = role {
+        m.push(("role", Reply::text(role)));
+    }
+    m.push(("modules", Reply::Array(vec![])));
+    Reply::map(m)
+}
+
+/// A connection id from one process-wide counter, as Redis gives every
+/// connection (`CLIENT ID`, `HELLO`'s `id`): never 0, never reused.
+pub fn next_client_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Whether `s` matches the glob `pattern` as Redis matches them (KEYS,
+/// PSUBSCRIBE, CONFIG GET): `*` any run, `?` any byte, `[abc]`, `[^a-z]`,
+/// `\x` a literal `x`; `nocase` folds ASCII case. Linear backtracking to the
+/// last `*` only, so no pattern can make it slow (O(pattern × s)).
+pub fn glob_match(pattern: &[u8], s: &[u8], nocase: bool) -> bool {
+    if nocase {
+        crate::commands::glob_match(&pattern.to_ascii_lowercase(), &s.to_ascii_lowercase())
+    } else {
+        crate::commands::glob_match(pattern, s)
+    }
 }
 
 /// Bounds on what a client may send.
@@ -660,11 +915,7 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         let c = crate::auth::AuthCounters::default();
-        let encode = |r: &Reply| {
-            let mut out = Vec::new();
-            r.encode(&mut out);
-            String::from_utf8(out).unwrap()
-        };
+        let encode = |r: &Reply| String::from_utf8(r.to_bytes(RESP2)).unwrap();
         let reply = |g: Gated| match g {
             Gated::Run => None,
             Gated::Answer { reply, close } => Some((encode(&reply), close)),
@@ -710,10 +961,158 @@ mod tests {
             Reply::Bulk(b"a\r\nb".to_vec()),
             Reply::Nil,
         ])
-        .encode(&mut out);
+        .encode(&mut out, RESP2);
         assert_eq!(
             out,
             b"*5\r\n+OK\r\n-ERR x  y\r\n:-3\r\n$4\r\na\r\nb\r\n$-1\r\n".to_vec()
         );
+    }
+
+    #[test]
+    fn resp3_types_encode_per_protocol_version() {
+        let both = |r: &Reply| {
+            (
+                String::from_utf8(r.to_bytes(RESP2)).unwrap(),
+                String::from_utf8(r.to_bytes(RESP3)).unwrap(),
+            )
+        };
+        assert_eq!(both(&Reply::Nil), ("$-1\r\n".into(), "_\r\n".into()));
+        assert_eq!(both(&Reply::NilArray), ("*-1\r\n".into(), "_\r\n".into()));
+        assert_eq!(
+            both(&Reply::map([("a", Reply::Int(1))])),
+            (
+                "*2\r\n$1\r\na\r\n:1\r\n".into(),
+                "%1\r\n$1\r\na\r\n:1\r\n".into()
+            )
+        );
+        assert_eq!(
+            both(&Reply::Set(vec![Reply::Int(1)])),
+            ("*1\r\n:1\r\n".into(), "~1\r\n:1\r\n".into())
+        );
+        assert_eq!(
+            both(&Reply::Double(1.5)),
+            ("$3\r\n1.5\r\n".into(), ",1.5\r\n".into())
+        );
+        assert_eq!(both(&Reply::Bool(true)), (":1\r\n".into(), "#t\r\n".into()));
+        assert_eq!(
+            both(&Reply::Bool(false)),
+            (":0\r\n".into(), "#f\r\n".into())
+        );
+        assert_eq!(
+            both(&Reply::Verbatim("a:1".into())),
+            ("$3\r\na:1\r\n".into(), "=7\r\ntxt:a:1\r\n".into())
+        );
+        assert_eq!(
+            both(&Reply::Push(vec![Reply::text("message")])),
+            (
+                "*1\r\n$7\r\nmessage\r\n".into(),
+                ">1\r\n$7\r\nmessage\r\n".into()
+            )
+        );
+        assert_eq!(
+            both(&Reply::Many(vec![Reply::Int(1), Reply::Nil])),
+            (":1\r\n$-1\r\n".into(), ":1\r\n_\r\n".into())
+        );
+        // Nested: a RESP2 map inside an array stays flat.
+        assert_eq!(
+            both(&Reply::Array(vec![Reply::map([("k", Reply::Nil)])])).0,
+            "*1\r\n*2\r\n$1\r\nk\r\n$-1\r\n"
+        );
+        assert_eq!(Reply::Double(f64::NAN), Reply::Double(f64::NAN));
+        assert_ne!(Reply::Double(0.0), Reply::Double(-0.0));
+    }
+
+    #[test]
+    fn doubles_format_as_redis_does() {
+        for (d, s) in [
+            (1.5, "1.5"),
+            (3.0, "3"),
+            (-0.0, "-0"),
+            (0.1, "0.1"),
+            (1e21, "1e+21"),
+            (1.5e-7, "1.5e-07"),
+            (12345678901234567.0, "12345678901234568"),
+            (1e17, "1e+17"),
+            (1234567890123456.0, "1234567890123456"),
+            (f64::INFINITY, "inf"),
+            (f64::NEG_INFINITY, "-inf"),
+            (f64::NAN, "nan"),
+        ] {
+            assert_eq!(format_double(d), s, "{d}");
+        }
+    }
+
+    #[test]
+    fn hello_parses_as_redis_does() {
+        let args = |s: &str| {
+            s.split(' ')
+                .map(|a| a.as_bytes().to_vec())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            parse_hello(&args("HELLO")),
+            Ok(Hello {
+                proto: None,
+                setname: None
+            })
+        );
+        assert_eq!(parse_hello(&args("HELLO 3")).unwrap().proto, Some(3));
+        let h = parse_hello(&args("hello 2 auth default pw setname app")).unwrap();
+        assert_eq!((h.proto, h.setname), (Some(2), Some(b"app".to_vec())));
+        let err = |s: &str| match parse_hello(&args(s)) {
+            Err(Reply::Error(e)) => e,
+            other => panic!("{s}: {other:?}"),
+        };
+        assert!(err("HELLO 4").starts_with("NOPROTO"));
+        assert!(err("HELLO 1").starts_with("NOPROTO"));
+        assert!(err("HELLO x").contains("not an integer"));
+        assert!(err("HELLO 3 AUTH default").contains("'AUTH'"));
+        assert!(err("HELLO 3 BOGUS").contains("'BOGUS'"));
+        assert!(err("HELLO 3 SETNAME a\nb").contains("cannot contain spaces"));
+        // The gate refuses a bad HELLO before looking at its password.
+        let c = crate::auth::AuthCounters::default();
+        let mut g = AuthGate::new(Some(crate::auth::Password::new(b"pw")));
+        let Gated::Answer { reply, .. } =
+            g.check(&args("HELLO 4 AUTH default pw"), &c, String::new)
+        else {
+            panic!()
+        };
+        assert!(matches!(reply, Reply::Error(e) if e.starts_with("NOPROTO")));
+        assert!(!g.is_authenticated());
+        let Reply::Map(m) = hello_reply(3, 7, "sentinel", None) else {
+            panic!()
+        };
+        let keys: Vec<_> = m.iter().map(|(k, _)| k.clone()).collect();
+        assert_eq!(
+            keys,
+            ["server", "version", "proto", "id", "mode", "modules"].map(Reply::text)
+        );
+    }
+
+    #[test]
+    fn glob_matches_like_redis() {
+        for (p, s, yes) in [
+            ("*", "", true),
+            ("*", "abc", true),
+            ("a*c", "abbbc", true),
+            ("a*c", "abbb", false),
+            ("h?llo", "hello", true),
+            ("h[ae]llo", "hallo", true),
+            ("h[^e]llo", "hello", false),
+            ("h[a-b]llo", "hbllo", true),
+            ("h\\*llo", "h*llo", true),
+            ("h\\*llo", "hello", false),
+            ("max*", "maxmemory-policy", true),
+            ("+switch-*", "+switch-master", true),
+            ("*a*a*a*a*a*a*a*a*b", &"a".repeat(200), false),
+        ] {
+            assert_eq!(
+                glob_match(p.as_bytes(), s.as_bytes(), false),
+                yes,
+                "{p} {s}"
+            );
+        }
+        assert!(glob_match(b"MAXMEMORY", b"maxmemory", true));
+        assert!(!glob_match(b"MAXMEMORY", b"maxmemory", false));
     }
 }

@@ -93,6 +93,8 @@ pub struct Server {
     /// The server port and, when on, the Sentinel port.
     listeners: Vec<Listener>,
     ticker: Option<JoinHandle<()>>,
+    /// With the Sentinel port: the thread announcing `+switch-master`.
+    notifier: Option<crate::sentinel::Notifier>,
 }
 
 /// Longest a stopping server lets requests under way finish before it cuts
@@ -153,6 +155,7 @@ impl Server {
         let mut listeners = vec![Listener::start(listener, service(shared.clone()))?];
         log::info!("server listening on {addr}");
         let sentinel_peers = Arc::new(RwLock::new(Vec::new()));
+        let mut notifier = None;
         let sentinel_addr = match opts.sentinel_listen {
             Some(a) => {
                 let l = net::listen(a)?;
@@ -165,7 +168,11 @@ impl Server {
                     counters: shared.counters.clone(),
                     deadlines: shared.deadlines,
                     peers: sentinel_peers.clone(),
+                    subscribers: Default::default(),
                 });
+                let (n, hook) = crate::sentinel::Notifier::start(ctx.clone());
+                shared.arbiter.on_view_change(hook);
+                notifier = Some(n);
                 listeners.push(Listener::start(l, crate::sentinel::service(ctx))?);
                 log::info!(
                     "sentinel discovery on {sa} for cluster '{}'",
@@ -200,6 +207,7 @@ impl Server {
             sentinel_peers,
             listeners,
             ticker: Some(ticker),
+            notifier,
         })
     }
 
@@ -246,6 +254,9 @@ impl Server {
         }
         if let Some(t) = self.ticker.take() {
             let _ = t.join();
+        }
+        if let Some(n) = self.notifier.take() {
+            n.stop();
         }
         log::info!("server {}: stopped", self.addr);
     }

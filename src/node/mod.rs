@@ -19,6 +19,7 @@ mod client_conn;
 mod persist;
 mod replication;
 pub mod requests;
+pub mod resp_admin;
 mod resp_conn;
 mod resp_data;
 
@@ -106,6 +107,8 @@ pub(crate) struct Shared {
     pub next_stream: AtomicU64,
     /// What the follower thread follows (a replica's one stream).
     follower: replication::FollowerCtl,
+    /// The RESP port's counters and live connections (INFO, CLIENT LIST).
+    pub resp: resp_admin::RespStats,
 }
 
 impl Shared {
@@ -291,6 +294,7 @@ impl Node {
             beacon_seq: AtomicU64::new(1),
             next_stream: AtomicU64::new(1),
             follower: Default::default(),
+            resp: Default::default(),
         });
 
         let (server_tx, server_rx) = bounded(64);

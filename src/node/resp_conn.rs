@@ -11,11 +11,10 @@
 
 use super::requests::{Begun, DataPath, PendingWrite};
 use super::resp_data::{self, Shape};
-use super::Shared;
+use super::{resp_admin, Shared};
 use crate::commands::Command;
 use crate::net::listener::Service;
 use crate::resp::{Answer, AuthGate, Gated, Handler, Limits, Pending, Reply};
-use crate::types::Role;
 use crate::wire::{ErrorKind, Request, Response};
 use crate::{Client, ClientOptions, Error};
 use std::io::Write;
@@ -38,8 +37,9 @@ pub(super) fn service(sh: Arc<Shared>) -> Service {
             Conn {
                 sh: &sh,
                 forward: None,
-                name: None,
                 tx: Default::default(),
+                proto: crate::resp::RESP2,
+                client: resp_admin::Client::register(&sh.resp, &stream),
                 gate: AuthGate::new(sh.security.password.clone()),
                 authenticated: std::rc::Rc::new(std::cell::Cell::new(
                     sh.security.password.is_none(),
@@ -55,8 +55,11 @@ struct Conn<'a> {
     sh: &'a Shared,
     /// Replica side: a client to the coordinator, opened on first use.
     forward: Option<Client>,
-    name: Option<Vec<u8>>,
     tx: resp_data::Transaction,
+    /// The protocol version replies are encoded in (`HELLO` changes it).
+    proto: u8,
+    /// This connection in the port's registry (CLIENT LIST, INFO).
+    client: resp_admin::Client<'a>,
     gate: AuthGate,
     /// Whether the gate let this client in; read by the parser's limits.
     authenticated: std::rc::Rc<std::cell::Cell<bool>>,
@@ -87,6 +90,10 @@ impl Handler for Conn<'_> {
     /// every entry appended before it, the connection's own included.
     fn pipelines(&self, args: &[Vec<u8>]) -> bool {
         self.tx.queued.is_some() || resp_data::is_write(&upper(&args[0]))
+    }
+
+    fn proto(&self) -> u8 {
+        self.proto
     }
 }
 
@@ -133,6 +140,7 @@ impl Conn<'_> {
 
     /// One command; the flag closes the connection after the reply.
     fn answer(&mut self, args: &[Vec<u8>]) -> (Answer<PendingReply>, bool) {
+        self.client.touch(&args[0]);
         let gate = self.gate.check(args, &self.sh.counters, || {
             "client (RESP): wrong password".into()
         });
@@ -148,6 +156,14 @@ impl Conn<'_> {
         let cmd = upper(&args[0]);
         if let Some(a) = self.transaction(&cmd, args) {
             return (a, false);
+        }
+        let mut session = resp_admin::Session {
+            sh: self.sh,
+            proto: &mut self.proto,
+            client: &self.client,
+        };
+        if let Some((reply, close)) = resp_admin::answer(&mut session, args) {
+            return (Answer::Now(reply), close);
         }
         if let Some(parsed) = resp_data::parse(args) {
             return match parsed {
@@ -171,48 +187,13 @@ impl Conn<'_> {
                     Reply::err("ERR DB index is out of range")
                 }
             }
-            "CLIENT" if n >= 2 => match upper(&args[1]).as_str() {
-                "SETNAME" if n == 3 => {
-                    self.name = Some(args[2].clone());
-                    Reply::ok()
-                }
-                "GETNAME" => self.name.clone().map(Reply::Bulk).unwrap_or(Reply::Nil),
-                "SETINFO" => Reply::ok(),
-                "ID" => Reply::Int(1),
-                other => Reply::err(format!(
-                    "ERR unknown subcommand '{}'",
-                    other.to_ascii_lowercase()
-                )),
-            },
-            "HELLO" => {
-                let role = if self.role() == Role::Coordinator {
-                    "master"
-                } else {
-                    "replica"
-                };
-                crate::resp::hello(args, role, "standalone")
-            }
-            // redis-cli asks for command docs at start; an empty answer is valid.
-            "COMMAND" => match args.get(1).map(|a| upper(a)).as_deref() {
-                None | Some("DOCS") | Some("INFO") => Reply::Array(vec![]),
-                Some("COUNT") => Reply::Int(0),
-                Some(other) => Reply::err(format!(
-                    "ERR unknown subcommand '{}'",
-                    other.to_ascii_lowercase()
-                )),
-            },
-            "INFO" => Reply::Bulk(self.info().into_bytes()),
-            "ECHO" | "SELECT" | "CLIENT" => wrong_args(&cmd),
+            "ECHO" | "SELECT" => wrong_args(&cmd),
             _ => {
                 let shown: String = String::from_utf8_lossy(&args[0]).chars().take(64).collect();
                 Reply::err(format!("ERR unknown command '{shown}'"))
             }
         };
         (Answer::Now(reply), false)
-    }
-
-    fn role(&self) -> Role {
-        self.sh.serving.read().role
     }
 
     /// MULTI, EXEC, DISCARD, WATCH, UNWATCH, and queueing inside MULTI;
@@ -348,78 +329,6 @@ impl Conn<'_> {
             Request::Status | Request::Auth { .. } => Ok(Reply::err("ERR not a data request")),
         };
         res.unwrap_or_else(|e| client_error(&e))
-    }
-
-    fn info(&self) -> String {
-        let s = self.sh.serving.read().clone();
-        let meta = self.sh.store.meta();
-        let st = self.sh.log.state();
-        let mut out = String::new();
-        out += "# Server\r\n";
-        out += &format!("redis_version:7.0.0-dkv-{}\r\n", env!("CARGO_PKG_VERSION"));
-        out += "redis_mode:standalone\r\n";
-        out += &format!("dkv_node_id:{}\r\n", self.sh.id);
-        out += &format!("dkv_epoch:{}\r\n", s.epoch);
-        out += "\r\n# Replication\r\n";
-        if s.role == Role::Coordinator {
-            let replicas: Vec<_> = self
-                .sh
-                .log
-                .commit_set()
-                .into_iter()
-                .filter(|&id| id != self.sh.id)
-                .collect();
-            out += "role:master\r\n";
-            out += &format!("connected_slaves:{}\r\n", replicas.len());
-            for (i, id) in replicas.iter().enumerate() {
-                out += &format!("slave{i}:id={id},state=online,offset={}\r\n", st.commit);
-            }
-            out += &format!("master_repl_offset:{}\r\n", st.last.index);
-        } else {
-            out += "role:slave\r\n";
-            let (host, port) = s
-                .coordinator_resp_addr
-                .as_deref()
-                .and_then(|a| a.rsplit_once(':'))
-                .unwrap_or(("", "0"));
-            out += &format!("master_host:{host}\r\nmaster_port:{port}\r\n");
-            out += &format!(
-                "master_link_status:{}\r\n",
-                if s.role == Role::Replica {
-                    "up"
-                } else {
-                    "down"
-                }
-            );
-            out += &format!("slave_repl_offset:{}\r\n", meta.applied.index);
-        }
-        out += "\r\n# Memory\r\n";
-        out += &format!("used_memory:{}\r\n", meta.bytes);
-        out += &format!("maxmemory:{}\r\n", self.sh.settings.max_memory);
-        out += "maxmemory_policy:noeviction\r\n";
-        let a = self.sh.auth_stats();
-        out += "\r\n# Security\r\n";
-        out += &format!(
-            "dkv_cluster_secret:{}\r\n",
-            if a.cluster_secret { "yes" } else { "no" }
-        );
-        out += &format!(
-            "dkv_client_password:{}\r\n",
-            if self.sh.security.password.is_some() {
-                "yes"
-            } else {
-                "no"
-            }
-        );
-        out += &format!("dkv_forged_beacons:{}\r\n", a.forged_beacons);
-        out += &format!("dkv_replayed_beacons:{}\r\n", a.replayed_beacons);
-        out += &format!("dkv_rejected_peers:{}\r\n", a.rejected_peers);
-        out += &format!("dkv_failed_client_auth:{}\r\n", a.failed_client_auth);
-        out += "\r\n# Keyspace\r\n";
-        if meta.keys > 0 {
-            out += &format!("db0:keys={},expires=0,avg_ttl=0\r\n", meta.keys);
-        }
-        out
     }
 }
 

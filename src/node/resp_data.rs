@@ -71,8 +71,7 @@ pub(super) fn to_reply(v: Value, shape: Shape) -> Reply {
                 .map(|v| to_reply(v, Shape::Plain))
                 .collect(),
         ),
-        // TODO(merge resp3): Reply::NilArray (`*-1` in RESP2).
-        (Value::NilArray, _) => Reply::Nil,
+        (Value::NilArray, _) => Reply::NilArray,
         (Value::Error(e), _) => Reply::Error(e),
     }
 }

@@ -142,6 +142,9 @@ pub struct Arbiter {
     core: Arc<Mutex<ServerCore>>,
     /// Decisions, refreshes and ticks, one at a time.
     decide: Mutex<Decider>,
+    /// Called after the core adopted a changed view (see
+    /// [`Arbiter::on_view_change`]).
+    on_change: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 struct Decider {
@@ -173,7 +176,24 @@ impl Arbiter {
                 store,
                 revs: records.revs,
             }),
+            on_change: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Sets the hook called after every change of the view the core holds:
+    /// a decision of this server that changed it (a grant, a registration,
+    /// an in-sync change) or a change another server of a shared store made
+    /// and this one read. It runs while decisions wait, so it must only
+    /// signal (the Sentinel port's notifier: a `try_send`). Set once; later
+    /// calls are ignored.
+    pub fn on_view_change(&self, hook: Box<dyn Fn() + Send + Sync>) {
+        let _ = self.on_change.set(hook);
+    }
+
+    fn view_changed(&self) {
+        if let Some(hook) = self.on_change.get() {
+            hook();
+        }
     }
 
     /// The core, for read-only uses (Sentinel, status).
@@ -299,6 +319,9 @@ impl Arbiter {
             Committed::Done(revs) => {
                 d.revs = revs;
                 *self.core.lock() = work;
+                if changed {
+                    self.view_changed();
+                }
                 Ok(true)
             }
             Committed::Conflict => Ok(false),
@@ -309,9 +332,11 @@ impl Arbiter {
         let records = d.store.read()?;
         let seen = now();
         let mut core = self.core.lock();
+        let mut changed = false;
         if records.revs.view != d.revs.view {
             if let Some(v) = records.view {
                 core.observe_view(seen, v);
+                changed = true;
             }
         }
         if records.revs.lease != d.revs.lease {
@@ -320,6 +345,10 @@ impl Arbiter {
             }
         }
         d.revs = records.revs;
+        drop(core);
+        if changed {
+            self.view_changed();
+        }
         Ok(())
     }
 }

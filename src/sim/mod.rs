@@ -655,6 +655,7 @@ fn idle_serving() -> Serving {
         coordinator_resp_addr: None,
         lease_until: None,
         members: Vec::new(),
+        resp_addrs: Default::default(),
     }
 }
 

@@ -9,7 +9,7 @@ pub mod ha;
 pub mod skip;
 
 #[allow(unused_imports)]
-pub use skip::{require, require_for_part, require_redis_py, require_tool};
+pub use skip::{require, require_for_part, require_ioredis, require_redis_py, require_tool};
 
 use dkv::wire::{self, ClusterView, NodeStatus, Request, Response};
 use dkv::{Client, ClientOptions};

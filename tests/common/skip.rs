@@ -68,6 +68,23 @@ pub fn require_redis_py() -> bool {
     require(ok, "redis-py is not installed", PIP)
 }
 
+/// node with ioredis installed in tests/js, for the tests that run ioredis.
+pub fn require_ioredis() -> bool {
+    const NPM: &str = "npm ci --prefix tests/js";
+    if !require_tool("node", &format!("apt-get install nodejs npm, then {NPM}")) {
+        return false;
+    }
+    let module = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/js/node_modules/ioredis/package.json"
+    );
+    require(
+        std::path::Path::new(module).is_file(),
+        "ioredis is not installed in tests/js",
+        NPM,
+    )
+}
+
 /// The general form: `present` says whether the prerequisite is there,
 /// `missing` says what is missing ("chaos needs root"), `install` what to do
 /// about it ("apt-get install iproute2", "run the tests as root").

@@ -2,7 +2,12 @@
 failover. Phase 1: 200 acknowledged writes, then prints "killing" and waits
 for a line on stdin (the test kills the coordinator). Phase 2: keeps writing,
 retrying connection errors, until 200 more writes are acknowledged. Then
-every acknowledged write must read back. Prints "ok N" on success."""
+every acknowledged write must read back. Prints "ok N" on success.
+
+Usage: sentinel_failover.py HOST:PORT [resp2|default]. `resp2` (the
+default mode) asks for RESP2 everywhere; `default` passes no protocol
+argument, so redis-py 8 speaks RESP3 (HELLO 3) to the Sentinel port and to
+the nodes."""
 
 import sys
 import time
@@ -11,11 +16,18 @@ from redis.exceptions import ConnectionError, ReadOnlyError, ResponseError, Time
 from redis.sentinel import MasterNotFoundError, Sentinel
 
 host, port = sys.argv[1].rsplit(":", 1)
-# DKV speaks RESP2; redis-py 8 asks for RESP3 unless told otherwise.
-sentinel = Sentinel(
-    [(host, int(port))], socket_timeout=2.0, protocol=2, sentinel_kwargs={"protocol": 2}
-)
-master = sentinel.master_for("dkv", socket_timeout=2.0, protocol=2)
+mode = sys.argv[2] if len(sys.argv) > 2 else "resp2"
+if mode == "resp2":
+    sentinel = Sentinel(
+        [(host, int(port))], socket_timeout=2.0, protocol=2, sentinel_kwargs={"protocol": 2}
+    )
+    master = sentinel.master_for("dkv", socket_timeout=2.0, protocol=2)
+elif mode == "default":
+    # redis-py's defaults: RESP3 (HELLO 3) on every connection.
+    sentinel = Sentinel([(host, int(port))], socket_timeout=2.0)
+    master = sentinel.master_for("dkv", socket_timeout=2.0)
+else:
+    sys.exit(f"unknown mode {mode!r}")
 acked = {}
 i = 0
 

@@ -21,7 +21,8 @@ addrs = []
 for a in sys.argv[1:]:
     host, port = a.rsplit(":", 1)
     addrs.append((host, int(port)))
-# DKV speaks RESP2; redis-py 8 asks for RESP3 unless told otherwise.
+# Pinned to RESP2 (redis-py 8's default is RESP3, which sentinel_failover.py
+# runs in its `default` mode).
 sentinel = Sentinel(
     addrs, socket_timeout=2.0, protocol=2, sentinel_kwargs={"protocol": 2, "socket_timeout": 2.0}
 )

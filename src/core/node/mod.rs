@@ -149,6 +149,9 @@ pub struct Serving {
     pub lease_until: Option<Instant>,
     /// Registered members; only they may follow the coordinator.
     pub members: Vec<NodeId>,
+    /// The RESP addresses of the members that serve one (ROLE, INFO
+    /// replication); shared, so copying a `Serving` per request stays cheap.
+    pub resp_addrs: std::sync::Arc<[(NodeId, String)]>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -395,6 +398,12 @@ impl NodeCore {
                 None
             },
             members: self.peers.keys().copied().collect(),
+            resp_addrs: self
+                .view
+                .members
+                .iter()
+                .filter_map(|m| Some((m.node_id, m.resp_addr.clone()?)))
+                .collect(),
         }
     }
 }
