@@ -67,6 +67,10 @@ test: fetch
 	skips="$${skips:-$(CURDIR)/target}/test-skips"; \
 	rm -rf "$$skips"; mkdir -p "$$skips"; export DKV_TEST_SKIPS="$$skips"; \
 	status=0; \
+	if command -v npm >/dev/null 2>&1 && [ ! -d tests/js/node_modules ]; then \
+		echo "npm ci --prefix tests/js (ioredis for the Sentinel test; first run only)"; \
+		npm ci --prefix tests/js --no-audit --no-fund --loglevel=error || true; \
+	fi; \
 	echo "$(CARGO) test --doc"; $(CARGO) test --doc || status=1; \
 	if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		echo "$(CARGO) nextest run --no-fail-fast"; $(CARGO) nextest run --no-fail-fast || status=1; \

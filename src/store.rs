@@ -564,4 +564,68 @@ mod tests {
     fn pair_boundaries_matter() {
         assert_ne!(pair_hash(b"ab", b"c"), pair_hash(b"a", b"bc"));
     }
+
+    #[test]
+    fn scan_returns_every_key_present_throughout_once_while_the_map_grows() {
+        let s = Store::new();
+        let mut d = Delta::default();
+        for i in 0..3000u32 {
+            s.apply(&put(&format!("k{i}"), "v"), &mut d);
+        }
+        let (mut cursor, mut seen, mut calls) = (0, Vec::new(), 0);
+        loop {
+            let page = s.scan(cursor, 10, |_, _| true);
+            seen.extend(page.keys);
+            calls += 1;
+            // Keys added (and one deleted) during the iteration.
+            s.apply(&put(&format!("new{calls}"), "v"), &mut d);
+            cursor = page.cursor;
+            if cursor == 0 {
+                break;
+            }
+        }
+        let n = seen.len();
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), n, "a key was returned twice");
+        for i in 0..3000u32 {
+            assert!(
+                seen.binary_search(&format!("k{i}").into_bytes()).is_ok(),
+                "k{i} missed"
+            );
+        }
+        assert!(calls > 64, "pages are bounded ({calls} calls)");
+    }
+
+    #[test]
+    fn deadlines_are_part_of_the_contents_and_of_the_digest() {
+        let s = Store::new();
+        let mut d = Delta::default();
+        let ex = |t| Op::PutExpiring {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+            expires_at: t,
+        };
+        s.apply(&ex(5), &mut d);
+        s.commit(LogPos::new(1, 1), d);
+        let with = s.meta();
+        assert_eq!((with.keys, with.expiring), (1, 1));
+        assert_eq!(s.get_pair(b"k"), Some((b"v".to_vec(), Some(5))));
+        let mut d = Delta::default();
+        s.apply(&put("k", "v"), &mut d);
+        s.commit(LogPos::new(1, 2), d);
+        let without = s.meta();
+        assert_eq!((without.keys, without.expiring), (1, 0));
+        assert_ne!(with.digest, without.digest);
+        assert_eq!(without.digest, s.recompute_digest());
+        let mut d = Delta::default();
+        s.apply(&Op::Batch(vec![ex(9), put("j", "w")]), &mut d);
+        s.apply(&Op::Flush, &mut d);
+        s.apply(&put("z", "1"), &mut d);
+        s.commit(LogPos::new(1, 3), d);
+        let m = s.meta();
+        assert_eq!((m.keys, m.expiring, m.bytes), (1, 0, 2 + ENTRY_OVERHEAD));
+        assert_eq!(m.digest, s.recompute_digest());
+        assert_eq!(s.expired_in_shard(0, u64::MAX, 10).len(), 0);
+    }
 }

@@ -251,7 +251,7 @@ fn multi_stays_whole_when_a_replica_dies() {
 }
 
 #[test]
-fn redis_py_runs_the_data_commands_with_its_defaults_on_coordinator_and_replica() {
+fn redis_py_runs_the_data_commands_on_coordinator_and_replica_in_resp3_and_resp2() {
     if !skip::require_redis_py() {
         return;
     }

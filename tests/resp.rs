@@ -142,9 +142,10 @@ fn redis_cli_works_against_coordinator_and_replica() {
             && info.contains(&format!("master_port:{}", r.rsplit_once(':').unwrap().1)),
         "{info}"
     );
-    let e = redis_cli(r, &["SET", "k", "v", "EX", "10"]);
-    assert!(e.contains("'EX' is not supported"), "{e}");
-    assert!(redis_cli(r, &["FLUSHALL"]).contains("unknown command 'FLUSHALL'"));
+    assert_eq!(redis_cli(r, &["SET", "k", "v", "EX", "100"]), "OK\n");
+    let ttl: u64 = redis_cli(p, &["TTL", "k"]).trim().parse().unwrap();
+    assert!((90..=100).contains(&ttl), "{ttl}");
+    assert!(redis_cli(r, &["LPUSH", "l", "x"]).contains("unknown command 'LPUSH'"));
     assert_eq!(
         c.client().get(b"greeting").unwrap(),
         Some(b"hello world".to_vec())

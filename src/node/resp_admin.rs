@@ -498,6 +498,9 @@ fn client_kill(s: &Session<'_, '_>, args: &[Vec<u8>]) -> (Reply, bool) {
             me_too = true;
         } else {
             c.kill();
+            // Gone from CLIENT LIST at once, as in Redis (its thread leaves
+            // when its read returns).
+            s.client.stats.clients.lock().remove(&c.id);
         }
         killed += 1;
     }

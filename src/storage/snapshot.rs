@@ -216,13 +216,29 @@ mod tests {
                 &mut d,
             );
         }
-        s.commit(LogPos::new(3, 5000), d);
+        // Some keys carry a deadline: it is part of the snapshot.
+        let mut d2 = Delta::default();
+        s.apply(
+            &Op::PutExpiring {
+                key: b"ttl".to_vec(),
+                value: b"v".to_vec(),
+                expires_at: 1_800_000_000_000,
+            },
+            &mut d2,
+        );
+        s.commit(LogPos::new(3, 4999), d);
+        s.commit(LogPos::new(3, 5000), d2);
         let path = write(&dir, LogPos::new(3, 5000), &s).unwrap();
         assert_eq!(latest(&dir).unwrap().unwrap().0, LogPos::new(3, 5000));
         let t = Store::new();
         assert_eq!(load(&path, &t).unwrap(), LogPos::new(3, 5000));
         assert_eq!(t.meta().digest, s.meta().digest);
-        assert_eq!(t.meta().keys, 5000);
+        assert_eq!(t.meta().keys, 5001);
+        assert_eq!(t.meta().expiring, 1);
+        assert_eq!(
+            t.get_pair(b"ttl"),
+            Some((b"v".to_vec(), Some(1_800_000_000_000)))
+        );
 
         let mut bytes = fs::read(&path).unwrap();
         let mid = bytes.len() / 2;

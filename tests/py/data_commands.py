@@ -1,7 +1,8 @@
 """The data commands applications use, through redis-py with its defaults
 (RESP3), against one DKV node's RESP port (a replica forwards to the
 coordinator). Replies and error texts are checked against what Redis gives.
-Usage: data_commands.py HOST:PORT KEY-PREFIX. Prints "ok" on success."""
+Usage: data_commands.py HOST:PORT KEY-PREFIX [PROTOCOL]: without PROTOCOL,
+redis-py's default. Prints "ok" on success."""
 
 import sys
 import time
@@ -10,7 +11,8 @@ import redis
 
 host, port = sys.argv[1].rsplit(":", 1)
 p = sys.argv[2]
-r = redis.Redis(host=host, port=int(port), socket_timeout=5)
+kwargs = {"protocol": int(sys.argv[3])} if len(sys.argv) > 3 else {}
+r = redis.Redis(host=host, port=int(port), socket_timeout=5, **kwargs)
 
 
 def k(name):
