@@ -477,6 +477,39 @@ impl Layer<'_> {
 
 /// Evaluates `cmd` against `view` at `env.now_ms`.
 pub fn eval(cmd: &Command, view: &dyn View, env: Env) -> Evaluated {
+    // A plain SET reads nothing and states its arguments: no layer needed
+    // (the common write, kept cheap under the log's lock).
+    if let Command::Set {
+        key,
+        value,
+        cond: Cond::Always,
+        expiry: expiry @ (SetExpiry::Clear | SetExpiry::Set(_)),
+        get: false,
+    } = cmd
+    {
+        let deadline = match expiry {
+            SetExpiry::Set(When::In(ms)) => Some(env.now_ms as i128 + *ms as i128),
+            SetExpiry::Set(When::At(ms)) => Some(*ms as i128),
+            _ => None,
+        };
+        let op = match deadline {
+            // Already past: the key goes (if it is there).
+            Some(t) if t <= env.now_ms as i128 => {
+                view.get(key).map(|_| Op::Delete { key: key.clone() })
+            }
+            Some(t) => Some(Op::put(
+                key.clone(),
+                value.clone(),
+                Some(t.min(u64::MAX as i128) as u64),
+            )),
+            None => Some(Op::put(key.clone(), value.clone(), None)),
+        };
+        return Evaluated {
+            value: Value::Ok,
+            op,
+            expired: Vec::new(),
+        };
+    }
     let mut layer = Layer {
         base: view,
         env,

@@ -8,6 +8,7 @@ use super::ReplLog;
 use crate::core::progress::Progress;
 use crate::types::{Entry, Epoch, LogPos, NodeId, Op};
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -60,11 +61,37 @@ pub(super) struct Leader {
     /// The replication stream each tracked replica is on, so the end of an
     /// old stream cannot untrack the replica's newer one.
     pub(super) streams: HashMap<NodeId, u64>,
-    /// The newest entry not yet applied that touches each key, and the newest
-    /// unapplied flush: with the map they give the state the whole log holds,
-    /// which commands are evaluated against ([`ReplLog::append_command`]).
-    pub(super) pending: HashMap<Vec<u8>, u64>,
+    /// For each key hash, the newest entry not yet applied that touches a key
+    /// with that hash; and the newest unapplied flush. With the map they give
+    /// the state the whole log holds, which commands are evaluated against
+    /// ([`ReplLog::append_command`]). Keyed by a 64-bit hash, so an append
+    /// costs no allocation; two keys sharing a hash are told apart by looking
+    /// at the entries themselves ([`Latest`]).
+    pub(super) pending: HashMap<u64, u64, BuildHasherDefault<Prehashed>>,
     pub(super) pending_flush: Option<u64>,
+}
+
+/// The hasher of a map keyed by a hash already computed.
+#[derive(Default)]
+pub(super) struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 keys are hashed here.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ b as u64;
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+fn key_hash(key: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(key)
 }
 
 impl Leader {
@@ -75,7 +102,7 @@ impl Leader {
             self.pending_flush = Some(index);
         }
         op.for_each_key(&mut |k| {
-            self.pending.insert(k.to_vec(), index);
+            self.pending.insert(key_hash(k), index);
         });
     }
 
@@ -94,8 +121,9 @@ impl Leader {
         for e in entries {
             let index = e.pos.index;
             e.op.for_each_key(&mut |k| {
-                if self.pending.get(k) == Some(&index) {
-                    self.pending.remove(k);
+                let h = key_hash(k);
+                if self.pending.get(&h) == Some(&index) {
+                    self.pending.remove(&h);
                 }
             });
         }
@@ -120,17 +148,18 @@ struct Latest<'a> {
 
 impl crate::commands::View for Latest<'_> {
     fn get(&self, key: &[u8]) -> Option<crate::commands::Stored> {
-        if let Some(&index) = self.leader.pending.get(key) {
-            self.used_pending.set(true);
+        if let Some(&newest) = self.leader.pending.get(&key_hash(key)) {
+            // The newest unapplied entry touching this hash, and before it
+            // (another key shares the hash) the others, newest first.
             let g = self.inner;
-            let e = &g.entries[(index - g.base.index - 1) as usize];
-            if let Some(s) = e.op.effect_on(key) {
-                return s.map(|(v, t)| (v.to_vec(), t));
+            let first = g.applied.max(g.base.index) + 1;
+            for index in (first..=newest).rev() {
+                let e = &g.entries[(index - g.base.index - 1) as usize];
+                if let Some(s) = e.op.effect_on(key) {
+                    self.used_pending.set(true);
+                    return s.map(|(v, t)| (v.to_vec(), t));
+                }
             }
-            debug_assert!(
-                false,
-                "entry {index} does not touch the key it is pending for"
-            );
         }
         if self.leader.pending_flush.is_some() {
             self.used_pending.set(true);
@@ -174,7 +203,7 @@ impl ReplLog {
             waiters: HashMap::new(),
             required,
             streams: HashMap::new(),
-            pending: HashMap::new(),
+            pending: HashMap::default(),
             pending_flush: None,
         });
         // Entries inherited and not applied yet are pending like its own.

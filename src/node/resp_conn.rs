@@ -89,7 +89,7 @@ impl Handler for Conn<'_> {
     /// Writes, and MULTI's queueing, pipeline: a write is evaluated against
     /// every entry appended before it, the connection's own included.
     fn pipelines(&self, args: &[Vec<u8>]) -> bool {
-        self.tx.queued.is_some() || resp_data::is_write(&upper(&args[0]))
+        self.tx.queued.is_some() || resp_data::is_write(&args[0])
     }
 
     fn proto(&self) -> u8 {

@@ -41,9 +41,11 @@ const WRITES: &[&str] = &[
     "FLUSHDB",
 ];
 
-/// Whether `name` (upper case) is a data command that writes.
-pub(super) fn is_write(name: &str) -> bool {
-    WRITES.contains(&name)
+/// Whether `name` (any case) is a data command that writes.
+pub(super) fn is_write(name: &[u8]) -> bool {
+    WRITES
+        .iter()
+        .any(|w| w.as_bytes().eq_ignore_ascii_case(name))
 }
 
 /// How a command's [`Value`] becomes its RESP reply, where Redis answers
