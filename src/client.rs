@@ -624,6 +624,19 @@ impl Client {
         }
     }
 
+    /// Removes member `node_id` (neither the coordinator nor in sync) from
+    /// the cluster; its id is refused from then on. The new view.
+    pub fn remove_member(&self, node_id: crate::types::NodeId) -> Result<ClusterView> {
+        match self.server_call(&ServerRequest::RemoveMember { node_id }, self.deadline())? {
+            ServerResponse::Ok(v) => Ok(v),
+            ServerResponse::Error { message, .. }
+            | ServerResponse::Rejected {
+                reason: message, ..
+            } => Err(Error::Refused(message)),
+            other => Err(unexpected_server(&other, "a member removal")),
+        }
+    }
+
     /// Asks one node directly for its own status.
     pub fn node_status(&self, addr: &str) -> Result<NodeStatus> {
         self.node_status_before(addr, self.deadline())

@@ -143,6 +143,31 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// List the cluster's members, or remove one.
+    #[command(subcommand)]
+    Member(MemberCmd),
+}
+
+#[derive(Subcommand)]
+enum MemberCmd {
+    /// Every member: id, role, in sync or not, addresses, when last heard of.
+    List {
+        /// The server's HOST:PORT, or a comma-separated list of servers.
+        server: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a member that is neither the coordinator nor in the in-sync
+    /// set (stop it first: it leaves the in-sync set within failure-timeout).
+    /// It stops counting toward majority-threshold, and a node that comes
+    /// back with its id is refused.
+    Remove {
+        /// The server's HOST:PORT, or a comma-separated list of servers.
+        server: String,
+        /// The member's node id (see `member list`).
+        id: dkv::types::NodeId,
+    },
 }
 
 fn main() -> ExitCode {
@@ -245,6 +270,15 @@ fn main() -> ExitCode {
             Ok(list) => probe(list, options(&pw, timeout, 2000), duration, &key, json),
             Err(e) => return usage(&e),
         },
+        Cmd::Member(cmd) => {
+            let server = match &cmd {
+                MemberCmd::List { server, .. } | MemberCmd::Remove { server, .. } => server.clone(),
+            };
+            return match server_list(&server) {
+                Ok(list) => member(list, options(&pw, timeout, 5000), cmd),
+                Err(e) => usage(&e),
+            };
+        }
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
@@ -629,5 +663,78 @@ fn show_status(view: &ClusterView, rows: Vec<Row>, json: bool, problems: &[Strin
                 ))
                 .unwrap_or_else(|| "-".into())
         );
+    }
+}
+
+/// `member list` and `member remove`: 0 done, 1 refused or failed.
+fn member(server: Arc<ServerList>, opts: dkv::ClientOptions, cmd: MemberCmd) -> ExitCode {
+    match member_run(server, opts, cmd) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dkv-client: {e}");
+            ExitCode::from(exit::FAILED)
+        }
+    }
+}
+
+fn member_run(
+    server: Arc<ServerList>,
+    opts: dkv::ClientOptions,
+    cmd: MemberCmd,
+) -> Result<(), String> {
+    let c = Client::with_servers(server, opts).map_err(|e| e.to_string())?;
+    match cmd {
+        MemberCmd::List { json, .. } => {
+            let v = c.cluster_view().map_err(|e| e.to_string())?;
+            if json {
+                let members: Vec<_> = v
+                    .members
+                    .iter()
+                    .map(|m| {
+                        serde_json::json!({
+                            "id": m.node_id,
+                            "role": m.role.to_string(),
+                            "in_sync": m.in_sync,
+                            "data_addr": m.data_addr,
+                            "resp_addr": m.resp_addr,
+                            "last_heard_ms": m.last_status_ms,
+                        })
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::json!({ "epoch": v.epoch, "coordinator": v.coordinator, "members": members })
+                );
+                return Ok(());
+            }
+            println!(
+                "{:<4} {:<12} {:<8} {:<22} {:<22} last heard",
+                "id", "role", "in sync", "data address", "RESP address"
+            );
+            for m in &v.members {
+                println!(
+                    "{:<4} {:<12} {:<8} {:<22} {:<22} {}",
+                    m.node_id,
+                    m.role.to_string(),
+                    if m.in_sync { "yes" } else { "no" },
+                    m.data_addr,
+                    m.resp_addr.as_deref().unwrap_or("-"),
+                    last_heard(m.last_status_ms).trim_start_matches("last heard "),
+                );
+            }
+            Ok(())
+        }
+        MemberCmd::Remove { id, .. } => {
+            let v = c.remove_member(id).map_err(|e| match e {
+                Error::Refused(why) => format!("cannot remove node {id}: {why}"),
+                e => e.to_string(),
+            })?;
+            println!(
+                "removed node {id}; members now {} (in sync {})",
+                dkv::types::fmt_ids(v.members.iter().map(|m| &m.node_id)),
+                dkv::types::fmt_ids(&v.isr)
+            );
+            Ok(())
+        }
     }
 }

@@ -49,6 +49,10 @@ pub enum ServerRequest {
     /// without its state, or a new machine at the same address) who it is
     /// and what it knows, so the server can rebuild its view safely.
     Rejoin(Box<RejoinReport>),
+    /// An operator removes a member that is neither the coordinator nor in
+    /// the in-sync set (`dkv-client member remove`); the id is refused from
+    /// then on. Answered with the new view.
+    RemoveMember { node_id: NodeId },
 }
 
 /// What a running node reports when it rejoins (see `ServerRequest::Rejoin`).
