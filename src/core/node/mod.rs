@@ -239,6 +239,9 @@ pub struct NodeCore {
     /// Grant requests and deferrals of the current election: the first is
     /// logged at info, the rest at debug.
     election_tries: u32,
+    /// Set while the answer to this node's grant request is adopted: only
+    /// that answer carries a lease (see `become_coordinator`).
+    grant_answer: bool,
     /// Server calls failing since this instant, and how many (for one
     /// warning per [`OUTAGE_WARN_EVERY`], not one per call).
     server_outage: Option<Outage>,
@@ -294,10 +297,16 @@ impl NodeCore {
             follow_failures: 0,
             election: Election::Idle,
             election_tries: 0,
+            grant_answer: false,
             server_outage: None,
         };
         let mut out = Vec::new();
+        // A registration that names this node coordinator founded the
+        // cluster: the server granted epoch 1 when it got the request sent
+        // at `registered_at`, as for a grant.
+        core.grant_answer = true;
         core.adopt_view(registered_at, view, registered_at, &mut out);
+        core.grant_answer = false;
         (core, out)
     }
 
@@ -571,6 +580,55 @@ mod tests {
             },
         );
         assert_eq!(out[0], Action::RemoveFromCommitSet(2));
+    }
+
+    #[test]
+    fn a_view_naming_this_node_coordinator_gives_no_lease_until_a_push_renews_one() {
+        let now = Instant::now();
+        let (mut core, _) = NodeCore::new(2, 1, &settings(), view(1, 1, &[1, 2], &[1, 2]), now);
+        // The grant's answer was lost; a later view call finds this node
+        // coordinator of epoch 2, granted at some earlier, unknown time.
+        let later = now + Duration::from_millis(300);
+        let out = core.handle(
+            later,
+            Input::ServerReply {
+                call: Call::View,
+                sent: later,
+                reply: Ok(ServerResponse::View(view(2, 2, &[2], &[1, 2]))),
+            },
+        );
+        assert_eq!(core.role(), Role::Coordinator);
+        let published: Vec<_> = out
+            .iter()
+            .filter_map(|a| match a {
+                Action::Publish(s) => Some(s.lease_until),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            published.iter().all(|l| l.is_none()),
+            "served on a lease the server may not have: {published:?}"
+        );
+        // It pushes its status at once; the answer renews a lease.
+        let out = core.handle(later, Input::Tick(LocalStatus::default()));
+        assert!(out.iter().any(|a| matches!(
+            a,
+            Action::CallServer {
+                call: Call::Status,
+                ..
+            }
+        )));
+        let out = core.handle(
+            later,
+            Input::ServerReply {
+                call: Call::Status,
+                sent: later,
+                reply: Ok(ServerResponse::Ok(view(2, 2, &[2], &[1, 2]))),
+            },
+        );
+        assert!(out
+            .iter()
+            .any(|a| matches!(a, Action::Publish(s) if s.lease_until.is_some_and(|t| t > later))));
     }
 
     #[test]

@@ -214,7 +214,9 @@ impl NodeCore {
             }
             (Call::Grant, Ok(ServerResponse::Ok(view))) => {
                 self.election = Election::Idle;
+                self.grant_answer = true;
                 self.adopt_view(now, view, sent, out);
+                self.grant_answer = false;
             }
             (Call::View, Ok(ServerResponse::View(view))) => self.adopt_view(now, view, sent, out),
             (Call::Grant, Ok(ServerResponse::Rejected { epoch, reason })) => {

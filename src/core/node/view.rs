@@ -114,7 +114,18 @@ impl NodeCore {
         self.connected.clear();
         self.coordinator_since = now;
         self.following = None;
-        self.lease_until = Some(sent + self.timing.lease);
+        // The server granted the lease when it got the grant request, after
+        // `sent`: counting from `sent` never outlasts the server's count. Any
+        // other answer naming this node coordinator (the grant's answer was
+        // lost and a view call found it; a server re-appointed it) comes
+        // after a grant made at an unknown earlier time, so it gives no
+        // lease: the first status push, sent at once, renews one.
+        self.lease_until = if self.grant_answer {
+            Some(sent + self.timing.lease)
+        } else {
+            self.next_server = now;
+            None
+        };
         self.push_failures = 0;
         self.next_beacon = now; // announce the new epoch at once
         log::info!(
