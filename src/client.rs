@@ -624,6 +624,19 @@ impl Client {
         }
     }
 
+    /// Moves the coordinator role, on purpose and without stopping anything,
+    /// to `to` or (`None`) the most up-to-date in-sync replica: a planned
+    /// handoff. The coordinator holds new writes, lets those under way
+    /// commit, waits for the target to hold them all, and asks the server to
+    /// grant the target the next epoch; held writes are then redirected.
+    /// Gives the view after it.
+    pub fn failover(&mut self, to: Option<crate::types::NodeId>) -> Result<ClusterView> {
+        match self.request(Request::Handoff { to }, false)? {
+            Response::Reply(Value::Ok) => self.cluster_view(),
+            other => Err(unexpected(&other, "the coordinator")),
+        }
+    }
+
     /// Removes member `node_id` (neither the coordinator nor in sync) from
     /// the cluster; its id is refused from then on. The new view.
     pub fn remove_member(&self, node_id: crate::types::NodeId) -> Result<ClusterView> {
@@ -870,7 +883,9 @@ impl Client {
 
     fn request(&mut self, req: Request, idempotent: bool) -> Result<Response> {
         let deadline = Instant::now() + self.opts.op_timeout;
-        let mut backoff = Duration::from_millis(10);
+        // Short at first: after a planned handoff the new coordinator serves
+        // within milliseconds; doubling keeps a long failover cheap.
+        let mut backoff = Duration::from_millis(2);
         let mut redirect: Option<String> = None;
         let mut last_err: Error;
         loop {

@@ -299,6 +299,7 @@ impl ServerCore {
             ServerRequest::Auth { .. } => (ServerResponse::Authenticated, false),
             ServerRequest::Rejoin(report) => self.rejoin(now, *report),
             ServerRequest::RemoveMember { node_id } => self.remove_member(now, node_id),
+            ServerRequest::Handoff { from, epoch, to } => self.handoff(now, from, epoch, to),
         }
     }
 
@@ -1001,6 +1002,50 @@ impl ServerCore {
                 ));
             }
         }
+        self.grant_epoch(now, candidate, epoch, last)
+    }
+
+    /// The coordinator of `epoch` resigns in favour of `to` (a planned
+    /// handoff). Safe without waiting for the lease: only the lease holder
+    /// itself can ask, and it stopped serving before it asked (a resigning
+    /// coordinator drops its lease first, see `core::node`), so the lease
+    /// protects nobody. Everything else is as for a grant: `to` must be in
+    /// the recorded in-sync set, the epoch goes up by exactly one, and the
+    /// old coordinator leaves the in-sync set.
+    fn handoff(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        epoch: Epoch,
+        to: NodeId,
+    ) -> (ServerResponse, bool) {
+        if let Err(rej) = self.is_current_coordinator(from, epoch) {
+            return (rej, false);
+        }
+        if to == from || !self.view.isr.contains(&to) {
+            return (
+                ServerResponse::Rejected {
+                    epoch: self.view.epoch,
+                    reason: format!(
+                        "node {to} cannot take over: it is not another member of the in-sync set {}",
+                        fmt_ids(&self.view.isr)
+                    ),
+                },
+                false,
+            );
+        }
+        let last = self.reports.get(&to).map(|r| r.applied).unwrap_or_default();
+        self.grant_epoch(now, to, epoch, last)
+    }
+
+    /// Grants `epoch + 1` to `candidate` (checked by the caller).
+    fn grant_epoch(
+        &mut self,
+        now: Instant,
+        candidate: NodeId,
+        epoch: Epoch,
+        last: LogPos,
+    ) -> (ServerResponse, bool) {
         let old = self.view.coordinator;
         let granted = epoch + 1;
         // Kept by the refusals above: a grant is exactly the recorded epoch

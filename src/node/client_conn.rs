@@ -14,7 +14,7 @@ use crate::wire::{self, ErrorKind, NodeStatus, Request, Response, WireError};
 use std::collections::VecDeque;
 use std::io::BufReader;
 use std::net::TcpStream;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// A reply not yet written: known, or a write waiting for its commit.
 enum Reply {
@@ -212,6 +212,25 @@ fn refuse(
 fn handle(sh: &Shared, req: Request) -> Reply {
     if req == Request::Status {
         return Reply::Now(Response::Status(status(sh)));
+    }
+    if let Request::Handoff { to } = req {
+        let serving = sh.serving.read().clone();
+        if serving.role != crate::types::Role::Coordinator {
+            return Reply::Now(Response::NotCoordinator {
+                epoch: serving.epoch,
+                coordinator: serving.coordinator_addr,
+            });
+        }
+        return Reply::Now(if sh.hand_over(to, Duration::from_secs(4)) {
+            Response::Reply(crate::commands::Value::Ok)
+        } else {
+            Response::Error {
+                kind: ErrorKind::BadRequest,
+                message: "the coordinator could not hand over (no live in-sync replica caught up, \
+                          or the server refused: see its log); it keeps the role"
+                    .into(),
+            }
+        });
     }
     let serving = sh.serving.read().clone();
     let parts = DataPath {

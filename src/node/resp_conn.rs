@@ -326,7 +326,9 @@ impl Conn<'_> {
             Request::Put { key, value } => c.put(&key, &value).map(|()| Reply::ok()),
             Request::Delete { key } => c.delete(&key).map(|e| Reply::Int(e as i64)),
             Request::Command(cmd) => c.command(cmd).map(|v| resp_data::to_reply(v, shape)),
-            Request::Status | Request::Auth { .. } => Ok(Reply::err("ERR not a data request")),
+            Request::Status | Request::Auth { .. } | Request::Handoff { .. } => {
+                Ok(Reply::err("ERR not a data request"))
+            }
         };
         res.unwrap_or_else(|e| client_error(&e))
     }

@@ -26,6 +26,12 @@ pub enum Request {
     /// Any other data command (expiry, conditional and atomic writes,
     /// transactions, scans); answered with [`Response::Reply`].
     Command(crate::commands::Command),
+    /// Hand the coordinator role to `to` (or the best in-sync replica): a
+    /// planned handoff (`dkv-client failover`). Answered once this node no
+    /// longer coordinates (`Reply(Ok)`), or with why it could not.
+    Handoff {
+        to: Option<NodeId>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -40,6 +40,7 @@ use crate::wire::{MAGIC, PROTOCOL_VERSION};
 
 mod detector;
 mod election;
+mod handoff;
 mod isr;
 mod status;
 mod view;
@@ -91,6 +92,8 @@ pub enum Call {
     /// Tell a server that does not know this node who it is (it restarted
     /// without its state).
     Rejoin,
+    /// Hand the coordinator role to an in-sync replica (see `handoff.rs`).
+    Handoff,
 }
 
 impl std::fmt::Display for Call {
@@ -101,6 +104,7 @@ impl std::fmt::Display for Call {
             Call::SetIsr => "in-sync set change",
             Call::Grant => "grant request",
             Call::Rejoin => "rejoin",
+            Call::Handoff => "handoff request",
         })
     }
 }
@@ -134,6 +138,14 @@ pub enum Input {
         refused: bool,
         expected: bool,
     },
+    /// Hand the coordinator role over (to `to`, or the best in-sync
+    /// replica): SIGTERM, `dkv-client failover`.
+    Handoff {
+        to: Option<NodeId>,
+    },
+    /// The data path held new writes and saw the ones appended committed
+    /// and the handoff's target holding them all (`true`), or gave up.
+    HandoffReady(bool),
 }
 
 /// What the data path may do, published after every role change.
@@ -182,6 +194,15 @@ pub enum Action {
     RemoveFromCommitSet(NodeId),
     SetRequired(usize),
     Publish(Serving),
+    /// `target: Some`: make new writes wait, and report
+    /// [`Input::HandoffReady`] once every appended write is committed and
+    /// `target` holds them all. `target: None`: let the held writes go; they
+    /// are answered "not the coordinator, try `successor`" if this node no
+    /// longer coordinates.
+    HoldWrites {
+        target: Option<NodeId>,
+        successor: Option<String>,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -235,6 +256,11 @@ pub struct NodeCore {
     following: Option<(NodeId, Epoch)>,
     follow_retry_at: Option<Instant>,
     follow_failures: u32,
+    /// Streams refused in a row as "expected" (the new coordinator did not
+    /// know it was one yet) since the coordinator last changed: they are
+    /// retried quickly at first, so a handoff's replicas follow within
+    /// milliseconds.
+    follow_refusals: u32,
     election: Election,
     /// Grant requests and deferrals of the current election: the first is
     /// logged at info, the rest at debug.
@@ -242,6 +268,8 @@ pub struct NodeCore {
     /// Set while the answer to this node's grant request is adopted: only
     /// that answer carries a lease (see `become_coordinator`).
     grant_answer: bool,
+    /// The in-sync replica this coordinator is handing its role to.
+    handoff: Option<NodeId>,
     /// Server calls failing since this instant, and how many (for one
     /// warning per [`OUTAGE_WARN_EVERY`], not one per call).
     server_outage: Option<Outage>,
@@ -295,9 +323,11 @@ impl NodeCore {
             following: None,
             follow_retry_at: None,
             follow_failures: 0,
+            follow_refusals: 0,
             election: Election::Idle,
             election_tries: 0,
             grant_answer: false,
+            handoff: None,
             server_outage: None,
         };
         let mut out = Vec::new();
@@ -361,6 +391,8 @@ impl NodeCore {
                 refused,
                 expected,
             } => self.follow_lost(now, reason, refused, expected, &mut out),
+            Input::Handoff { to } => self.start_handoff(now, to, &mut out),
+            Input::HandoffReady(ready) => self.handoff_ready(ready, &mut out),
         }
         out
     }

@@ -160,6 +160,7 @@ impl NodeCore {
             self.election = Election::Idle;
         }
         if epoch_changed {
+            self.follow_refusals = 0;
             // A new coordinator: give it a grace period before suspicion.
             if let Some(p) = coordinator.and_then(|c| self.peers.get_mut(&c)) {
                 p.last_heard = now;
@@ -232,6 +233,14 @@ impl NodeCore {
             log::debug!("node {}: replication stream lost: {reason}", self.id);
         }
         self.follow_failures += 1;
+        let retry = if expected {
+            // 2, 4, 8 ... ms, up to follow-retry.
+            let quick = std::time::Duration::from_millis(2 << self.follow_refusals.min(10));
+            self.follow_refusals += 1;
+            quick.min(self.timing.follow_retry)
+        } else {
+            self.timing.follow_retry
+        };
         if refused {
             // Nobody listens on the coordinator's port: its process is gone.
             if let Some((c, _)) = self.following {
@@ -241,7 +250,7 @@ impl NodeCore {
             }
         }
         self.following = None;
-        self.follow_retry_at = Some(now + self.timing.follow_retry);
+        self.follow_retry_at = Some(now + retry);
         self.election_tick(now, out);
     }
 
