@@ -637,6 +637,40 @@ impl Client {
         }
     }
 
+    /// Asks the coordinator at `addr` directly (no server involved) to hand
+    /// its role over, as [`Client::failover`] does; the server's `SENTINEL
+    /// FAILOVER` uses it. `opts.password` authenticates to the node.
+    pub fn hand_over_at(
+        addr: &str,
+        to: Option<crate::types::NodeId>,
+        opts: ClientOptions,
+    ) -> Result<()> {
+        let c = Client {
+            servers: Arc::new(ServerList::parse(addr).map_err(|e| Error::Config(e.to_string()))?),
+            opts,
+            conn: None,
+        };
+        let deadline = Instant::now() + c.opts.op_timeout;
+        let start = Instant::now();
+        let (s, mut set) = c.connect_node(addr, deadline)?;
+        let mut io = Bounded::new(&s, deadline, &mut set);
+        let reply = wire::write_frame(&mut io, &Request::Handoff { to })
+            .map_err(WireError::from)
+            .and_then(|()| wire::read_frame::<_, Response>(&mut io, 64 * 1024));
+        match reply {
+            Ok(Response::Reply(Value::Ok)) => Ok(()),
+            Ok(Response::Error { kind, message }) => Err(Error::from_reply(kind, message)),
+            Ok(Response::NotCoordinator { .. }) => {
+                Err(Error::Unavailable(format!("{addr} is not the coordinator")))
+            }
+            Ok(other) => Err(unexpected(&other, addr)),
+            Err(e) => Err(Error::Indeterminate(format!(
+                "the node at {addr} {}",
+                wire_clause(&e, start.elapsed())
+            ))),
+        }
+    }
+
     /// Removes member `node_id` (neither the coordinator nor in sync) from
     /// the cluster; its id is refused from then on. The new view.
     pub fn remove_member(&self, node_id: crate::types::NodeId) -> Result<ClusterView> {

@@ -82,3 +82,29 @@ fn sigterm_to_the_coordinator_hands_over_and_it_exits_0() {
     let log_text = c.nodes[old].log_text();
     assert!(log_text.contains("handed over to node"), "{log_text}");
 }
+
+#[test]
+fn sentinel_failover_hands_the_role_over() {
+    if !skip::require_tool("redis-cli", "apt-get install redis-tools") {
+        return;
+    }
+    let c = Cluster::start("sentinel-failover", 3, json!({}));
+    c.wait_for_isr(3);
+    let (host, port) = c.server.resp_addr.rsplit_once(':').unwrap();
+    let cli = |args: &[&str]| {
+        let out = Command::new("redis-cli")
+            .args(["-h", host, "-p", port])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let before = c.view();
+    let master = cli(&["SENTINEL", "get-master-addr-by-name", "dkv"]);
+    assert_eq!(cli(&["SENTINEL", "FAILOVER", "dkv"]).trim(), "OK");
+    let after = c.view();
+    assert_eq!(after.epoch, before.epoch + 1);
+    assert_ne!(after.coordinator, before.coordinator);
+    assert_ne!(cli(&["SENTINEL", "get-master-addr-by-name", "dkv"]), master);
+    assert!(cli(&["SENTINEL", "FAILOVER", "other"]).contains("No such master"));
+}
