@@ -1228,4 +1228,88 @@ mod tests {
         let rest = split_chunk(&mut v);
         assert_eq!((v.len(), rest.len()), (1, 1));
     }
+
+    /// The coordinator's stream, with writes applied between every two
+    /// frames, replays to exactly the store at the end position: the
+    /// consistency argument, run.
+    #[test]
+    fn the_stream_replayed_over_the_fuzzy_copy_is_the_store_at_its_end() {
+        let store = Store::new();
+        let log = ReplLog::new(1_000_000, false);
+        log.become_leader(1, 1, &[1], 1);
+        let write = |i: u64| {
+            let op = match i % 5 {
+                0 => Op::Delete {
+                    key: format!("k{}", i % 700).into_bytes(),
+                },
+                1 => Op::Batch(vec![
+                    Op::put(format!("k{}", i % 300).into_bytes(), b"b".to_vec(), Some(i)),
+                    Op::put(format!("n{i}").into_bytes(), b"n".to_vec(), None),
+                ]),
+                _ => Op::put(
+                    format!("k{}", i % 1000).into_bytes(),
+                    i.to_le_bytes().to_vec(),
+                    None,
+                ),
+            };
+            log.append_leader(op).unwrap();
+            let _g = log.apply_guard();
+            log.apply_committed(&store, 1000);
+        };
+        for i in 0..3000 {
+            write(i);
+        }
+        let mut feed = Feed::new(&store, &log);
+        let mut copy: HashMap<Vec<u8>, Pair> = HashMap::new();
+        let mut overlay = Overlay::default();
+        let mut i = 3000;
+        let (mut next, mut end) = (0, None);
+        while let Some(f) = feed.next_frame().unwrap() {
+            match f {
+                Response::BackupBegin { start, .. } => next = start.index + 1,
+                Response::BackupPairs(ps) => {
+                    for p in ps {
+                        assert!(copy.insert(p.key.clone(), p).is_none(), "a key twice");
+                    }
+                }
+                Response::BackupEntries(es) => {
+                    for e in es {
+                        assert_eq!(e.pos.index, next);
+                        next += 1;
+                        overlay.apply(&e.op);
+                    }
+                }
+                Response::BackupEnd {
+                    end: e,
+                    digest,
+                    keys,
+                } => {
+                    assert_eq!(e.index + 1, next);
+                    end = Some((digest, keys));
+                }
+                other => panic!("{other:?}"),
+            }
+            for _ in 0..7 {
+                write(i);
+                i += 1;
+            }
+        }
+        let (digest, keys) = end.expect("an end frame");
+        let mut merged: Vec<(Vec<u8>, Vec<u8>, Option<u64>)> = copy
+            .into_values()
+            .filter(|p| !overlay.keys.contains_key(&p.key))
+            .map(|p| (p.key, p.value, p.expires_at))
+            .collect();
+        merged.extend(
+            overlay
+                .keys
+                .into_iter()
+                .filter_map(|(k, v)| v.map(|(v, t)| (k, v, t))),
+        );
+        let got = merged
+            .iter()
+            .fold(0u64, |d, (k, v, t)| d.wrapping_add(item_hash(k, v, *t)));
+        assert_eq!((got, merged.len() as u64), (digest, keys));
+        assert!(i > 3100, "writes went on during the stream");
+    }
 }
