@@ -499,6 +499,59 @@ impl Client {
         }
     }
 
+    /// Sends `req`, a request answered by a stream of frames (a backup), to
+    /// the coordinator (following a redirect, as any request) and hands
+    /// every frame to `each` until it returns `Ok(false)`. Each frame is at
+    /// most `frame_limit` bytes and must arrive within the io timeout;
+    /// reading is the stream's back-pressure. The connection is closed
+    /// afterwards.
+    pub fn stream(
+        &mut self,
+        req: &Request,
+        frame_limit: usize,
+        mut each: impl FnMut(Response) -> Result<bool>,
+    ) -> Result<()> {
+        let deadline = self.deadline();
+        let mut redirect: Option<String> = None;
+        loop {
+            self.connect_coordinator(&mut redirect, deadline)?;
+            let c = self.conn.take().expect("connected");
+            let addr = c.addr.clone();
+            let lost = |e: WireError, what: &str| {
+                Error::Unavailable(format!("the coordinator at {addr} {what}: {e}"))
+            };
+            let _ = c.stream.set_read_timeout(Some(self.opts.io_timeout));
+            let _ = c.stream.set_write_timeout(Some(self.opts.io_timeout));
+            wire::write_frame(&mut &c.stream, req)
+                .map_err(|e| lost(e.into(), "could not be sent the request"))?;
+            let mut first = true;
+            loop {
+                let r: Response = wire::read_frame(&mut &c.stream, frame_limit)
+                    .map_err(|e| lost(e, "stopped the stream"))?;
+                match r {
+                    Response::NotCoordinator { coordinator, .. } if first => {
+                        redirect = coordinator.filter(|a| *a != addr);
+                        if Instant::now() >= deadline {
+                            return Err(Error::Unavailable(format!(
+                                "{addr} is not the coordinator, and no coordinator \
+                                 answered within {} ms",
+                                self.opts.op_timeout.as_millis()
+                            )));
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
+                        break;
+                    }
+                    r => {
+                        first = false;
+                        if !each(r)? {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// [`Client::command`], with a command error as [`Error::Refused`].
     fn command_ok(&mut self, cmd: Command) -> Result<Value> {
         match self.command(cmd)? {
@@ -1018,6 +1071,10 @@ fn unexpected(r: &Response, addr: &str) -> Error {
         Response::Error { .. } => "an error",
         Response::Authenticated => "a password confirmation",
         Response::Reply(_) => "a command reply",
+        Response::BackupBegin { .. }
+        | Response::BackupPairs(_)
+        | Response::BackupEntries(_)
+        | Response::BackupEnd { .. } => "a backup frame",
     };
     Error::Protocol(format!(
         "{addr} answered with {name}, which does not fit the request (is it a DKV node of this version?)"

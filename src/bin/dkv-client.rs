@@ -19,6 +19,27 @@ stderr); 2 usage error; 3 the server could not be used (unreachable, or not a DK
 server). With --json, stdout holds one JSON document in every case: the status (with \
 \"healthy\" and \"problems\"), or {\"error\": \"...\"}.";
 
+const BACKUP_HELP: &str = "Exit codes: 0 written; 2 usage error; 3 the cluster could not \
+be used or ended the stream (no coordinator, a failover, the backup fell behind the \
+retained log, the file could not be written): nothing is left at FILE, run it again.";
+
+const RESTORE_HELP: &str = "The whole file is verified before anything is written. \
+Without --force the cluster must hold no keys. With --force the file's keys overwrite \
+the cluster's and the cluster's other keys stay (to replace everything, FLUSHALL \
+first). Keys whose deadline has passed are skipped. Exit codes: 0 restored (and, into \
+an empty cluster, the cluster's digest equals the backup's); 1 restored but the \
+digests differ (another client wrote meanwhile, or keys expired); 2 usage error; 3 the \
+cluster could not be used, refused a batch, or holds keys (no --force); 4 a batch's \
+outcome is unknown (restore again with --force: batches are idempotent overwrites); \
+5 the file is corrupt, truncated or not a backup (nothing was written).";
+
+const VERIFY_HELP: &str = "Exit codes: 0 the file is whole and its digest matches; 3 \
+the file could not be read; 5 the file is corrupt, truncated or not a backup (the \
+offset and the problem on stderr).";
+
+/// Exit code of backup, restore and verify for a bad backup file.
+const BAD_FILE: u8 = 5;
+
 /// DKV test and operations client.
 #[derive(Parser)]
 #[command(name = "dkv-client", version)]
@@ -132,6 +153,42 @@ enum Cmd {
         #[arg(long)]
         fill: bool,
     },
+    /// Write a consistent backup of the whole cluster to FILE while writes go
+    /// on: every key with its value and deadline exactly as of one committed
+    /// log position, with that position, the key count and the digest.
+    #[command(after_help = BACKUP_HELP)]
+    Backup {
+        /// The server's HOST:PORT, or a comma-separated list of servers.
+        server: String,
+        /// The backup file (written as FILE.partial, then renamed).
+        file: std::path::PathBuf,
+        /// No progress output.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Load a backup FILE into an empty cluster through the replicated write
+    /// path (every replica gets it); the file is verified first.
+    #[command(after_help = RESTORE_HELP)]
+    Restore {
+        /// The server's HOST:PORT, or a comma-separated list of servers.
+        server: String,
+        /// The backup file.
+        file: std::path::PathBuf,
+        /// Restore into a cluster that holds keys: the file's keys overwrite
+        /// the cluster's, every other key stays (nothing is flushed).
+        #[arg(long)]
+        force: bool,
+        /// No progress output.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Check a backup FILE (records, checksums, key count, digest) and print
+    /// its position, keys and bytes.
+    #[command(after_help = VERIFY_HELP)]
+    Verify {
+        /// The backup file.
+        file: std::path::PathBuf,
+    },
     /// Print the cluster view: epoch, coordinator, and every member's role,
     /// in-sync flag, log position and digest (asked from each node directly).
     #[command(after_help = STATUS_HELP)]
@@ -212,6 +269,24 @@ fn main() -> ExitCode {
             Ok(list) => demo(list, options(&pw, timeout, 5000), keys, &prefix),
             Err(e) => return usage(&e),
         },
+        Cmd::Backup {
+            server,
+            file,
+            quiet,
+        } => match server_list(&server) {
+            Ok(list) => return backup(list, options(&pw, timeout, 30_000), &file, quiet),
+            Err(e) => return usage(&e),
+        },
+        Cmd::Restore {
+            server,
+            file,
+            force,
+            quiet,
+        } => match server_list(&server) {
+            Ok(list) => return restore(list, options(&pw, timeout, 30_000), &file, force, quiet),
+            Err(e) => return usage(&e),
+        },
+        Cmd::Verify { file } => return verify(&file),
         Cmd::Status { server, json } => return status(&server, options(&pw, timeout, 5000), json),
         Cmd::Bench {
             server,
@@ -306,6 +381,116 @@ fn main() -> ExitCode {
                 _ => exit::FAILED,
             })
         }
+    }
+}
+
+/// The exit code and sentence for a failed backup, restore or verify.
+fn backup_failed(e: &dkv::backup::BackupError) -> ExitCode {
+    use dkv::backup::BackupError;
+    eprintln!("dkv-client: {e}");
+    ExitCode::from(match e {
+        BackupError::BadFile(_) => BAD_FILE,
+        BackupError::Cluster(Error::Indeterminate(_)) => exit::UNKNOWN,
+        BackupError::Cluster(Error::Config(_)) => exit::USAGE,
+        _ => exit::FAILED,
+    })
+}
+
+fn backup(
+    server: Arc<ServerList>,
+    opts: dkv::ClientOptions,
+    file: &std::path::Path,
+    quiet: bool,
+) -> ExitCode {
+    let start = Instant::now();
+    let res = Client::with_servers(server, opts)
+        .map_err(dkv::backup::BackupError::from)
+        .and_then(|mut c| dkv::backup::take(&mut c, file, quiet));
+    match res {
+        Ok(t) => {
+            println!(
+                "backup {}: position {}, {} keys, {} bytes, digest {:#018x} \
+                 (copied from {} and repaired with {} log entries) in {:.2} s",
+                file.display(),
+                t.info.position,
+                t.info.keys,
+                t.info.bytes,
+                t.info.digest,
+                t.start,
+                t.entries,
+                start.elapsed().as_secs_f64()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => backup_failed(&e),
+    }
+}
+
+fn restore(
+    server: Arc<ServerList>,
+    opts: dkv::ClientOptions,
+    file: &std::path::Path,
+    force: bool,
+    quiet: bool,
+) -> ExitCode {
+    let start = Instant::now();
+    let res = Client::with_servers(server, opts)
+        .map_err(dkv::backup::BackupError::from)
+        .and_then(|mut c| dkv::backup::restore(&mut c, file, force, quiet));
+    let r = match res {
+        Ok(r) => r,
+        Err(e) => return backup_failed(&e),
+    };
+    println!(
+        "restored {}: {} keys written in {} batches, {} skipped (deadline passed), from \
+         position {} in {:.2} s",
+        file.display(),
+        r.written,
+        r.batches,
+        r.skipped_expired,
+        r.info.position,
+        start.elapsed().as_secs_f64()
+    );
+    if !r.was_empty {
+        println!("digest not compared: the cluster held keys before the restore (--force)");
+        return ExitCode::SUCCESS;
+    }
+    let what = if r.skipped_expired == 0 {
+        "the backup's digest"
+    } else {
+        "the digest of the keys written"
+    };
+    if r.cluster_digest == r.expected_digest && r.cluster_keys == r.written {
+        println!(
+            "cluster digest {:#018x} with {} keys equals {what}",
+            r.cluster_digest, r.cluster_keys
+        );
+        ExitCode::SUCCESS
+    } else {
+        eprintln!(
+            "dkv-client: the cluster's digest {:#018x} with {} keys differs from {what} \
+             {:#018x} with {} keys (another client wrote, or keys expired, during the restore)",
+            r.cluster_digest, r.cluster_keys, r.expected_digest, r.written
+        );
+        ExitCode::from(exit::DEGRADED)
+    }
+}
+
+fn verify(file: &std::path::Path) -> ExitCode {
+    match dkv::backup::read(file, |_| Ok(())) {
+        Ok(i) => {
+            println!(
+                "{}: OK: position {}, {} keys, {} bytes ({} of keys and values), digest {:#018x}",
+                file.display(),
+                i.position,
+                i.keys,
+                i.bytes,
+                i.data_bytes,
+                i.digest
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => backup_failed(&e),
     }
 }
 

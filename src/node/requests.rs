@@ -129,7 +129,7 @@ impl DataPath<'_> {
                 .command(Command::Del { keys: vec![key] }, now, now_ms)
                 .map(|v| Response::Deleted(v == Value::Int(1))),
             Request::Command(cmd) => self.command(cmd, now, now_ms),
-            Request::Status | Request::Auth { .. } | Request::Handoff { .. } => {
+            Request::Status | Request::Auth { .. } | Request::Handoff { .. } | Request::Backup => {
                 Begun::Done(error(ErrorKind::BadRequest, "not a data request"))
             }
         }
