@@ -31,9 +31,4 @@ for r in $(seq 1 "$RUNS"); do
   cleanup
 done
 trap - EXIT
-printf '%s\n' "${gaps[@]}" | sort -n | awk '
-  { v[NR] = $1 }
-  END {
-    med = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
-    printf "failover over %d runs (kill -9 to first acknowledged write): median %.1f ms, max %.1f ms, min %.1f ms\n", NR, med, v[NR], v[1]
-  }'
+echo "failover over ${#gaps[@]} runs (kill -9 to first acknowledged write): $(printf '%s\n' "${gaps[@]}" | median_max_min)"

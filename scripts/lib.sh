@@ -70,6 +70,16 @@ status_json() {
   rm -f "$err"
   [ "$rc" -le 1 ]
 }
+# Reads numbers (ms), one per line; prints "median M ms, max X ms, min N ms".
+median_max_min() {
+  sort -n | awk '
+    { v[NR] = $1 }
+    END {
+      med = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+      printf "median %.1f ms, max %.1f ms, min %.1f ms\n", med, v[NR], v[1]
+    }'
+}
+
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 
 # explain_probe FILE [WHY]: prints `dkv-client probe`'s summary line, then,

@@ -68,10 +68,5 @@ for r in $(seq 1 "$RUNS"); do
   cleanup
 done
 trap - EXIT
-printf '%s\n' "${gaps[@]}" | sort -n | awk '
-  { v[NR] = $1 }
-  END {
-    med = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
-    printf "rolling restart of 3 nodes over %d runs: longest write gap median %.1f ms, max %.1f ms\n", NR, med, v[NR]
-  }'
+echo "rolling restart of 3 nodes over ${#gaps[@]} runs, longest write gap: $(printf '%s\n' "${gaps[@]}" | median_max_min)"
 exit "$bad"

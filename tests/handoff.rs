@@ -11,17 +11,12 @@ use serde_json::json;
 use std::process::Command;
 
 fn failover(server: &str, extra: &[&str]) -> String {
-    let out = Command::new(CLIENT_BIN)
-        .args(["failover", server])
-        .args(extra)
-        .output()
-        .expect("dkv-client");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let (ok, text) = run_output(
+        Command::new(CLIENT_BIN)
+            .args(["failover", server])
+            .args(extra),
     );
-    assert!(out.status.success(), "dkv-client failover: {text}");
+    assert!(ok, "dkv-client failover: {text}");
     text
 }
 

@@ -10,16 +10,7 @@ use serde_json::json;
 use std::process::Command;
 
 fn dkv_client(args: &[&str]) -> (bool, String) {
-    let out = Command::new(CLIENT_BIN)
-        .args(args)
-        .output()
-        .expect("dkv-client");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    run_output(Command::new(CLIENT_BIN).args(args))
 }
 
 #[test]

@@ -366,17 +366,7 @@ fn sentinel_speaks_resp3_and_publishes_switch_master_on_a_failover() {
 
 fn run_py(script: &str, args: &[&str]) -> (bool, String) {
     let path = format!("{}/tests/py/{script}", env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new("python3")
-        .arg(path)
-        .args(args)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    run_output(Command::new("python3").arg(path).args(args))
 }
 
 #[test]
