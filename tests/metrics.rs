@@ -237,6 +237,33 @@ fn nodes_and_server_serve_prometheus_metrics() {
     assert!(s.value("dkv_server_requests_total", &[("kind", "status")]) >= 1.0);
     assert!(s.get("dkv_server_sentinel_connections", &[]).is_some());
 
+    // promtool's linter (names, units, HELP), where Prometheus is installed.
+    if common::skip::have_tool("promtool") {
+        for addr in [&c.nodes[coord].metrics_addr, &c.server.metrics_addr] {
+            let (_, body) = scrape(addr, None);
+            let mut child = Command::new("promtool")
+                .args(["check", "metrics"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(body.as_bytes())
+                .unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "promtool check metrics: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
     // The OpenMetrics rendering, for scrapers that ask for it, passes the
     // stricter parser.
     for addr in [&c.nodes[coord].metrics_addr, &c.server.metrics_addr] {

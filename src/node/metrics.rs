@@ -218,6 +218,11 @@ impl Collector for NodeCollector {
             metrics::get(&m.members),
         )?;
         o.gauge(
+            "dkv_min_in_sync",
+            "The min-in-sync setting: fewer in-sync nodes than this and writes are refused.",
+            sh.settings.min_in_sync,
+        )?;
+        o.gauge(
             "dkv_commit_set_size",
             "Coordinator only: members whose acknowledgement a commit waits for (itself included); 0 elsewhere.",
             sh.log.commit_set().len(),
