@@ -18,7 +18,7 @@ ifeq ($(SERVER),)
 SERVER  := 127.0.0.1:12345
 endif
 
-.PHONY: fetch build run-server run-node run-client demo demo-ha ha-bench test clean failover-bench soak durability-bench sim chaos bench-compare bench fuzz
+.PHONY: rolling-restart fetch build run-server run-node run-client demo demo-ha ha-bench test clean failover-bench soak durability-bench sim chaos bench-compare bench fuzz
 
 build: fetch
 	$(CARGO) build --release --bins
@@ -86,6 +86,11 @@ clean:
 # Failover time over RUNS kill -9 runs with default settings.
 failover-bench: build
 	RUNS=$(or $(RUNS),10) bash scripts/failover-bench.sh
+
+# Every node restarted in turn (SIGTERM, restart on its data directory) under
+# a write loop, RUNS times; fails on a write lost, failed or of unknown outcome.
+rolling-restart: build
+	RUNS=$(or $(RUNS),3) bash scripts/rolling-restart.sh
 
 # Saturating write load; fails on a false failover. DURATION in s, CLIENTS writers.
 soak: build

@@ -499,6 +499,59 @@ impl Client {
         }
     }
 
+    /// Sends `req`, a request answered by a stream of frames (a backup), to
+    /// the coordinator (following a redirect, as any request) and hands
+    /// every frame to `each` until it returns `Ok(false)`. Each frame is at
+    /// most `frame_limit` bytes and must arrive within the io timeout;
+    /// reading is the stream's back-pressure. The connection is closed
+    /// afterwards.
+    pub fn stream(
+        &mut self,
+        req: &Request,
+        frame_limit: usize,
+        mut each: impl FnMut(Response) -> Result<bool>,
+    ) -> Result<()> {
+        let deadline = self.deadline();
+        let mut redirect: Option<String> = None;
+        loop {
+            self.connect_coordinator(&mut redirect, deadline)?;
+            let c = self.conn.take().expect("connected");
+            let addr = c.addr.clone();
+            let lost = |e: WireError, what: &str| {
+                Error::Unavailable(format!("the coordinator at {addr} {what}: {e}"))
+            };
+            let _ = c.stream.set_read_timeout(Some(self.opts.io_timeout));
+            let _ = c.stream.set_write_timeout(Some(self.opts.io_timeout));
+            wire::write_frame(&mut &c.stream, req)
+                .map_err(|e| lost(e.into(), "could not be sent the request"))?;
+            let mut first = true;
+            loop {
+                let r: Response = wire::read_frame(&mut &c.stream, frame_limit)
+                    .map_err(|e| lost(e, "stopped the stream"))?;
+                match r {
+                    Response::NotCoordinator { coordinator, .. } if first => {
+                        redirect = coordinator.filter(|a| *a != addr);
+                        if Instant::now() >= deadline {
+                            return Err(Error::Unavailable(format!(
+                                "{addr} is not the coordinator, and no coordinator \
+                                 answered within {} ms",
+                                self.opts.op_timeout.as_millis()
+                            )));
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
+                        break;
+                    }
+                    r => {
+                        first = false;
+                        if !each(r)? {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// [`Client::command`], with a command error as [`Error::Refused`].
     fn command_ok(&mut self, cmd: Command) -> Result<Value> {
         match self.command(cmd)? {
@@ -621,6 +674,66 @@ impl Client {
         match self.server_call(&ServerRequest::View, deadline)? {
             ServerResponse::View(v) => Ok(v),
             other => Err(unexpected_server(&other, "a view request")),
+        }
+    }
+
+    /// Moves the coordinator role, on purpose and without stopping anything,
+    /// to `to` or (`None`) the most up-to-date in-sync replica: a planned
+    /// handoff. The coordinator holds new writes, lets those under way
+    /// commit, waits for the target to hold them all, and asks the server to
+    /// grant the target the next epoch; held writes are then redirected.
+    /// Gives the view after it.
+    pub fn failover(&mut self, to: Option<crate::types::NodeId>) -> Result<ClusterView> {
+        match self.request(Request::Handoff { to }, false)? {
+            Response::Reply(Value::Ok) => self.cluster_view(),
+            other => Err(unexpected(&other, "the coordinator")),
+        }
+    }
+
+    /// Asks the coordinator at `addr` directly (no server involved) to hand
+    /// its role over, as [`Client::failover`] does; the server's `SENTINEL
+    /// FAILOVER` uses it. `opts.password` authenticates to the node.
+    pub fn hand_over_at(
+        addr: &str,
+        to: Option<crate::types::NodeId>,
+        opts: ClientOptions,
+    ) -> Result<()> {
+        let c = Client {
+            servers: Arc::new(ServerList::parse(addr).map_err(|e| Error::Config(e.to_string()))?),
+            opts,
+            conn: None,
+        };
+        let deadline = Instant::now() + c.opts.op_timeout;
+        let start = Instant::now();
+        let (s, mut set) = c.connect_node(addr, deadline)?;
+        let mut io = Bounded::new(&s, deadline, &mut set);
+        let reply = wire::write_frame(&mut io, &Request::Handoff { to })
+            .map_err(WireError::from)
+            .and_then(|()| wire::read_frame::<_, Response>(&mut io, 64 * 1024));
+        match reply {
+            Ok(Response::Reply(Value::Ok)) => Ok(()),
+            Ok(Response::Error { kind, message }) => Err(Error::from_reply(kind, message)),
+            Ok(Response::NotCoordinator { .. }) => {
+                Err(Error::Unavailable(format!("{addr} is not the coordinator")))
+            }
+            Ok(other) => Err(unexpected(&other, addr)),
+            Err(e) => Err(Error::Indeterminate(format!(
+                "the node at {addr} {}",
+                wire_clause(&e, start.elapsed())
+            ))),
+        }
+    }
+
+    /// Removes member `node_id` (neither the coordinator nor in sync) from
+    /// the cluster; its id is refused from then on. The new view.
+    pub fn remove_member(&self, node_id: crate::types::NodeId) -> Result<ClusterView> {
+        match self.server_call(&ServerRequest::RemoveMember { node_id }, self.deadline())? {
+            ServerResponse::Ok(v) => Ok(v),
+            ServerResponse::Error { message, .. }
+            | ServerResponse::Rejected {
+                reason: message, ..
+            } => Err(Error::Refused(message)),
+            other => Err(unexpected_server(&other, "a member removal")),
         }
     }
 
@@ -857,7 +970,9 @@ impl Client {
 
     fn request(&mut self, req: Request, idempotent: bool) -> Result<Response> {
         let deadline = Instant::now() + self.opts.op_timeout;
-        let mut backoff = Duration::from_millis(10);
+        // Short at first: after a planned handoff the new coordinator serves
+        // within milliseconds; doubling keeps a long failover cheap.
+        let mut backoff = Duration::from_millis(2);
         let mut redirect: Option<String> = None;
         let mut last_err: Error;
         loop {
@@ -956,6 +1071,10 @@ fn unexpected(r: &Response, addr: &str) -> Error {
         Response::Error { .. } => "an error",
         Response::Authenticated => "a password confirmation",
         Response::Reply(_) => "a command reply",
+        Response::BackupBegin { .. }
+        | Response::BackupPairs(_)
+        | Response::BackupEntries(_)
+        | Response::BackupEnd { .. } => "a backup frame",
     };
     Error::Protocol(format!(
         "{addr} answered with {name}, which does not fit the request (is it a DKV node of this version?)"

@@ -211,6 +211,13 @@ pub enum Command {
     Reap {
         keys: Vec<Vec<u8>>,
     },
+    /// Loads pairs from a backup (`dkv-client restore`): each pair's value
+    /// and absolute deadline overwrite the key, in one entry; pairs whose
+    /// deadline passed by the coordinator's clock are skipped. Replies the
+    /// number of pairs written.
+    Restore {
+        pairs: Vec<crate::store::Pair>,
+    },
 }
 
 /// A command's reply.
@@ -275,7 +282,8 @@ impl Command {
             | Command::IncrByFloat { .. }
             | Command::Append { .. }
             | Command::SetRange { .. }
-            | Command::Copy { .. } => true,
+            | Command::Copy { .. }
+            | Command::Restore { .. } => true,
             Command::CompareAndSet { value, .. } => value.is_some(),
             Command::Exec { commands, .. } => commands.iter().any(Command::may_grow),
             _ => false,
@@ -306,6 +314,7 @@ impl Command {
             | Command::Del { keys }
             | Command::Reap { keys } => keys.iter().for_each(|k| f(k)),
             Command::MSet { pairs, .. } => pairs.iter().for_each(|(k, _)| f(k)),
+            Command::Restore { pairs } => pairs.iter().for_each(|p| f(&p.key)),
             Command::Rename { src, dst, .. } | Command::Copy { src, dst, .. } => {
                 f(src);
                 f(dst)
@@ -335,6 +344,7 @@ impl Command {
                 value.iter().for_each(|v| f(v));
             }
             Command::MSet { pairs, .. } => pairs.iter().for_each(|(_, v)| f(v)),
+            Command::Restore { pairs } => pairs.iter().for_each(|p| f(&p.value)),
             Command::Exec { commands, .. } => commands.iter().for_each(|c| c.for_each_value(f)),
             _ => {}
         }
@@ -507,6 +517,19 @@ pub fn eval(cmd: &Command, view: &dyn View, env: Env) -> Evaluated {
         return Evaluated {
             value: Value::Ok,
             op,
+            expired: Vec::new(),
+        };
+    }
+    // A restore states its pairs whole, like a plain SET: no layer.
+    if let Command::Restore { pairs } = cmd {
+        let ops: Vec<Op> = pairs
+            .iter()
+            .filter(|p| p.expires_at.is_none_or(|t| t > env.now_ms))
+            .map(|p| p.clone().into_op())
+            .collect();
+        return Evaluated {
+            value: Value::Int(ops.len() as i64),
+            op: (!ops.is_empty()).then_some(Op::Batch(ops)),
             expired: Vec::new(),
         };
     }
@@ -742,6 +765,16 @@ fn one(layer: &mut Layer<'_>, cmd: &Command) -> Value {
                 }
             }
             Value::Ok
+        }
+        Command::Restore { pairs } => {
+            let mut n = 0;
+            for p in pairs {
+                if p.expires_at.is_none_or(|t| t > now) {
+                    layer.put(&p.key, p.value.clone(), p.expires_at);
+                    n += 1;
+                }
+            }
+            int(n)
         }
         Command::MSet { pairs, nx } => {
             if *nx && pairs.iter().any(|(k, _)| layer.live(k).is_some()) {

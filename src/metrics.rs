@@ -431,7 +431,7 @@ fn serve(s: &TcpStream, reg: &Registry) {
 }
 
 /// The server's request kinds (label `kind` of `dkv_server_requests_total`).
-const REQUEST_KINDS: [&str; 8] = [
+const REQUEST_KINDS: [&str; 10] = [
     "register",
     "who_is_coordinator",
     "view",
@@ -440,13 +440,15 @@ const REQUEST_KINDS: [&str; 8] = [
     "request_grant",
     "auth",
     "rejoin",
+    "remove_member",
+    "handoff",
 ];
 
 /// What a server counts: requests by kind, grants, registrations (the rest
 /// is read from its core at scrape time).
 #[derive(Debug, Default)]
 pub struct ServerCounters {
-    requests: [AtomicU64; 8],
+    requests: [AtomicU64; REQUEST_KINDS.len()],
     grants: AtomicU64,
     registrations: AtomicU64,
 }
@@ -463,6 +465,8 @@ impl ServerCounters {
             ServerRequest::RequestGrant { .. } => 5,
             ServerRequest::Auth { .. } => 6,
             ServerRequest::Rejoin(_) => 7,
+            ServerRequest::RemoveMember { .. } => 8,
+            ServerRequest::Handoff { .. } => 9,
         }
     }
 
@@ -471,7 +475,8 @@ impl ServerCounters {
         inc(&self.requests[kind]);
         match (kind, &resp) {
             (0, ServerResponse::Registered { .. }) => inc(&self.registrations),
-            (5, ServerResponse::Ok(_)) => inc(&self.grants),
+            // An election's grant, or a planned handoff's.
+            (5 | 9, ServerResponse::Ok(_)) => inc(&self.grants),
             _ => {}
         }
         resp

@@ -306,6 +306,24 @@ impl Handler for Conn<'_> {
 }
 
 impl Conn<'_> {
+    /// `SENTINEL FAILOVER <name>`: the coordinator hands its role to its most
+    /// up-to-date in-sync replica (a planned handoff); `+OK` once it did, as
+    /// Redis Sentinel answers once a failover started.
+    fn failover(&self) -> Reply {
+        let view = self.ctx.core.lock().view(Instant::now());
+        let Some(addr) = view.coordinator_addr().map(str::to_string) else {
+            return Reply::err("NOGOODSLAVE No coordinator to fail over from");
+        };
+        let opts = crate::ClientOptions {
+            password: self.gate.password.clone(),
+            ..Default::default()
+        };
+        match crate::Client::hand_over_at(&addr, None, opts) {
+            Ok(()) => Reply::ok(),
+            Err(e) => Reply::err(format!("NOGOODSLAVE {e}")),
+        }
+    }
+
     fn answer(&mut self, args: &[Vec<u8>]) -> (Reply, bool) {
         let ctx = self.ctx;
         let wrong = || "Sentinel client: wrong password".to_string();
@@ -313,6 +331,13 @@ impl Conn<'_> {
             return (reply, close);
         }
         let cmd = String::from_utf8_lossy(&args[0]).to_ascii_uppercase();
+        if cmd == "SENTINEL"
+            && args.len() == 3
+            && args[1].eq_ignore_ascii_case(b"FAILOVER")
+            && args[2] == ctx.name.as_bytes()
+        {
+            return (self.failover(), false);
+        }
         let subscribed = self.subscribed;
         if subscribed
             && self.proto == RESP2
@@ -653,7 +678,7 @@ fn handle(args: &[Vec<u8>], name: &str, view: &ClusterView, down: bool, peers: &
                 "SENTINELS" if known => {
                     Reply::Array(peers.iter().map(|p| sentinel_info(p)).collect())
                 }
-                "MASTER" | "REPLICAS" | "SLAVES" | "SENTINELS" => {
+                "MASTER" | "REPLICAS" | "SLAVES" | "SENTINELS" | "FAILOVER" => {
                     Reply::err("ERR No such master with that name")
                 }
                 other => Reply::err(format!(

@@ -19,6 +19,27 @@ stderr); 2 usage error; 3 the server could not be used (unreachable, or not a DK
 server). With --json, stdout holds one JSON document in every case: the status (with \
 \"healthy\" and \"problems\"), or {\"error\": \"...\"}.";
 
+const BACKUP_HELP: &str = "Exit codes: 0 written; 2 usage error; 3 the cluster could not \
+be used or ended the stream (no coordinator, a failover, the backup fell behind the \
+retained log, the file could not be written): nothing is left at FILE, run it again.";
+
+const RESTORE_HELP: &str = "The whole file is verified before anything is written. \
+Without --force the cluster must hold no keys. With --force the file's keys overwrite \
+the cluster's and the cluster's other keys stay (to replace everything, FLUSHALL \
+first). Keys whose deadline has passed are skipped. Exit codes: 0 restored (and, into \
+an empty cluster, the cluster's digest equals the backup's); 1 restored but the \
+digests differ (another client wrote meanwhile, or keys expired); 2 usage error; 3 the \
+cluster could not be used, refused a batch, or holds keys (no --force); 4 a batch's \
+outcome is unknown (restore again with --force: batches are idempotent overwrites); \
+5 the file is corrupt, truncated or not a backup (nothing was written).";
+
+const VERIFY_HELP: &str = "Exit codes: 0 the file is whole and its digest matches; 3 \
+the file could not be read; 5 the file is corrupt, truncated or not a backup (the \
+offset and the problem on stderr).";
+
+/// Exit code of backup, restore and verify for a bad backup file.
+const BAD_FILE: u8 = 5;
+
 /// DKV test and operations client.
 #[derive(Parser)]
 #[command(name = "dkv-client", version)]
@@ -132,6 +153,42 @@ enum Cmd {
         #[arg(long)]
         fill: bool,
     },
+    /// Write a consistent backup of the whole cluster to FILE while writes go
+    /// on: every key with its value and deadline exactly as of one committed
+    /// log position, with that position, the key count and the digest.
+    #[command(after_help = BACKUP_HELP)]
+    Backup {
+        /// The server's HOST:PORT, or a comma-separated list of servers.
+        server: String,
+        /// The backup file (written as FILE.partial, then renamed).
+        file: std::path::PathBuf,
+        /// No progress output.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Load a backup FILE into an empty cluster through the replicated write
+    /// path (every replica gets it); the file is verified first.
+    #[command(after_help = RESTORE_HELP)]
+    Restore {
+        /// The server's HOST:PORT, or a comma-separated list of servers.
+        server: String,
+        /// The backup file.
+        file: std::path::PathBuf,
+        /// Restore into a cluster that holds keys: the file's keys overwrite
+        /// the cluster's, every other key stays (nothing is flushed).
+        #[arg(long)]
+        force: bool,
+        /// No progress output.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Check a backup FILE (records, checksums, key count, digest) and print
+    /// its position, keys and bytes.
+    #[command(after_help = VERIFY_HELP)]
+    Verify {
+        /// The backup file.
+        file: std::path::PathBuf,
+    },
     /// Print the cluster view: epoch, coordinator, and every member's role,
     /// in-sync flag, log position and digest (asked from each node directly).
     #[command(after_help = STATUS_HELP)]
@@ -142,6 +199,42 @@ enum Cmd {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// List the cluster's members, or remove one.
+    #[command(subcommand)]
+    Member(MemberCmd),
+    /// Move the coordinator role to another in-sync member without stopping
+    /// anything (a planned handoff): writes pause for milliseconds, none is
+    /// lost or left with an unknown outcome.
+    Failover {
+        /// The server's HOST:PORT, or a comma-separated list of servers.
+        server: String,
+        /// The member to hand over to (default: the most up-to-date
+        /// in-sync replica).
+        #[arg(long)]
+        to: Option<dkv::types::NodeId>,
+    },
+}
+
+#[derive(Subcommand)]
+enum MemberCmd {
+    /// Every member: id, role, in sync or not, addresses, when last heard of.
+    List {
+        /// The server's HOST:PORT, or a comma-separated list of servers.
+        server: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a member that is neither the coordinator nor in the in-sync
+    /// set (stop it first: it leaves the in-sync set within failure-timeout).
+    /// It stops counting toward majority-threshold, and a node that comes
+    /// back with its id is refused.
+    Remove {
+        /// The server's HOST:PORT, or a comma-separated list of servers.
+        server: String,
+        /// The member's node id (see `member list`).
+        id: dkv::types::NodeId,
     },
 }
 
@@ -176,6 +269,24 @@ fn main() -> ExitCode {
             Ok(list) => demo(list, options(&pw, timeout, 5000), keys, &prefix),
             Err(e) => return usage(&e),
         },
+        Cmd::Backup {
+            server,
+            file,
+            quiet,
+        } => match server_list(&server) {
+            Ok(list) => return backup(list, options(&pw, timeout, 30_000), &file, quiet),
+            Err(e) => return usage(&e),
+        },
+        Cmd::Restore {
+            server,
+            file,
+            force,
+            quiet,
+        } => match server_list(&server) {
+            Ok(list) => return restore(list, options(&pw, timeout, 30_000), &file, force, quiet),
+            Err(e) => return usage(&e),
+        },
+        Cmd::Verify { file } => return verify(&file),
         Cmd::Status { server, json } => return status(&server, options(&pw, timeout, 5000), json),
         Cmd::Bench {
             server,
@@ -245,6 +356,19 @@ fn main() -> ExitCode {
             Ok(list) => probe(list, options(&pw, timeout, 2000), duration, &key, json),
             Err(e) => return usage(&e),
         },
+        Cmd::Failover { server, to } => match server_list(&server) {
+            Ok(list) => failover(list, options(&pw, timeout, 5000), to),
+            Err(e) => return usage(&e),
+        },
+        Cmd::Member(cmd) => {
+            let server = match &cmd {
+                MemberCmd::List { server, .. } | MemberCmd::Remove { server, .. } => server.clone(),
+            };
+            return match server_list(&server) {
+                Ok(list) => member(list, options(&pw, timeout, 5000), cmd),
+                Err(e) => usage(&e),
+            };
+        }
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
@@ -257,6 +381,116 @@ fn main() -> ExitCode {
                 _ => exit::FAILED,
             })
         }
+    }
+}
+
+/// The exit code and sentence for a failed backup, restore or verify.
+fn backup_failed(e: &dkv::backup::BackupError) -> ExitCode {
+    use dkv::backup::BackupError;
+    eprintln!("dkv-client: {e}");
+    ExitCode::from(match e {
+        BackupError::BadFile(_) => BAD_FILE,
+        BackupError::Cluster(Error::Indeterminate(_)) => exit::UNKNOWN,
+        BackupError::Cluster(Error::Config(_)) => exit::USAGE,
+        _ => exit::FAILED,
+    })
+}
+
+fn backup(
+    server: Arc<ServerList>,
+    opts: dkv::ClientOptions,
+    file: &std::path::Path,
+    quiet: bool,
+) -> ExitCode {
+    let start = Instant::now();
+    let res = Client::with_servers(server, opts)
+        .map_err(dkv::backup::BackupError::from)
+        .and_then(|mut c| dkv::backup::take(&mut c, file, quiet));
+    match res {
+        Ok(t) => {
+            println!(
+                "backup {}: position {}, {} keys, {} bytes, digest {:#018x} \
+                 (copied from {} and repaired with {} log entries) in {:.2} s",
+                file.display(),
+                t.info.position,
+                t.info.keys,
+                t.info.bytes,
+                t.info.digest,
+                t.start,
+                t.entries,
+                start.elapsed().as_secs_f64()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => backup_failed(&e),
+    }
+}
+
+fn restore(
+    server: Arc<ServerList>,
+    opts: dkv::ClientOptions,
+    file: &std::path::Path,
+    force: bool,
+    quiet: bool,
+) -> ExitCode {
+    let start = Instant::now();
+    let res = Client::with_servers(server, opts)
+        .map_err(dkv::backup::BackupError::from)
+        .and_then(|mut c| dkv::backup::restore(&mut c, file, force, quiet));
+    let r = match res {
+        Ok(r) => r,
+        Err(e) => return backup_failed(&e),
+    };
+    println!(
+        "restored {}: {} keys written in {} batches, {} skipped (deadline passed), from \
+         position {} in {:.2} s",
+        file.display(),
+        r.written,
+        r.batches,
+        r.skipped_expired,
+        r.info.position,
+        start.elapsed().as_secs_f64()
+    );
+    if !r.was_empty {
+        println!("digest not compared: the cluster held keys before the restore (--force)");
+        return ExitCode::SUCCESS;
+    }
+    let what = if r.skipped_expired == 0 {
+        "the backup's digest"
+    } else {
+        "the digest of the keys written"
+    };
+    if r.cluster_digest == r.expected_digest && r.cluster_keys == r.written {
+        println!(
+            "cluster digest {:#018x} with {} keys equals {what}",
+            r.cluster_digest, r.cluster_keys
+        );
+        ExitCode::SUCCESS
+    } else {
+        eprintln!(
+            "dkv-client: the cluster's digest {:#018x} with {} keys differs from {what} \
+             {:#018x} with {} keys (another client wrote, or keys expired, during the restore)",
+            r.cluster_digest, r.cluster_keys, r.expected_digest, r.written
+        );
+        ExitCode::from(exit::DEGRADED)
+    }
+}
+
+fn verify(file: &std::path::Path) -> ExitCode {
+    match dkv::backup::read(file, |_| Ok(())) {
+        Ok(i) => {
+            println!(
+                "{}: OK: position {}, {} keys, {} bytes ({} of keys and values), digest {:#018x}",
+                file.display(),
+                i.position,
+                i.keys,
+                i.bytes,
+                i.data_bytes,
+                i.digest
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => backup_failed(&e),
     }
 }
 
@@ -630,4 +864,98 @@ fn show_status(view: &ClusterView, rows: Vec<Row>, json: bool, problems: &[Strin
                 .unwrap_or_else(|| "-".into())
         );
     }
+}
+
+/// `member list` and `member remove`: 0 done, 1 refused or failed.
+fn member(server: Arc<ServerList>, opts: dkv::ClientOptions, cmd: MemberCmd) -> ExitCode {
+    match member_run(server, opts, cmd) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dkv-client: {e}");
+            ExitCode::from(exit::FAILED)
+        }
+    }
+}
+
+fn member_run(
+    server: Arc<ServerList>,
+    opts: dkv::ClientOptions,
+    cmd: MemberCmd,
+) -> Result<(), String> {
+    let c = Client::with_servers(server, opts).map_err(|e| e.to_string())?;
+    match cmd {
+        MemberCmd::List { json, .. } => {
+            let v = c.cluster_view().map_err(|e| e.to_string())?;
+            if json {
+                let members: Vec<_> = v
+                    .members
+                    .iter()
+                    .map(|m| {
+                        serde_json::json!({
+                            "id": m.node_id,
+                            "role": m.role.to_string(),
+                            "in_sync": m.in_sync,
+                            "data_addr": m.data_addr,
+                            "resp_addr": m.resp_addr,
+                            "last_heard_ms": m.last_status_ms,
+                        })
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::json!({ "epoch": v.epoch, "coordinator": v.coordinator, "members": members })
+                );
+                return Ok(());
+            }
+            println!(
+                "{:<4} {:<12} {:<8} {:<22} {:<22} last heard",
+                "id", "role", "in sync", "data address", "RESP address"
+            );
+            for m in &v.members {
+                println!(
+                    "{:<4} {:<12} {:<8} {:<22} {:<22} {}",
+                    m.node_id,
+                    m.role.to_string(),
+                    if m.in_sync { "yes" } else { "no" },
+                    m.data_addr,
+                    m.resp_addr.as_deref().unwrap_or("-"),
+                    last_heard(m.last_status_ms).trim_start_matches("last heard "),
+                );
+            }
+            Ok(())
+        }
+        MemberCmd::Remove { id, .. } => {
+            let v = c.remove_member(id).map_err(|e| match e {
+                Error::Refused(why) => format!("cannot remove node {id}: {why}"),
+                e => e.to_string(),
+            })?;
+            println!(
+                "removed node {id}; members now {} (in sync {})",
+                dkv::types::fmt_ids(v.members.iter().map(|m| &m.node_id)),
+                dkv::types::fmt_ids(&v.isr)
+            );
+            Ok(())
+        }
+    }
+}
+
+/// `failover`: hands the coordinator role over and says to whom.
+fn failover(
+    server: Arc<ServerList>,
+    opts: dkv::ClientOptions,
+    to: Option<dkv::types::NodeId>,
+) -> Result<(), Error> {
+    let mut c = Client::with_servers(server, opts)?;
+    let before = c.cluster_view()?;
+    let start = Instant::now();
+    let after = c.failover(to)?;
+    println!(
+        "coordinator {} (epoch {}) handed over to {} (epoch {}) in {} ms",
+        dkv::types::fmt_coordinator(before.coordinator),
+        before.epoch,
+        dkv::types::fmt_coordinator(after.coordinator),
+        after.epoch,
+        start.elapsed().as_millis()
+    );
+    Ok(())
 }

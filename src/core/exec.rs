@@ -44,6 +44,8 @@ pub trait NodeIo {
     fn remove_from_commit_set(&mut self, id: NodeId);
     fn set_required(&mut self, n: usize);
     fn publish(&mut self, serving: Serving);
+    /// See [`Action::HoldWrites`].
+    fn hold_writes(&mut self, target: Option<NodeId>, successor: Option<String>);
 }
 
 /// Executes `actions` on `io`, feeding back to `core` what the execution
@@ -87,6 +89,7 @@ pub fn execute(core: &mut NodeCore, now: Instant, actions: Vec<Action>, io: &mut
             Action::RemoveFromCommitSet(id) => io.remove_from_commit_set(id),
             Action::SetRequired(n) => io.set_required(n),
             Action::Publish(s) => io.publish(s),
+            Action::HoldWrites { target, successor } => io.hold_writes(target, successor),
         }
     }
 }

@@ -186,6 +186,8 @@ struct HarnessIo<'a> {
 }
 
 impl crate::core::exec::NodeIo for HarnessIo<'_> {
+    fn hold_writes(&mut self, _target: Option<NodeId>, _successor: Option<String>) {}
+
     fn saw(&mut self, a: &Action) {
         self.log.push((self.now_ms, self.from, a.clone()));
     }

@@ -45,6 +45,9 @@ pub struct DurableView {
     /// Set while the server rebuilds its view from the nodes' reports.
     #[serde(default)]
     pub recovery: Option<Recovery>,
+    /// Members an operator removed: refused if they come back.
+    #[serde(default)]
+    pub removed: BTreeSet<NodeId>,
 }
 
 /// The nodes' reports collected while recovering.
@@ -295,7 +298,65 @@ impl ServerCore {
             // Checked by the connection before it reaches the core.
             ServerRequest::Auth { .. } => (ServerResponse::Authenticated, false),
             ServerRequest::Rejoin(report) => self.rejoin(now, *report),
+            ServerRequest::RemoveMember { node_id } => self.remove_member(now, node_id),
+            ServerRequest::Handoff { from, epoch, to } => self.handoff(now, from, epoch, to),
         }
+    }
+
+    /// What a removed member is told when it comes back.
+    fn removed_refusal(&self, id: NodeId) -> ServerResponse {
+        ServerResponse::Rejected {
+            epoch: self.view.epoch,
+            reason: format!(
+                "node {id} was removed from the cluster by an operator (dkv-client member \
+                 remove); to join again, start it with an empty data directory, as a new member"
+            ),
+        }
+    }
+
+    /// An operator removes member `id`: not the coordinator, not in the
+    /// recorded in-sync set (a dead member leaves it once the coordinator
+    /// notices, within failure-timeout), so no grant or acknowledged write
+    /// depends on it. It stops counting toward `majority-threshold` at once
+    /// (elections count the view's members), and its id is refused from then
+    /// on.
+    fn remove_member(&mut self, now: Instant, id: NodeId) -> (ServerResponse, bool) {
+        let refuse = |message: String| {
+            (
+                ServerResponse::Error {
+                    kind: crate::wire::ErrorKind::BadRequest,
+                    message,
+                },
+                false,
+            )
+        };
+        if self.recovering() {
+            return (self.recovering_refusal(), false);
+        }
+        if !self.view.members.contains_key(&id) {
+            return refuse(format!(
+                "node {id} is not a member (members: {})",
+                fmt_ids(self.view.members.keys())
+            ));
+        }
+        if self.view.coordinator == Some(id) {
+            return refuse(format!(
+                "node {id} is the coordinator: stop it (another member takes over) or move \
+                 the role first, then remove it"
+            ));
+        }
+        if self.view.isr.contains(&id) {
+            return refuse(format!(
+                "node {id} is in the in-sync set {}: stop it first; the coordinator takes it \
+                 out of the in-sync set within failure-timeout, then it can be removed",
+                fmt_ids(&self.view.isr)
+            ));
+        }
+        self.view.members.remove(&id);
+        self.reports.remove(&id);
+        self.view.removed.insert(id);
+        log::info!("removed node {id} from the members at an operator's request");
+        (ServerResponse::Ok(self.view(now)), true)
     }
 
     /// `NotRegistered` when this server does not know `from`, knows an
@@ -329,6 +390,9 @@ impl ServerCore {
     /// A running node the server does not know (or knows less than) reports.
     fn rejoin(&mut self, now: Instant, r: RejoinReport) -> (ServerResponse, bool) {
         let id = r.node_id;
+        if self.view.removed.contains(&id) {
+            return (self.removed_refusal(id), false);
+        }
         if let Some(rec) = self.view.members.get(&id) {
             if r.incarnation < rec.incarnation {
                 return (
@@ -622,6 +686,9 @@ impl ServerCore {
         record: MemberRecord,
         last: LogPos,
     ) -> (ServerResponse, bool) {
+        if let Some(id) = node_id.filter(|id| self.view.removed.contains(id)) {
+            return (self.removed_refusal(id), false);
+        }
         // A server that started without a view lets running nodes rejoin
         // before a brand-new node may found a cluster.
         let founding = self.view.members.is_empty() && self.view.epoch == 0;
@@ -935,6 +1002,50 @@ impl ServerCore {
                 ));
             }
         }
+        self.grant_epoch(now, candidate, epoch, last)
+    }
+
+    /// The coordinator of `epoch` resigns in favour of `to` (a planned
+    /// handoff). Safe without waiting for the lease: only the lease holder
+    /// itself can ask, and it stopped serving before it asked (a resigning
+    /// coordinator drops its lease first, see `core::node`), so the lease
+    /// protects nobody. Everything else is as for a grant: `to` must be in
+    /// the recorded in-sync set, the epoch goes up by exactly one, and the
+    /// old coordinator leaves the in-sync set.
+    fn handoff(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        epoch: Epoch,
+        to: NodeId,
+    ) -> (ServerResponse, bool) {
+        if let Err(rej) = self.is_current_coordinator(from, epoch) {
+            return (rej, false);
+        }
+        if to == from || !self.view.isr.contains(&to) {
+            return (
+                ServerResponse::Rejected {
+                    epoch: self.view.epoch,
+                    reason: format!(
+                        "node {to} cannot take over: it is not another member of the in-sync set {}",
+                        fmt_ids(&self.view.isr)
+                    ),
+                },
+                false,
+            );
+        }
+        let last = self.reports.get(&to).map(|r| r.applied).unwrap_or_default();
+        self.grant_epoch(now, to, epoch, last)
+    }
+
+    /// Grants `epoch + 1` to `candidate` (checked by the caller).
+    fn grant_epoch(
+        &mut self,
+        now: Instant,
+        candidate: NodeId,
+        epoch: Epoch,
+        last: LogPos,
+    ) -> (ServerResponse, bool) {
         let old = self.view.coordinator;
         let granted = epoch + 1;
         // Kept by the refusals above: a grant is exactly the recorded epoch

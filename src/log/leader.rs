@@ -20,6 +20,9 @@ pub enum AppendError {
     NotEnoughReplicas { in_sync: usize, required: usize },
     /// The write-ahead log failed; this node accepts no more writes.
     Storage(String),
+    /// The write waited for a planned handoff, after which this node no
+    /// longer coordinates; the new coordinator's address, if known.
+    HandedOff(Option<String>),
 }
 
 /// What a replica-stream sender should do next.
@@ -244,6 +247,7 @@ impl ReplLog {
     /// outcome once it is committed and applied.
     pub fn append_leader(&self, op: Op) -> Result<(u64, Outcome), AppendError> {
         let mut g = self.inner.lock();
+        self.wait_hold(&mut g)?;
         self.check_append(&mut g)?;
         Ok(self.push_leader(&mut g, op))
     }
@@ -266,6 +270,7 @@ impl ReplLog {
         env: crate::commands::Env,
     ) -> Result<Appended, AppendError> {
         let mut g = self.inner.lock();
+        self.wait_hold(&mut g)?;
         self.check_append(&mut g)?;
         let (evaluated, used_pending) = {
             let inner = &*g;
@@ -288,6 +293,72 @@ impl ReplLog {
             value: evaluated.value,
             wait,
         })
+    }
+
+    /// Waits while a planned handoff holds appends; an append that waited
+    /// and finds this node no longer coordinating is told the successor.
+    fn wait_hold(
+        &self,
+        g: &mut parking_lot::MutexGuard<'_, super::Inner>,
+    ) -> Result<(), AppendError> {
+        let mut held = false;
+        while let Some(until) = g.hold_until {
+            if std::time::Instant::now() >= until || g.shutdown {
+                break;
+            }
+            held = true;
+            self.changed.wait_until(g, until);
+        }
+        if held && g.leader.is_none() {
+            return Err(AppendError::HandedOff(g.successor.clone()));
+        }
+        Ok(())
+    }
+
+    /// Holds new appends (for at most `max`), for a planned handoff.
+    pub fn hold_appends(&self, max: Duration) {
+        let mut g = self.inner.lock();
+        g.hold_until = Some(std::time::Instant::now() + max);
+        g.successor = None;
+    }
+
+    /// Lets held appends go; `successor`: where the coordinator is now.
+    pub fn release_appends(&self, successor: Option<String>) {
+        let mut g = self.inner.lock();
+        g.hold_until = None;
+        g.successor = successor;
+        self.changed.notify_all();
+    }
+
+    /// Waits until every appended entry is committed and `target` holds
+    /// them all (a handoff's target is ready), until `deadline`.
+    pub fn wait_handoff_ready(&self, target: NodeId, deadline: std::time::Instant) -> bool {
+        let mut g = self.inner.lock();
+        loop {
+            if Self::handoff_ready(&g, target) {
+                return true;
+            }
+            if g.leader.is_none()
+                || g.shutdown
+                || self.changed.wait_until(&mut g, deadline).timed_out()
+            {
+                return Self::handoff_ready(&g, target);
+            }
+        }
+    }
+
+    /// [`ReplLog::wait_handoff_ready`] without waiting.
+    pub fn handoff_ready_now(&self, target: NodeId) -> bool {
+        Self::handoff_ready(&self.inner.lock(), target)
+    }
+
+    fn handoff_ready(g: &super::Inner, target: NodeId) -> bool {
+        let last = g.last().index;
+        g.commit >= last
+            && g.leader
+                .as_ref()
+                .and_then(|l| l.progress.matched(target))
+                .is_some_and(|m| m >= last)
     }
 
     fn check_append(&self, g: &mut super::Inner) -> Result<(), AppendError> {

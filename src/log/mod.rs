@@ -96,6 +96,11 @@ struct Inner {
     /// superseded (its thread not yet ended) cannot touch the log.
     stream_token: u64,
     storage_error: Option<String>,
+    /// A planned handoff holds new appends until this instant (or release).
+    hold_until: Option<std::time::Instant>,
+    /// Where the coordinator is after a handoff: told to the appends that
+    /// were held.
+    successor: Option<String>,
     #[cfg(test)]
     bug_ack_early: bool,
 }
@@ -186,6 +191,8 @@ impl ReplLog {
                 confirmed: LogPos::ZERO,
                 stream_token: 0,
                 storage_error: None,
+                hold_until: None,
+                successor: None,
                 #[cfg(test)]
                 bug_ack_early: false,
             }),

@@ -14,7 +14,7 @@ use crate::wire::{self, ErrorKind, NodeStatus, Request, Response, WireError};
 use std::collections::VecDeque;
 use std::io::BufReader;
 use std::net::TcpStream;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// A reply not yet written: known, or a write waiting for its commit.
 enum Reply {
@@ -114,6 +114,15 @@ pub(super) fn serve(sh: &Shared, stream: &TcpStream, reader: TimedStream<'_>, pe
         if !pipelined && replies.waiting > 0 {
             replies.flush(&mut out);
         }
+        if req == Request::Backup && gate.is_authenticated() {
+            // A stream of frames: everything before it is answered first.
+            replies.flush(&mut out);
+            if std::io::Write::write_all(&mut &*stream, &out).is_err() || !backup(sh, stream) {
+                return;
+            }
+            out.clear();
+            continue;
+        }
         let reply = match req {
             Request::Auth { password } => {
                 let wrong = || format!("client {peer}: wrong password");
@@ -209,9 +218,89 @@ fn refuse(
     }
 }
 
+/// How long a backup stream waits for a client that reads nothing.
+const BACKUP_STALL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Streams a backup ([`crate::backup::Feed`]) frame by frame: each frame is
+/// written (the socket's back-pressure) before the next is taken. False
+/// when the connection must close.
+fn backup(sh: &Shared, stream: &TcpStream) -> bool {
+    let serving = sh.serving.read().clone();
+    let refusal = if !super::requests::is_serving_coordinator(&serving, Instant::now()) {
+        Some(Response::NotCoordinator {
+            epoch: serving.epoch,
+            coordinator: serving.coordinator_addr.clone(),
+        })
+    } else if !sh.log.read_ready() {
+        Some(super::requests::error(
+            ErrorKind::Unavailable,
+            "the new coordinator is still applying its predecessor's writes; retry",
+        ))
+    } else {
+        None
+    };
+    let mut buf = Vec::new();
+    if let Some(r) = refusal {
+        wire::encode_frame_into(&mut buf, &r);
+        return std::io::Write::write_all(&mut &*stream, &buf).is_ok();
+    }
+    let _ = stream.set_write_timeout(Some(BACKUP_STALL));
+    let mut feed = crate::backup::Feed::new(&sh.store, &sh.log);
+    let started = Instant::now();
+    let ok = loop {
+        let (frame, last) = if sh.stopping() {
+            let m = "the node is shutting down; the backup was cut short: run it again";
+            (super::requests::error(ErrorKind::Unavailable, m), true)
+        } else {
+            match feed.next_frame() {
+                Ok(Some(f)) => {
+                    let end = matches!(f, Response::BackupEnd { .. });
+                    (f, end)
+                }
+                Ok(None) => break true,
+                Err(m) => (super::requests::error(ErrorKind::Unavailable, m), true),
+            }
+        };
+        if let Response::Error { message, .. } = &frame {
+            log::warn!("backup stream stopped: {message}");
+        }
+        buf.clear();
+        wire::encode_frame_into(&mut buf, &frame);
+        if std::io::Write::write_all(&mut &*stream, &buf).is_err() {
+            log::info!("backup stream: the client stopped reading; closed");
+            break false;
+        }
+        if last {
+            break !sh.stopping();
+        }
+    };
+    log::info!("backup stream served in {:?}", started.elapsed());
+    let _ = stream.set_write_timeout(None);
+    ok
+}
+
 fn handle(sh: &Shared, req: Request) -> Reply {
     if req == Request::Status {
         return Reply::Now(Response::Status(status(sh)));
+    }
+    if let Request::Handoff { to } = req {
+        let serving = sh.serving.read().clone();
+        if serving.role != crate::types::Role::Coordinator {
+            return Reply::Now(Response::NotCoordinator {
+                epoch: serving.epoch,
+                coordinator: serving.coordinator_addr,
+            });
+        }
+        return Reply::Now(if sh.hand_over(to, Duration::from_secs(4)) {
+            Response::Reply(crate::commands::Value::Ok)
+        } else {
+            Response::Error {
+                kind: ErrorKind::BadRequest,
+                message: "the coordinator could not hand over (no live in-sync replica caught up, \
+                          or the server refused: see its log); it keeps the role"
+                    .into(),
+            }
+        });
     }
     let serving = sh.serving.read().clone();
     let parts = DataPath {

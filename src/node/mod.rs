@@ -133,6 +133,24 @@ impl Shared {
         let _ = self.inbox.send(input);
     }
 
+    /// Asks the driver to hand the coordinator role over (to `to`, or the
+    /// best in-sync replica) and waits until this node no longer coordinates
+    /// or `wait` passed; whether it handed over.
+    pub fn hand_over(&self, to: Option<NodeId>, wait: Duration) -> bool {
+        if self.serving.read().role != crate::types::Role::Coordinator {
+            return false;
+        }
+        self.notify_surely(Input::Handoff { to });
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline {
+            if self.serving.read().role != crate::types::Role::Coordinator {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        false
+    }
+
     pub fn stopping(&self) -> bool {
         self.shutdown.load(Ordering::Acquire)
     }
@@ -424,10 +442,25 @@ impl Node {
     ///    connection left is shut down and every thread is joined (the
     ///    driver stops a replica's follower thread as it exits).
     ///
-    /// The node does not hand its role over: a coordinator that stops is
-    /// replaced as after a crash, once its lease ran out.
+    /// A coordinator first hands its role to an in-sync replica (a planned
+    /// handoff, see `core::node::handoff`), so clients see a pause of
+    /// milliseconds instead of a failover; if that cannot be done (no live
+    /// in-sync replica, the server refuses) it stops as before, and is
+    /// replaced as after a crash once its lease ran out.
     pub fn shutdown(mut self) {
         log::info!("node {}: shutting down", self.shared.id);
+        if self.shared.serving.read().role == crate::types::Role::Coordinator
+            && self
+                .shared
+                .hand_over(None, HANDOFF_CATCH_UP + Duration::from_secs(1))
+        {
+            // Keep answering for a moment: a client's next request gets "the
+            // coordinator is now ..." instead of a connection closed under
+            // it (which would leave that write's outcome unknown). The
+            // library does not send on a connection idle this long without
+            // checking it is still open.
+            std::thread::sleep(HANDOFF_LINGER);
+        }
         for l in &mut self.listeners {
             l.stop_accepting();
         }
@@ -626,7 +659,7 @@ impl Driver {
 
 /// The node runtime's way of doing the core's actions.
 struct DriverIo<'a> {
-    sh: &'a Shared,
+    sh: &'a Arc<Shared>,
     udp: &'a UdpSocket,
     server_tx: &'a Sender<(Call, ServerRequest)>,
 }
@@ -686,7 +719,36 @@ impl NodeIo for DriverIo<'_> {
     fn publish(&mut self, serving: Serving) {
         *self.sh.serving.write() = serving;
     }
+
+    fn hold_writes(&mut self, target: Option<NodeId>, successor: Option<String>) {
+        let Some(target) = target else {
+            self.sh.log.release_appends(successor);
+            return;
+        };
+        // New writes wait; those appended commit. A handoff that cannot
+        // finish within this gives up and the writes go on here.
+        let wait = HANDOFF_CATCH_UP.min(self.sh.settings.write_timeout());
+        self.sh.log.hold_appends(wait + Duration::from_secs(1));
+        let sh = self.sh.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("handoff-{}", sh.id))
+            .spawn(move || {
+                let ready = sh.log.wait_handoff_ready(target, Instant::now() + wait);
+                sh.notify_surely(Input::HandoffReady(ready));
+            });
+        if spawned.is_err() {
+            self.sh.notify(Input::HandoffReady(false));
+        }
+    }
 }
+
+/// How long a planned handoff waits for its target to hold every write.
+const HANDOFF_CATCH_UP: Duration = Duration::from_secs(2);
+
+/// How long a coordinator that handed over at shutdown keeps redirecting
+/// clients before its ports close: more than the library's idle check
+/// (`client::alive`, 100 ms).
+const HANDOFF_LINGER: Duration = Duration::from_millis(150);
 
 /// Performs server calls for the driver, one at a time, over one connection
 /// that is re-opened after any error.

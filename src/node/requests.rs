@@ -129,7 +129,7 @@ impl DataPath<'_> {
                 .command(Command::Del { keys: vec![key] }, now, now_ms)
                 .map(|v| Response::Deleted(v == Value::Int(1))),
             Request::Command(cmd) => self.command(cmd, now, now_ms),
-            Request::Status | Request::Auth { .. } => {
+            Request::Status | Request::Auth { .. } | Request::Handoff { .. } | Request::Backup => {
                 Begun::Done(error(ErrorKind::BadRequest, "not a data request"))
             }
         }
@@ -192,6 +192,10 @@ impl DataPath<'_> {
                 None => Begun::Done(Response::Reply(a.value)),
             },
             Err(AppendError::NotLeader) => Begun::Done(self.not_coordinator()),
+            Err(AppendError::HandedOff(to)) => Begun::Done(Response::NotCoordinator {
+                epoch: self.serving.epoch,
+                coordinator: to,
+            }),
             Err(AppendError::Storage(e)) => Begun::Done(error(
                 ErrorKind::StorageFailed,
                 format!("this node's storage failed ({e}); the write was not accepted"),

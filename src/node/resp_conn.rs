@@ -333,7 +333,9 @@ impl Conn<'_> {
             Request::Put { key, value } => c.put(&key, &value).map(|()| Reply::ok()),
             Request::Delete { key } => c.delete(&key).map(|e| Reply::Int(e as i64)),
             Request::Command(cmd) => c.command(cmd).map(|v| resp_data::to_reply(v, shape)),
-            Request::Status | Request::Auth { .. } => Ok(Reply::err("ERR not a data request")),
+            Request::Status | Request::Auth { .. } | Request::Handoff { .. } | Request::Backup => {
+                Ok(Reply::err("ERR not a data request"))
+            }
         };
         res.unwrap_or_else(|e| client_error(&e))
     }
@@ -348,9 +350,13 @@ fn to_reply(r: Response) -> Reply {
         Response::NotCoordinator { .. } => {
             Reply::err("TRYAGAIN no coordinator could serve the request; retry")
         }
-        Response::Status(_) | Response::Authenticated | Response::Reply(_) => {
-            Reply::err("ERR not a data request")
-        }
+        Response::Status(_)
+        | Response::Authenticated
+        | Response::Reply(_)
+        | Response::BackupBegin { .. }
+        | Response::BackupPairs(_)
+        | Response::BackupEntries(_)
+        | Response::BackupEnd { .. } => Reply::err("ERR not a data request"),
         Response::Error { kind, message } => Reply::err(match kind {
             ErrorKind::Unavailable => format!("TRYAGAIN {message}"),
             ErrorKind::NotEnoughReplicas => format!("NOREPLICAS {message}"),

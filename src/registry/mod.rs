@@ -221,7 +221,9 @@ impl Arbiter {
         let mut d = self.decide.lock();
         let fresh = matches!(
             req,
-            ServerRequest::RequestGrant { .. } | ServerRequest::Rejoin(_)
+            ServerRequest::RequestGrant { .. }
+                | ServerRequest::Rejoin(_)
+                | ServerRequest::Handoff { .. }
         );
         if fresh && d.store.shared() {
             if let Err(e) = self.refresh_locked(&mut d, now) {
@@ -311,7 +313,10 @@ impl Arbiter {
         }
         let change = Change {
             expect: d.revs,
-            compare_lease: matches!(req, ServerRequest::RequestGrant { .. }),
+            compare_lease: matches!(
+                req,
+                ServerRequest::RequestGrant { .. } | ServerRequest::Handoff { .. }
+            ),
             view: changed.then(|| work.durable()),
             renewal: renewal.as_ref(),
         };

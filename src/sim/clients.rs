@@ -250,7 +250,13 @@ impl Sim {
                 let _ = op;
                 self.client_done(c, None, true)
             }
-            Response::Error { .. } | Response::Status(_) | Response::Authenticated => {
+            Response::Error { .. }
+            | Response::Status(_)
+            | Response::Authenticated
+            | Response::BackupBegin { .. }
+            | Response::BackupPairs(_)
+            | Response::BackupEntries(_)
+            | Response::BackupEnd { .. } => {
                 self.clients[c].sent = false;
                 self.clients[c].target = None;
                 self.client_resend(c, Duration::from_millis(10), false);

@@ -97,6 +97,14 @@ impl Sim {
                 if self.nodes[i].disk.is_some() && self.rng.chance(0.5) {
                     self.nodes[i].disk_slow_until = Some(self.now + 2 * d);
                     "slow disk"
+                } else if self.nodes[i].alive
+                    && self.nodes[i].serving.role == crate::types::Role::Coordinator
+                    && d.as_millis().is_multiple_of(3)
+                {
+                    // A planned handoff of the coordinator's role (no RNG
+                    // draw of its own, so other seeds' schedules stay).
+                    self.input(i, crate::core::node::Input::Handoff { to: None });
+                    "handoff"
                 } else {
                     self.nodes[i].paused_until = Some(self.now + d);
                     "pause"

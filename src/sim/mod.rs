@@ -292,6 +292,8 @@ struct SimNode {
     rate: f64,
     follower: Option<StreamId>,
     pending: Vec<(usize, u64, crate::log::Outcome, LogPos, Response)>,
+    /// A planned handoff holds client writes: its target and when it gives up.
+    handoff: Option<(NodeId, Instant)>,
     /// A data directory (write-ahead log and snapshot), for durable nodes.
     disk: Option<Disk>,
     /// A slow disk: writes take milliseconds until then.
@@ -399,6 +401,7 @@ impl Sim {
                 rate: 1.0 + drift * (rng.f64() - 0.5),
                 follower: None,
                 pending: Vec::new(),
+                handoff: None,
                 disk: (i % 2 == 0).then(|| {
                     Disk::new(match rng.below(4) {
                         0 | 1 => FsyncPolicy::Always,

@@ -92,6 +92,14 @@ impl NodeIo for SimIo<'_> {
     fn publish(&mut self, serving: Serving) {
         self.sim.nodes[self.i].serving = serving;
     }
+
+    /// The simulated node refuses client requests while it holds writes
+    /// (the real one makes them wait), and checks at each tick whether the
+    /// target holds everything.
+    fn hold_writes(&mut self, target: Option<NodeId>, _successor: Option<String>) {
+        let until = self.sim.now + Duration::from_secs(2);
+        self.sim.nodes[self.i].handoff = target.map(|t| (t, until));
+    }
 }
 
 impl Sim {
@@ -296,6 +304,15 @@ impl Sim {
         self.persist_log(i);
         self.apply(i);
         self.feed(i);
+        if let Some((target, until)) = self.nodes[i].handoff {
+            if self.nodes[i].log.handoff_ready_now(target) {
+                self.nodes[i].handoff = None;
+                self.input(i, Input::HandoffReady(true));
+            } else if self.now >= until {
+                self.nodes[i].handoff = None;
+                self.input(i, Input::HandoffReady(false));
+            }
+        }
         let meta = self.nodes[i].store.meta();
         let local = LocalStatus {
             last: self.nodes[i].log.state().last,
@@ -389,6 +406,18 @@ impl Sim {
                     feeder.close(&self.nodes[i].log);
                     self.input(i, Input::FollowerGone(id, stream));
                 }
+            }
+            Msg::ClientReq {
+                client,
+                attempt,
+                req,
+            } if self.nodes[i].handoff.is_some() => {
+                let resp = Response::Error {
+                    kind: crate::wire::ErrorKind::Unavailable,
+                    message: "handing over".into(),
+                };
+                let _ = req;
+                self.send_client(Endpoint::Node(i), client, attempt, resp);
             }
             Msg::ClientReq {
                 client,

@@ -26,6 +26,17 @@ pub enum Request {
     /// Any other data command (expiry, conditional and atomic writes,
     /// transactions, scans); answered with [`Response::Reply`].
     Command(crate::commands::Command),
+    /// Hand the coordinator role to `to` (or the best in-sync replica): a
+    /// planned handoff (`dkv-client failover`). Answered once this node no
+    /// longer coordinates (`Reply(Ok)`), or with why it could not.
+    Handoff {
+        to: Option<NodeId>,
+    },
+    /// A consistent snapshot of the whole store ([`crate::backup`]):
+    /// answered by a stream of frames, [`Response::BackupBegin`], then
+    /// [`Response::BackupPairs`] and [`Response::BackupEntries`] in any
+    /// order, then [`Response::BackupEnd`] (or an error frame, which ends it).
+    Backup,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +58,26 @@ pub enum Response {
     Authenticated,
     /// The answer to a [`Request::Command`].
     Reply(crate::commands::Value),
+    /// A backup stream starts: the store's applied position `start` (every
+    /// pair that follows reflects at least this position) and its key count
+    /// then (for progress).
+    BackupBegin {
+        start: LogPos,
+        keys: u64,
+    },
+    /// Pairs of one shard copied from the map ("fuzzy": each pair as of
+    /// some position between the stream's start and end).
+    BackupPairs(Vec<crate::store::Pair>),
+    /// Committed entries, contiguous, continuing from the last ones sent
+    /// (the first follows `start`).
+    BackupEntries(Vec<crate::types::Entry>),
+    /// The stream's end position (the last entry sent) and the store's
+    /// digest and key count at exactly that position.
+    BackupEnd {
+        end: LogPos,
+        digest: u64,
+        keys: u64,
+    },
 }
 
 /// Error classes a node or the server reports. Append-only.

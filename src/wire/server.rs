@@ -49,6 +49,19 @@ pub enum ServerRequest {
     /// without its state, or a new machine at the same address) who it is
     /// and what it knows, so the server can rebuild its view safely.
     Rejoin(Box<RejoinReport>),
+    /// An operator removes a member that is neither the coordinator nor in
+    /// the in-sync set (`dkv-client member remove`); the id is refused from
+    /// then on. Answered with the new view.
+    RemoveMember { node_id: NodeId },
+    /// The coordinator of `epoch` hands its role to `to`, an in-sync member
+    /// holding everything it holds (a planned handoff): the server grants
+    /// `epoch + 1` to `to` at once, without waiting for the lease, which the
+    /// resigning coordinator gave up before asking.
+    Handoff {
+        from: NodeId,
+        epoch: Epoch,
+        to: NodeId,
+    },
 }
 
 /// What a running node reports when it rejoins (see `ServerRequest::Rejoin`).
@@ -83,6 +96,7 @@ impl ServerRequest {
                 | ServerRequest::SetIsr { .. }
                 | ServerRequest::RequestGrant { .. }
                 | ServerRequest::Rejoin(_)
+                | ServerRequest::Handoff { .. }
         )
     }
 }

@@ -40,6 +40,7 @@ use crate::wire::{MAGIC, PROTOCOL_VERSION};
 
 mod detector;
 mod election;
+mod handoff;
 mod isr;
 mod status;
 mod view;
@@ -91,6 +92,8 @@ pub enum Call {
     /// Tell a server that does not know this node who it is (it restarted
     /// without its state).
     Rejoin,
+    /// Hand the coordinator role to an in-sync replica (see `handoff.rs`).
+    Handoff,
 }
 
 impl std::fmt::Display for Call {
@@ -101,6 +104,7 @@ impl std::fmt::Display for Call {
             Call::SetIsr => "in-sync set change",
             Call::Grant => "grant request",
             Call::Rejoin => "rejoin",
+            Call::Handoff => "handoff request",
         })
     }
 }
@@ -134,6 +138,14 @@ pub enum Input {
         refused: bool,
         expected: bool,
     },
+    /// Hand the coordinator role over (to `to`, or the best in-sync
+    /// replica): SIGTERM, `dkv-client failover`.
+    Handoff {
+        to: Option<NodeId>,
+    },
+    /// The data path held new writes and saw the ones appended committed
+    /// and the handoff's target holding them all (`true`), or gave up.
+    HandoffReady(bool),
 }
 
 /// What the data path may do, published after every role change.
@@ -182,6 +194,15 @@ pub enum Action {
     RemoveFromCommitSet(NodeId),
     SetRequired(usize),
     Publish(Serving),
+    /// `target: Some`: make new writes wait, and report
+    /// [`Input::HandoffReady`] once every appended write is committed and
+    /// `target` holds them all. `target: None`: let the held writes go; they
+    /// are answered "not the coordinator, try `successor`" if this node no
+    /// longer coordinates.
+    HoldWrites {
+        target: Option<NodeId>,
+        successor: Option<String>,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -235,10 +256,20 @@ pub struct NodeCore {
     following: Option<(NodeId, Epoch)>,
     follow_retry_at: Option<Instant>,
     follow_failures: u32,
+    /// Streams refused in a row as "expected" (the new coordinator did not
+    /// know it was one yet) since the coordinator last changed: they are
+    /// retried quickly at first, so a handoff's replicas follow within
+    /// milliseconds.
+    follow_refusals: u32,
     election: Election,
     /// Grant requests and deferrals of the current election: the first is
     /// logged at info, the rest at debug.
     election_tries: u32,
+    /// Set while the answer to this node's grant request is adopted: only
+    /// that answer carries a lease (see `become_coordinator`).
+    grant_answer: bool,
+    /// The in-sync replica this coordinator is handing its role to.
+    handoff: Option<NodeId>,
     /// Server calls failing since this instant, and how many (for one
     /// warning per [`OUTAGE_WARN_EVERY`], not one per call).
     server_outage: Option<Outage>,
@@ -292,12 +323,20 @@ impl NodeCore {
             following: None,
             follow_retry_at: None,
             follow_failures: 0,
+            follow_refusals: 0,
             election: Election::Idle,
             election_tries: 0,
+            grant_answer: false,
+            handoff: None,
             server_outage: None,
         };
         let mut out = Vec::new();
+        // A registration that names this node coordinator founded the
+        // cluster: the server granted epoch 1 when it got the request sent
+        // at `registered_at`, as for a grant.
+        core.grant_answer = true;
         core.adopt_view(registered_at, view, registered_at, &mut out);
+        core.grant_answer = false;
         (core, out)
     }
 
@@ -357,6 +396,8 @@ impl NodeCore {
                 refused,
                 expected,
             } => self.follow_lost(now, reason, refused, expected, &mut out),
+            Input::Handoff { to } => self.start_handoff(now, to, &mut out),
+            Input::HandoffReady(ready) => self.handoff_ready(ready, &mut out),
         }
         out
     }
@@ -576,6 +617,55 @@ mod tests {
             },
         );
         assert_eq!(out[0], Action::RemoveFromCommitSet(2));
+    }
+
+    #[test]
+    fn a_view_naming_this_node_coordinator_gives_no_lease_until_a_push_renews_one() {
+        let now = Instant::now();
+        let (mut core, _) = NodeCore::new(2, 1, &settings(), view(1, 1, &[1, 2], &[1, 2]), now);
+        // The grant's answer was lost; a later view call finds this node
+        // coordinator of epoch 2, granted at some earlier, unknown time.
+        let later = now + Duration::from_millis(300);
+        let out = core.handle(
+            later,
+            Input::ServerReply {
+                call: Call::View,
+                sent: later,
+                reply: Ok(ServerResponse::View(view(2, 2, &[2], &[1, 2]))),
+            },
+        );
+        assert_eq!(core.role(), Role::Coordinator);
+        let published: Vec<_> = out
+            .iter()
+            .filter_map(|a| match a {
+                Action::Publish(s) => Some(s.lease_until),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            published.iter().all(|l| l.is_none()),
+            "served on a lease the server may not have: {published:?}"
+        );
+        // It pushes its status at once; the answer renews a lease.
+        let out = core.handle(later, Input::Tick(LocalStatus::default()));
+        assert!(out.iter().any(|a| matches!(
+            a,
+            Action::CallServer {
+                call: Call::Status,
+                ..
+            }
+        )));
+        let out = core.handle(
+            later,
+            Input::ServerReply {
+                call: Call::Status,
+                sent: later,
+                reply: Ok(ServerResponse::Ok(view(2, 2, &[2], &[1, 2]))),
+            },
+        );
+        assert!(out
+            .iter()
+            .any(|a| matches!(a, Action::Publish(s) if s.lease_until.is_some_and(|t| t > later))));
     }
 
     #[test]

@@ -166,6 +166,9 @@ impl NodeCore {
         out: &mut Vec<Action>,
     ) {
         self.track_outage(now, call, &reply);
+        if call == Call::Handoff {
+            return self.handoff_answered(now, sent, reply, out);
+        }
         match (call, reply) {
             (_, Ok(ServerResponse::NotRegistered { .. })) => {
                 match call {
@@ -176,7 +179,7 @@ impl NodeCore {
                             until: now + self.timing.heartbeat,
                         }
                     }
-                    Call::View | Call::Rejoin => {}
+                    Call::View | Call::Rejoin | Call::Handoff => {}
                 }
                 if call == Call::Rejoin {
                     log::warn!(
@@ -198,7 +201,7 @@ impl NodeCore {
             }
             (Call::Status, Ok(ServerResponse::Ok(view))) => {
                 self.push_failures = 0;
-                if self.role == Role::Coordinator && view.epoch == self.epoch {
+                if self.role == Role::Coordinator && view.epoch == self.epoch && self.may_renew() {
                     let until = sent + self.timing.lease;
                     if self.lease_until.is_none_or(|t| until > t) {
                         self.lease_until = Some(until);
@@ -214,7 +217,9 @@ impl NodeCore {
             }
             (Call::Grant, Ok(ServerResponse::Ok(view))) => {
                 self.election = Election::Idle;
+                self.grant_answer = true;
                 self.adopt_view(now, view, sent, out);
+                self.grant_answer = false;
             }
             (Call::View, Ok(ServerResponse::View(view))) => self.adopt_view(now, view, sent, out),
             (Call::Grant, Ok(ServerResponse::Rejected { epoch, reason })) => {
@@ -269,7 +274,7 @@ impl NodeCore {
                             until: now + self.timing.heartbeat,
                         };
                     }
-                    Call::View | Call::Rejoin => {}
+                    Call::View | Call::Rejoin | Call::Handoff => {}
                 }
             }
         }

@@ -114,7 +114,18 @@ impl NodeCore {
         self.connected.clear();
         self.coordinator_since = now;
         self.following = None;
-        self.lease_until = Some(sent + self.timing.lease);
+        // The server granted the lease when it got the grant request, after
+        // `sent`: counting from `sent` never outlasts the server's count. Any
+        // other answer naming this node coordinator (the grant's answer was
+        // lost and a view call found it; a server re-appointed it) comes
+        // after a grant made at an unknown earlier time, so it gives no
+        // lease: the first status push, sent at once, renews one.
+        self.lease_until = if self.grant_answer {
+            Some(sent + self.timing.lease)
+        } else {
+            self.next_server = now;
+            None
+        };
         self.push_failures = 0;
         self.next_beacon = now; // announce the new epoch at once
         log::info!(
@@ -149,6 +160,7 @@ impl NodeCore {
             self.election = Election::Idle;
         }
         if epoch_changed {
+            self.follow_refusals = 0;
             // A new coordinator: give it a grace period before suspicion.
             if let Some(p) = coordinator.and_then(|c| self.peers.get_mut(&c)) {
                 p.last_heard = now;
@@ -221,6 +233,14 @@ impl NodeCore {
             log::debug!("node {}: replication stream lost: {reason}", self.id);
         }
         self.follow_failures += 1;
+        let retry = if expected {
+            // 2, 4, 8 ... ms, up to follow-retry.
+            let quick = std::time::Duration::from_millis(2 << self.follow_refusals.min(10));
+            self.follow_refusals += 1;
+            quick.min(self.timing.follow_retry)
+        } else {
+            self.timing.follow_retry
+        };
         if refused {
             // Nobody listens on the coordinator's port: its process is gone.
             if let Some((c, _)) = self.following {
@@ -230,7 +250,7 @@ impl NodeCore {
             }
         }
         self.following = None;
-        self.follow_retry_at = Some(now + self.timing.follow_retry);
+        self.follow_retry_at = Some(now + retry);
         self.election_tick(now, out);
     }
 
