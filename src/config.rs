@@ -69,6 +69,10 @@ pub struct Config {
     /// overrides it. None: off.
     #[serde(default)]
     pub sentinel_listen: Option<String>,
+    /// Where the server serves Prometheus metrics (`GET /metrics`);
+    /// `--metrics-listen` overrides it. None: off.
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
     /// The cluster's name for Sentinel clients.
     #[serde(default = "default_cluster_name")]
     pub cluster_name: String,
@@ -208,6 +212,11 @@ pub struct NodeSettings {
     /// port. "off" turns it off.
     #[serde(default)]
     pub resp_listen: Option<String>,
+    /// Where nodes serve Prometheus metrics (`GET /metrics`);
+    /// `--metrics-listen` overrides it. None: off (a port per node, so
+    /// several nodes on one host need the flag or port 0).
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
     /// Directory for the node's identity, write-ahead log and snapshots;
     /// `--data-dir` overrides it. None: data in memory only.
     #[serde(default)]

@@ -26,6 +26,7 @@ pub mod etcd;
 pub mod history;
 pub mod identity;
 pub mod log;
+pub mod metrics;
 pub mod net;
 pub mod node;
 pub mod registry;

@@ -32,6 +32,8 @@ pub struct ServerOptions {
     pub max_connections: usize,
     /// Where to answer Sentinel commands (RESP); `None` turns it off.
     pub sentinel_listen: Option<SocketAddr>,
+    /// Where to serve Prometheus metrics (`GET /metrics`); `None`: off.
+    pub metrics_listen: Option<SocketAddr>,
     /// The name Sentinel clients ask for (`master_for('dkv')`).
     pub cluster_name: String,
     /// Cluster secret and client password.
@@ -70,6 +72,7 @@ struct Shared {
     security: Security,
     counters: Arc<AuthCounters>,
     deadlines: Deadlines,
+    metrics: Arc<crate::metrics::ServerCounters>,
 }
 
 impl Shared {
@@ -88,6 +91,7 @@ pub struct Server {
     shared: Arc<Shared>,
     addr: SocketAddr,
     sentinel_addr: Option<SocketAddr>,
+    metrics_addr: Option<SocketAddr>,
     /// The other servers' Sentinel addresses (`SENTINEL sentinels`).
     sentinel_peers: Arc<RwLock<Vec<String>>>,
     /// The server port and, when on, the Sentinel port.
@@ -139,6 +143,7 @@ impl Server {
         log::info!("registry: {}", arbiter.describe());
         let listener = net::listen(opts.listen)?;
         let addr = listener.local_addr()?;
+        let metrics_listener = opts.metrics_listen.map(net::listen).transpose()?;
         let shared = Arc::new(Shared {
             arbiter,
             shutdown: AtomicBool::new(false),
@@ -149,6 +154,7 @@ impl Server {
                 request: Duration::from_millis(opts.settings.read_timeout),
             },
             security: opts.security.clone(),
+            metrics: Default::default(),
         });
         opts.security.warn_if_open("server");
         net::raise_fd_limit();
@@ -182,6 +188,21 @@ impl Server {
             }
             None => None,
         };
+        let metrics_addr = match metrics_listener {
+            Some(l) => {
+                let a = l.local_addr()?;
+                let reg = crate::metrics::registry(crate::metrics::ServerCollector {
+                    core: shared.arbiter.core(),
+                    counters: shared.metrics.clone(),
+                    conns: listeners[0].live_count(),
+                    sentinel: sentinel_addr.map(|_| listeners[1].live_count()),
+                });
+                listeners.push(crate::metrics::start(l, "server", reg)?);
+                log::info!("metrics on http://{a}/metrics");
+                Some(a)
+            }
+            None => None,
+        };
         let presence = opts.etcd.as_ref().map(|reg| {
             Presence::new(
                 reg.etcd.clone(),
@@ -204,6 +225,7 @@ impl Server {
             shared,
             addr,
             sentinel_addr,
+            metrics_addr,
             sentinel_peers,
             listeners,
             ticker: Some(ticker),
@@ -217,6 +239,10 @@ impl Server {
 
     pub fn sentinel_addr(&self) -> Option<SocketAddr> {
         self.sentinel_addr
+    }
+
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// Replaces the Sentinel addresses ("host:port") of the other servers
@@ -467,11 +493,15 @@ fn serve(sh: &Shared, stream: TcpStream) {
 }
 
 fn handle(sh: &Shared, req: ServerRequest) -> ServerResponse {
-    match sh.arbiter.handle(&Instant::now, req) {
-        ServerResponse::View(mut v) => {
-            v.auth = sh.auth_stats();
-            ServerResponse::View(v)
-        }
-        other => other,
-    }
+    let kind = crate::metrics::ServerCounters::kind(&req);
+    sh.metrics.counted(
+        kind,
+        match sh.arbiter.handle(&Instant::now, req) {
+            ServerResponse::View(mut v) => {
+                v.auth = sh.auth_stats();
+                ServerResponse::View(v)
+            }
+            other => other,
+        },
+    )
 }

@@ -246,6 +246,7 @@ fn sentinel_sentinels_lists_the_peers_set_on_the_server() {
         state_file: None,
         max_connections: 64,
         sentinel_listen: Some("127.0.0.1:0".parse().unwrap()),
+        metrics_listen: None,
         cluster_name: "dkv".into(),
         security: Default::default(),
         recover_from_nodes: false,

@@ -237,6 +237,7 @@ fn node_and_server_shutdown_join_every_thread_with_connections_open() {
         state_file: None,
         max_connections: 64,
         sentinel_listen: Some(any),
+        metrics_listen: Some(any),
         cluster_name: "dkv".into(),
         security: Default::default(),
         recover_from_nodes: false,
@@ -251,6 +252,7 @@ fn node_and_server_shutdown_join_every_thread_with_connections_open() {
             advertise: None,
             data_dir: None,
             resp_listen: Some(any),
+            metrics_listen: Some(any),
             settings: dkv::config::NodeSettings::default(),
             security: Default::default(),
         })

@@ -36,6 +36,10 @@ struct Args {
     /// --listen address.
     #[arg(long, value_name = "HOST:PORT")]
     resp_listen: Option<String>,
+    /// Where to serve Prometheus metrics on GET /metrics (overrides the
+    /// config's metrics-listen; "off" turns it off). Default: off.
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_listen: Option<String>,
     /// Config file; when absent, ./config.json is used if it exists.
     #[arg(short, long)]
     config: Option<PathBuf>,
@@ -98,6 +102,18 @@ fn main() -> ExitCode {
             }
         }
     };
+    let metrics = args
+        .metrics_listen
+        .clone()
+        .or_else(|| cfg.node_settings.metrics_listen.clone())
+        .filter(|m| m != "off");
+    let metrics_listen = match metrics.as_deref().map(dkv::net::resolve).transpose() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("dkv-node: bad --metrics-listen address: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let security = match dkv::auth::Security::from_config(&cfg) {
         Ok(s) => s,
         Err(e) => {
@@ -116,6 +132,7 @@ fn main() -> ExitCode {
     let opts = NodeOptions {
         security,
         resp_listen,
+        metrics_listen,
         server,
         listen,
         advertise: args.advertise,
@@ -125,14 +142,16 @@ fn main() -> ExitCode {
     match Node::start(opts) {
         Ok(node) => {
             // Scripts and tests read the node's addresses from this line.
+            let off = |a: Option<std::net::SocketAddr>| {
+                a.map(|a| a.to_string()).unwrap_or_else(|| "off".into())
+            };
             println!(
-                "dkv-node {} listening on {} beacons {} resp {}",
+                "dkv-node {} listening on {} beacons {} resp {} metrics {}",
                 node.id(),
                 node.data_addr(),
                 node.beacon_addr(),
-                node.resp_addr()
-                    .map(|a| a.to_string())
-                    .unwrap_or_else(|| "off".into())
+                off(node.resp_addr()),
+                off(node.metrics_addr())
             );
             let sig = signals.wait();
             log::info!("{sig}: stopping");

@@ -42,6 +42,10 @@ struct Args {
     /// 127.0.0.1:26379; defaults to the config's sentinel-listen, else off.
     #[arg(long, value_name = "HOST:PORT")]
     sentinel_listen: Option<String>,
+    /// Where to serve Prometheus metrics on GET /metrics, e.g.
+    /// 127.0.0.1:9101; defaults to the config's metrics-listen, else off.
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_listen: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -95,6 +99,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let metrics = args.metrics_listen.or_else(|| cfg.metrics_listen.clone());
+    let metrics_listen = match metrics.as_deref().map(dkv::net::resolve).transpose() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("dkv-server: bad metrics address: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let security = match dkv::auth::Security::from_config(&cfg) {
         Ok(s) => s,
         Err(e) => {
@@ -116,6 +128,7 @@ fn main() -> ExitCode {
         etcd,
         security,
         sentinel_listen,
+        metrics_listen,
         cluster_name: cfg.cluster_name.clone(),
         listen,
         settings: cfg.node_settings.clone(),
@@ -126,10 +139,14 @@ fn main() -> ExitCode {
     match Server::start(opts) {
         Ok(server) => {
             // Scripts read the bound address from this line.
-            match server.sentinel_addr() {
-                Some(s) => println!("dkv-server listening on {} sentinel {s}", server.addr()),
-                None => println!("dkv-server listening on {}", server.addr()),
+            let mut line = format!("dkv-server listening on {}", server.addr());
+            if let Some(s) = server.sentinel_addr() {
+                line.push_str(&format!(" sentinel {s}"));
             }
+            if let Some(m) = server.metrics_addr() {
+                line.push_str(&format!(" metrics {m}"));
+            }
+            println!("{line}");
             let sig = signals.wait();
             log::info!("{sig}: stopping");
             signals.exit_on_second(1);

@@ -63,6 +63,11 @@ impl Progress {
         self.matched.get(&id).copied()
     }
 
+    /// Every tracked member's acknowledged index (the coordinator's own included).
+    pub fn matched_all(&self) -> impl Iterator<Item = (NodeId, u64)> + '_ {
+        self.matched.iter().map(|(&id, &i)| (id, i))
+    }
+
     /// Lowest index any tracked replica still needs (for log truncation).
     pub fn min_matched(&self) -> u64 {
         self.matched.values().copied().min().unwrap_or(0)

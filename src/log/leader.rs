@@ -503,6 +503,15 @@ impl ReplLog {
         }
     }
 
+    /// Coordinator: each tracked member's acknowledged index (metrics).
+    pub fn replica_positions(&self) -> Vec<(NodeId, u64)> {
+        let g = self.inner.lock();
+        g.leader
+            .as_ref()
+            .map(|l| l.progress.matched_all().collect())
+            .unwrap_or_default()
+    }
+
     pub fn commit_set(&self) -> Vec<NodeId> {
         let g = self.inner.lock();
         g.leader

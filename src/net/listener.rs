@@ -89,6 +89,16 @@ struct Tracked {
     drain: bool,
 }
 
+/// Tells how many connections a [`Listener`] has live.
+#[derive(Clone)]
+pub struct LiveCount(Arc<Registry>);
+
+impl LiveCount {
+    pub fn live(&self) -> usize {
+        self.0.live.lock().conns.len()
+    }
+}
+
 /// What a connection thread holds while it runs: its connection slot and
 /// its entry in the registry, both released when it is dropped (when the
 /// thread's work is done).
@@ -155,6 +165,11 @@ impl Listener {
     /// Live connections.
     pub fn live(&self) -> usize {
         self.reg.live.lock().conns.len()
+    }
+
+    /// A handle that tells the live connections (for metrics).
+    pub fn live_count(&self) -> LiveCount {
+        LiveCount(self.reg.clone())
     }
 
     /// Stops accepting and joins the accept thread; the port is closed when

@@ -141,8 +141,8 @@ pub(super) fn serve(sh: &Shared, stream: &TcpStream, reader: TimedStream<'_>, pe
                     },
                 })
             }
-            _ if !gate.is_authenticated() => Reply::Now(Response::Error {
-                kind: ErrorKind::AuthRequired,
+            r if !gate.is_authenticated() => Reply::Now(Response::Error {
+                kind: sh.metrics.unauthenticated(&r),
                 message: auth::AUTH_REQUIRED.into(),
             }),
             req => handle(sh, req),
@@ -309,9 +309,12 @@ fn handle(sh: &Shared, req: Request) -> Reply {
         serving: &serving,
         settings: &sh.settings,
     };
+    let t = sh.metrics.start(&req);
     match parts.begin(req, Instant::now(), crate::types::wall_ms()) {
-        Begun::Done(r) => Reply::Now(r),
-        Begun::Wait(rx, r) => Reply::Later(PendingWrite::new(rx, r, sh.settings.write_timeout())),
+        Begun::Done(r) => Reply::Now(sh.metrics.done(t, r)),
+        Begun::Wait(rx, r) => Reply::Later(
+            PendingWrite::new(rx, r, sh.settings.write_timeout()).timed(sh.metrics.latency(t)),
+        ),
     }
 }
 

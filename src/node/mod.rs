@@ -16,6 +16,7 @@
 //! path publishes its position on a separate [`StatusBoard`].
 
 mod client_conn;
+mod metrics;
 mod persist;
 mod replication;
 pub mod requests;
@@ -62,6 +63,8 @@ pub struct NodeOptions {
     pub data_dir: Option<PathBuf>,
     /// Where to serve RESP (the Redis protocol); `None` turns it off.
     pub resp_listen: Option<SocketAddr>,
+    /// Where to serve Prometheus metrics (`GET /metrics`); `None`: off.
+    pub metrics_listen: Option<SocketAddr>,
     pub settings: NodeSettings,
     /// Cluster secret and client password.
     pub security: Security,
@@ -109,6 +112,8 @@ pub(crate) struct Shared {
     follower: replication::FollowerCtl,
     /// The RESP port's counters and live connections (INFO, CLIENT LIST).
     pub resp: resp_admin::RespStats,
+    /// What the metrics port reports that no other state records.
+    pub metrics: metrics::NodeMetrics,
 }
 
 impl Shared {
@@ -178,8 +183,9 @@ pub struct Node {
     data_addr: SocketAddr,
     beacon_addr: SocketAddr,
     resp_addr: Option<SocketAddr>,
+    metrics_addr: Option<SocketAddr>,
     threads: Vec<JoinHandle<()>>,
-    /// The data port and, when on, the RESP port.
+    /// The data port and, when on, the RESP and metrics ports.
     listeners: Vec<Listener>,
 }
 
@@ -203,6 +209,10 @@ impl Node {
 
     pub fn resp_addr(&self) -> Option<SocketAddr> {
         self.resp_addr
+    }
+
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// Binds, registers with the server and starts every thread.
@@ -256,6 +266,11 @@ impl Node {
 
         let resp_listener = opts.resp_listen.map(net::listen).transpose()?;
         let resp_addr = resp_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+        let metrics_listener = opts.metrics_listen.map(net::listen).transpose()?;
+        let metrics_addr = metrics_listener
+            .as_ref()
+            .map(|l| l.local_addr())
+            .transpose()?;
         let resp_advertise = resp_addr.map(|a| {
             let host = advertise
                 .rsplit_once(':')
@@ -313,6 +328,11 @@ impl Node {
             next_stream: AtomicU64::new(1),
             follower: Default::default(),
             resp: Default::default(),
+            metrics: metrics::NodeMetrics::new(
+                storage
+                    .as_ref()
+                    .map(|st| st.wal.lock().fsync_seconds.clone()),
+            ),
         });
 
         let (server_tx, server_rx) = bounded(64);
@@ -374,6 +394,15 @@ impl Node {
         if let Some(l) = resp_listener {
             listeners.push(Listener::start(l, resp_conn::service(shared.clone()))?);
         }
+        if let Some(l) = metrics_listener {
+            let c = metrics::NodeCollector {
+                sh: Arc::downgrade(&shared),
+                native: listeners[0].live_count(),
+                resp: listeners.get(1).map(|l| l.live_count()),
+            };
+            let reg = crate::metrics::registry(c);
+            listeners.push(crate::metrics::start(l, &id.to_string(), reg)?);
+        }
         {
             let sh = shared.clone();
             threads.push(spawn(
@@ -395,6 +424,7 @@ impl Node {
             data_addr,
             beacon_addr,
             resp_addr,
+            metrics_addr,
             threads,
             listeners,
         })
@@ -612,6 +642,7 @@ impl Driver {
                 actions.extend(self.core.handle(now, Input::Tick(self.shared.board.get())));
             }
             self.execute(actions);
+            self.shared.metrics.observe_core(&self.core);
         }
         self.shared.follower.set(None);
     }
@@ -662,6 +693,7 @@ impl NodeIo for DriverIo<'_> {
         // that stream's changes from here on.
         self.sh.follower.set(None);
         self.sh.log.become_leader(self.sh.id, epoch, &isr, required);
+        crate::metrics::inc(&self.sh.metrics.became_coordinator);
     }
 
     fn step_down(&mut self) {

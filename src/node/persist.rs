@@ -115,6 +115,7 @@ fn take_snapshot(sh: &Shared, storage: &Storage) -> crate::Result<()> {
     let pos = sh.store.meta().applied;
     let started = std::time::Instant::now();
     let path = snapshot::write(&storage.dir, pos, &sh.store)?;
+    sh.metrics.snapshot.since(started);
     let dropped = {
         let mut wal = storage.wal.lock();
         wal.bytes_since_snapshot = 0;
@@ -139,10 +140,14 @@ pub(super) fn fsync_loop(sh: Arc<Shared>, storage: Arc<Storage>) {
         // appending during the fsync. (After a rotation the old segment was
         // already forced by the rotation itself.)
         let handle = storage.wal.lock().file_handle();
+        let started = std::time::Instant::now();
         let res = handle.and_then(|f| {
             f.sync_data()
                 .map_err(|e| crate::Error::Storage(format!("fsync: {e}")))
         });
+        if let Some(h) = &sh.metrics.fsync {
+            h.since(started);
+        }
         if let Err(e) = res {
             log::error!("background fsync failed, this node accepts no more writes: {e}");
             sh.log.fail_storage(e.to_string());
@@ -159,7 +164,9 @@ pub(super) fn persist_installed_snapshot(
     pos: LogPos,
 ) -> crate::Result<()> {
     let mut wal = storage.wal.lock();
+    let started = std::time::Instant::now();
     snapshot::write(&storage.dir, pos, &sh.store)?;
+    sh.metrics.snapshot.since(started);
     wal.reset(pos)?;
     snapshot::remove_older(&storage.dir, pos)?;
     Ok(())

@@ -245,6 +245,8 @@ pub struct PendingWrite {
     outcome: Outcome,
     reply: Response,
     deadline: Instant,
+    /// Where its latency is observed when it is answered (metrics).
+    timer: Option<(crate::metrics::Histogram, Instant)>,
 }
 
 impl PendingWrite {
@@ -254,14 +256,25 @@ impl PendingWrite {
             outcome,
             reply,
             deadline: Instant::now() + timeout,
+            timer: None,
         }
+    }
+
+    /// Observes the time from `started` to the answer into the histogram.
+    pub fn timed(mut self, timer: (crate::metrics::Histogram, Instant)) -> Self {
+        self.timer = Some(timer);
+        self
     }
 
     /// Waits for the commit (until the deadline) and gives the answer: a
     /// write not committed by then is of unknown outcome, never failed.
     pub fn wait(self) -> Response {
         let left = self.deadline.saturating_duration_since(Instant::now());
-        finish(self.outcome.recv_timeout(left), self.reply)
+        let r = finish(self.outcome.recv_timeout(left), self.reply);
+        if let Some((h, started)) = self.timer {
+            h.since(started);
+        }
+        r
     }
 }
 

@@ -151,6 +151,9 @@ impl Conn<'_> {
             self.forward = None;
         }
         if let Gated::Answer { reply, close } = gate {
+            self.sh
+                .metrics
+                .resp_gated(&args[0], self.gate.is_authenticated());
             return (Answer::Now(reply), close);
         }
         let cmd = upper(&args[0]);
@@ -293,12 +296,16 @@ impl Conn<'_> {
             serving: &serving,
             settings: &self.sh.settings,
         };
+        let t = self.sh.metrics.start(&req);
         match dp.begin(req.clone(), Instant::now(), crate::types::wall_ms()) {
             Begun::Done(Response::NotCoordinator { .. }) => Answer::Now(self.forward(req, shape)),
-            Begun::Done(Response::Reply(v)) => Answer::Now(resp_data::to_reply(v, shape)),
-            Begun::Done(r) => Answer::Now(to_reply(r)),
+            Begun::Done(r) => match self.sh.metrics.done(t, r) {
+                Response::Reply(v) => Answer::Now(resp_data::to_reply(v, shape)),
+                r => Answer::Now(to_reply(r)),
+            },
             Begun::Wait(rx, r) => Answer::Later(PendingReply(
-                PendingWrite::new(rx, r, self.sh.settings.write_timeout()),
+                PendingWrite::new(rx, r, self.sh.settings.write_timeout())
+                    .timed(self.sh.metrics.latency(t)),
                 shape,
             )),
         }

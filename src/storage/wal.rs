@@ -232,6 +232,8 @@ pub struct Wal {
     segment_bytes: u64,
     /// Bytes appended since the last snapshot.
     pub bytes_since_snapshot: u64,
+    /// Duration of each fsync of the log (a shared handle: metrics read it).
+    pub fsync_seconds: crate::metrics::Histogram,
 }
 
 impl Wal {
@@ -266,6 +268,7 @@ impl Wal {
             file_len,
             segment_bytes: segment_bytes.max(4096),
             bytes_since_snapshot: replay.bytes,
+            fsync_seconds: crate::metrics::Histogram::new(crate::metrics::LATENCY_BUCKETS),
         })
     }
 
@@ -280,9 +283,10 @@ impl Wal {
 
     /// Makes everything appended so far durable.
     pub fn sync(&self) -> Result<()> {
-        self.file
-            .sync_data()
-            .map_err(|e| storage_err(&self.segments.last().expect("a segment").path, e))
+        let started = std::time::Instant::now();
+        let r = self.file.sync_data();
+        self.fsync_seconds.since(started);
+        r.map_err(|e| storage_err(&self.segments.last().expect("a segment").path, e))
     }
 
     /// A handle for background fsync (`fsync: interval`).

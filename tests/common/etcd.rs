@@ -368,6 +368,7 @@ impl EtcdCluster {
             addr: m.url.clone(),
             beacon_addr: String::new(),
             resp_addr: String::new(),
+            metrics_addr: String::new(),
             id: i as u64,
             log,
         });

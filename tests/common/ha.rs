@@ -162,6 +162,7 @@ impl HaCluster {
                 addr: words[3].to_string(),
                 beacon_addr: String::new(),
                 resp_addr: words[5].to_string(),
+                metrics_addr: String::new(),
                 id: i as u64,
                 log,
             }),

@@ -35,6 +35,8 @@ pub struct Proc {
     pub beacon_addr: String,
     /// RESP address ("off" when disabled).
     pub resp_addr: String,
+    /// Metrics address (`GET /metrics`); empty when off.
+    pub metrics_addr: String,
     pub id: u64,
     pub log: PathBuf,
 }
@@ -277,10 +279,13 @@ impl Cluster {
             state.to_str().unwrap(),
             "--sentinel-listen",
             "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
         ];
         args.extend_from_slice(extra);
         let (child, line) = spawn(SERVER_BIN, &args, &log);
-        // "dkv-server listening on ADDR [sentinel ADDR]"
+        // "dkv-server listening on ADDR [sentinel ADDR] [metrics ADDR]"
+        let metrics_addr = word_after(&line, "metrics");
         let rest = line
             .strip_prefix("dkv-server listening on ")
             .unwrap_or_else(|| panic!("unexpected server banner: {line}"));
@@ -294,6 +299,7 @@ impl Cluster {
             beacon_addr: String::new(),
             // The server's RESP endpoint is its Sentinel port.
             resp_addr: sentinel,
+            metrics_addr,
             id: 0,
             log,
         }
@@ -480,6 +486,22 @@ pub fn spawn_node_proc(args: Vec<String>, log: PathBuf) -> Proc {
     start_node(args, log).ready()
 }
 
+/// The word after `key` in a start-up line ("metrics 127.0.0.1:9101"), or
+/// "" when it is absent or "off".
+pub fn word_after(line: &str, key: &str) -> String {
+    let mut words = line.split_whitespace();
+    while let Some(w) = words.next() {
+        if w == key {
+            return words
+                .next()
+                .filter(|a| *a != "off")
+                .unwrap_or("")
+                .to_string();
+        }
+    }
+    String::new()
+}
+
 /// A node started by [`start_node`], its banner not read yet.
 pub struct StartingNode {
     starting: Starting,
@@ -502,7 +524,7 @@ impl StartingNode {
     /// Waits for the banner; panics if the node exits first.
     pub fn ready(self) -> Proc {
         let (child, line) = self.starting.ready().unwrap_or_else(|why| panic!("{why}"));
-        // "dkv-node ID listening on ADDR beacons ADDR [resp ADDR]"
+        // "dkv-node ID listening on ADDR beacons ADDR resp ADDR metrics ADDR"
         let parts: Vec<&str> = line.split_whitespace().collect();
         assert!(
             parts.len() >= 7 && parts[0] == "dkv-node",
@@ -514,6 +536,7 @@ impl StartingNode {
             addr: parts[4].to_string(),
             beacon_addr: parts[6].to_string(),
             resp_addr: parts.get(8).map(|s| s.to_string()).unwrap_or_default(),
+            metrics_addr: word_after(&line, "metrics"),
             args: self.args,
             log: self.log,
         }

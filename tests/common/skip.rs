@@ -68,6 +68,29 @@ pub fn require_redis_py() -> bool {
     require(ok, "redis-py is not installed", PIP)
 }
 
+/// python3 with the Prometheus client (its text-format parser), for
+/// tests/metrics.rs.
+pub fn require_prometheus_client() -> bool {
+    const PIP: &str = "python3 -m pip install prometheus-client";
+    if !require_tool(
+        "python3",
+        &format!("apt-get install python3 python3-pip, then {PIP}"),
+    ) {
+        return false;
+    }
+    let ok = std::process::Command::new("python3")
+        .args(["-c", "import prometheus_client.parser"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    require(
+        ok,
+        "the prometheus-client Python package is not installed",
+        PIP,
+    )
+}
+
 /// node with ioredis installed in tests/js, for the tests that run ioredis.
 pub fn require_ioredis() -> bool {
     const NPM: &str = "npm ci --prefix tests/js";

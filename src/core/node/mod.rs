@@ -356,6 +356,11 @@ impl NodeCore {
         self.election
     }
 
+    /// The cluster view this node last adopted (metrics read its sizes).
+    pub fn view(&self) -> &ClusterView {
+        &self.view
+    }
+
     /// When the driver must call again at the latest.
     pub fn next_deadline(&self) -> Instant {
         let mut d = self.next_beacon.min(self.next_server);
