@@ -20,6 +20,7 @@
 //!   lease, no forwarding), and names the encoding Redis would use for the
 //!   value.
 
+use super::resp_data::{upper, wrong_args};
 use super::Shared;
 use crate::resp::{Reply, RESP2, RESP3};
 use crate::types::Role;
@@ -239,17 +240,6 @@ pub(crate) fn answer(s: &mut Session<'_, '_>, args: &[Vec<u8>]) -> Option<(Reply
         _ => return None,
     };
     Some((reply, false))
-}
-
-fn upper(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).to_ascii_uppercase()
-}
-
-fn wrong_args(cmd: &str) -> Reply {
-    Reply::err(format!(
-        "ERR wrong number of arguments for '{}' command",
-        cmd.to_ascii_lowercase()
-    ))
 }
 
 fn unknown_sub(cmd: &str, sub: &[u8]) -> Reply {

@@ -11,6 +11,7 @@
 
 use super::requests::{Begun, DataPath, PendingWrite};
 use super::resp_data::{self, Shape};
+use super::resp_data::{upper, wrong_args};
 use super::{resp_admin, Shared};
 use crate::commands::Command;
 use crate::net::listener::Service;
@@ -95,17 +96,6 @@ impl Handler for Conn<'_> {
     fn proto(&self) -> u8 {
         self.proto
     }
-}
-
-fn upper(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).to_ascii_uppercase()
-}
-
-fn wrong_args(cmd: &str) -> Reply {
-    Reply::err(format!(
-        "ERR wrong number of arguments for '{}' command",
-        cmd.to_ascii_lowercase()
-    ))
 }
 
 impl Conn<'_> {

@@ -78,7 +78,8 @@ pub(super) fn to_reply(v: Value, shape: Shape) -> Reply {
     }
 }
 
-fn upper(b: &[u8]) -> String {
+/// A command name or option, upper case (RESP names are case-insensitive).
+pub(super) fn upper(b: &[u8]) -> String {
     String::from_utf8_lossy(b).to_ascii_uppercase()
 }
 
