@@ -103,3 +103,55 @@ fn sentinel_failover_hands_the_role_over() {
     assert_ne!(cli(&["SENTINEL", "get-master-addr-by-name", "dkv"]), master);
     assert!(cli(&["SENTINEL", "FAILOVER", "other"]).contains("No such master"));
 }
+
+/// SIGTERM to a replica: it says on its stream that it is leaving, the
+/// coordinator has the server record it out of the in-sync set while it
+/// still acknowledges, then releases it; it exits 0. The coordinator never
+/// treats it as failed, no election runs, and nothing is lost.
+#[test]
+fn sigterm_to_a_replica_leaves_the_in_sync_set_first() {
+    let mut c = Cluster::start("sigterm-replica", 3, json!({}));
+    c.wait_for_isr(3);
+    let writers = Writers::start(&c.server_addr(), 4, "leave");
+    writers.wait_acked(200);
+    let before = c.view();
+    let coord = c.coordinator();
+    let replica = (0..3).find(|&i| i != coord).expect("a replica");
+    let id = c.nodes[replica].id;
+    unsafe {
+        libc::kill(c.nodes[replica].pid(), libc::SIGTERM);
+    }
+    let status = c.nodes[replica].child.wait().expect("wait");
+    assert!(status.success(), "the replica exited with {status}");
+    // Released only once the server recorded the removal: the view says so
+    // as soon as the process is gone.
+    let after = c.view();
+    assert!(!after.isr.contains(&id), "{after:?}");
+    assert_eq!(
+        after.epoch, before.epoch,
+        "a replica's stop caused an election"
+    );
+    let n = writers.acked();
+    writers.wait_acked(n + 200);
+    let log = writers.stop();
+    assert_eq!(
+        log.unknown, 0,
+        "a replica's stop left writes of unknown outcome"
+    );
+    assert_eq!(log.failed, 0, "a replica's stop failed writes");
+    assert_all_read_back(&c.server_addr(), &log);
+    let replica_log = c.nodes[replica].log_text();
+    assert!(
+        replica_log.contains("the coordinator released it"),
+        "{replica_log}"
+    );
+    let coord_log = c.nodes[coord].log_text();
+    assert!(
+        coord_log.contains(&format!("replica {id} is leaving")),
+        "{coord_log}"
+    );
+    assert!(
+        !coord_log.contains(&format!("replica {id} unreachable")),
+        "the coordinator waited for the failure detector: {coord_log}"
+    );
+}

@@ -201,6 +201,8 @@ fn nodes_and_server_serve_prometheus_metrics() {
     assert!(m.value("dkv_wal_fsync_duration_seconds_count", &[]) >= 1.0);
     let lag = m.value("dkv_replica_lag_entries", &[("replica", &rid.to_string())]);
     assert!(lag >= 0.0);
+    let lag_bytes = m.value("dkv_replica_lag_bytes", &[("replica", &rid.to_string())]);
+    assert!(lag_bytes >= 0.0);
     assert!(m.value("dkv_became_coordinator_total", &[]) >= 1.0);
     assert!(m.value("dkv_memory_used_bytes", &[]) > 0.0);
     assert_eq!(m.value("dkv_memory_max_bytes", &[]), 0.0);
@@ -225,6 +227,7 @@ fn nodes_and_server_serve_prometheus_metrics() {
     assert!(r.value("dkv_applied_index", &[]) >= WRITES as f64 - 1.0);
     assert_eq!(r.value("dkv_write_latency_seconds_count", &[]), 0.0);
     assert!(r.get("dkv_replica_lag_entries", &[]).is_none());
+    assert!(r.get("dkv_replica_lag_bytes", &[]).is_none());
 
     let s = Samples::of(&c.server.metrics_addr);
     assert_eq!(s.value("dkv_server_epoch", &[]), epoch);

@@ -284,6 +284,7 @@ fn repl_msg() -> impl Strategy<Value = ReplMsg> {
             prop_oneof![
                 Just(Refusal::NotCoordinator),
                 Just(Refusal::OwnStream),
+                Just(Refusal::Released),
                 any::<u64>().prop_map(Refusal::NotMember),
                 (any::<u64>(), any::<u64>()).prop_map(|(replica, coordinator)| {
                     Refusal::NewerEpoch {
@@ -298,7 +299,11 @@ fn repl_msg() -> impl Strategy<Value = ReplMsg> {
 }
 
 fn repl_ack() -> impl Strategy<Value = ReplAck> {
-    (any::<u64>(), pos()).prop_map(|(epoch, last)| ReplAck { epoch, last })
+    (any::<u64>(), pos(), any::<bool>()).prop_map(|(epoch, last, leaving)| ReplAck {
+        epoch,
+        last,
+        leaving,
+    })
 }
 
 fn member_report() -> impl Strategy<Value = MemberReport> {
@@ -1452,6 +1457,7 @@ fn seeds() -> Vec<(&'static str, Seeds)> {
             ReplAck {
                 epoch: 4,
                 last: LogPos::new(4, 120),
+                leaving: false,
             },
         )],
     );

@@ -173,6 +173,7 @@ fn a_node_with_the_wrong_secret_cannot_register_or_act() {
         &wire::ReplAck {
             epoch,
             last: LogPos::ZERO,
+            leaving: false,
         },
     );
     assert!(closed_by_peer(&s));

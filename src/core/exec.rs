@@ -42,6 +42,8 @@ pub trait NodeIo {
     /// committed entry now.
     fn add_to_commit_set(&mut self, id: NodeId) -> bool;
     fn remove_from_commit_set(&mut self, id: NodeId);
+    /// See [`Action::ReleaseFollower`].
+    fn release_follower(&mut self, id: NodeId);
     fn set_required(&mut self, n: usize);
     fn publish(&mut self, serving: Serving);
     /// See [`Action::HoldWrites`].
@@ -87,6 +89,7 @@ pub fn execute(core: &mut NodeCore, now: Instant, actions: Vec<Action>, io: &mut
                 }
             }
             Action::RemoveFromCommitSet(id) => io.remove_from_commit_set(id),
+            Action::ReleaseFollower(id) => io.release_follower(id),
             Action::SetRequired(n) => io.set_required(n),
             Action::Publish(s) => io.publish(s),
             Action::HoldWrites { target, successor } => io.hold_writes(target, successor),

@@ -225,6 +225,7 @@ impl crate::core::exec::NodeIo for HarnessIo<'_> {
         true // no data path: every replica is caught up
     }
     fn remove_from_commit_set(&mut self, _: NodeId) {}
+    fn release_follower(&mut self, _: NodeId) {}
     fn set_required(&mut self, _: usize) {}
     fn publish(&mut self, _: Serving) {}
 }

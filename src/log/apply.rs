@@ -152,10 +152,10 @@ mod tests {
         let st = log.state();
         assert_eq!(st.base.index, 2);
         assert!(matches!(
-            log.fetch(st.generation, 1, Some(0), 1 << 20, Duration::ZERO),
+            log.fetch((2, 0), st.generation, 1, Some(0), 1 << 20, Duration::ZERO),
             Fetch::NeedSnapshot
         ));
-        match log.fetch(st.generation, 3, Some(0), 1 << 20, Duration::ZERO) {
+        match log.fetch((2, 0), st.generation, 3, Some(0), 1 << 20, Duration::ZERO) {
             Fetch::Entries {
                 prev,
                 entries,

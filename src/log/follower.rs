@@ -225,7 +225,14 @@ mod tests {
             prev,
             entries,
             commit,
-        } = coord.fetch(coord.state().generation, 3, None, 1 << 20, Duration::ZERO)
+        } = coord.fetch(
+            (2, 0),
+            coord.state().generation,
+            3,
+            None,
+            1 << 20,
+            Duration::ZERO,
+        )
         else {
             panic!()
         };

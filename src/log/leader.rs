@@ -38,6 +38,8 @@ pub enum Fetch {
     NeedSnapshot,
     /// Role or log changed under the sender; it must stop.
     Stale,
+    /// The replica left (see [`ReplLog::release`]): end its stream.
+    Released,
     /// Nothing new before the timeout.
     Idle,
 }
@@ -64,6 +66,9 @@ pub(super) struct Leader {
     /// The replication stream each tracked replica is on, so the end of an
     /// old stream cannot untrack the replica's newer one.
     pub(super) streams: HashMap<NodeId, u64>,
+    /// Streams of replicas that left the in-sync set on their own request:
+    /// their senders end them ([`Fetch::Released`]).
+    pub(super) released: Vec<(NodeId, u64)>,
     /// For each key hash, the newest entry not yet applied that touches a key
     /// with that hash; and the newest unapplied flush. With the map they give
     /// the state the whole log holds, which commands are evaluated against
@@ -206,6 +211,7 @@ impl ReplLog {
             waiters: HashMap::new(),
             required,
             streams: HashMap::new(),
+            released: Vec::new(),
             pending: HashMap::default(),
             pending_flush: None,
         });
@@ -428,6 +434,7 @@ impl ReplLog {
                 l.streams.remove(&id);
                 l.progress.untrack(id);
             }
+            l.released.retain(|&s| s != (id, stream));
         }
     }
 
@@ -503,6 +510,18 @@ impl ReplLog {
         }
     }
 
+    /// Ends the current stream of replica `id`, which asked to leave and is
+    /// out of the commit set: its sender sends [`Fetch::Released`] next.
+    pub fn release(&self, id: NodeId) {
+        let mut g = self.inner.lock();
+        if let Some(l) = g.leader.as_mut() {
+            if let Some(&stream) = l.streams.get(&id) {
+                l.released.push((id, stream));
+                self.changed.notify_all();
+            }
+        }
+    }
+
     /// Coordinator: each tracked member's acknowledged index (metrics).
     pub fn replica_positions(&self) -> Vec<(NodeId, u64)> {
         let g = self.inner.lock();
@@ -510,6 +529,30 @@ impl ReplLog {
             .as_ref()
             .map(|l| l.progress.matched_all().collect())
             .unwrap_or_default()
+    }
+
+    /// Coordinator: each tracked member's lag behind this log's end, in
+    /// entries and in bytes of keys and values (metrics). The bytes are
+    /// summed over the lagging entries, under the log's lock: at most the
+    /// retained log, about a microsecond per thousand entries.
+    pub fn replica_lag(&self) -> Vec<(NodeId, u64, u64)> {
+        let g = self.inner.lock();
+        let Some(l) = g.leader.as_ref() else {
+            return Vec::new();
+        };
+        let last = g.last().index;
+        l.progress
+            .matched_all()
+            .map(|(id, at)| {
+                let from = at.max(g.base.index) - g.base.index;
+                let bytes: usize = g
+                    .entries
+                    .range(from as usize..)
+                    .map(|e| e.op.payload_len())
+                    .sum();
+                (id, last.saturating_sub(at), bytes as u64)
+            })
+            .collect()
     }
 
     pub fn commit_set(&self) -> Vec<NodeId> {
@@ -561,9 +604,11 @@ impl ReplLog {
 
     /// Blocks until there is something to send to a replica whose next entry
     /// is `next` and which last heard commit `sent_commit` (`None`: nothing
-    /// sent yet, so answer at once, even with no entries).
+    /// sent yet, so answer at once, even with no entries), on `stream`
+    /// (replica and stream number).
     pub fn fetch(
         &self,
+        stream: (NodeId, u64),
         generation: u64,
         next: u64,
         sent_commit: Option<u64>,
@@ -572,8 +617,13 @@ impl ReplLog {
     ) -> Fetch {
         let mut g = self.inner.lock();
         loop {
-            if g.shutdown || g.generation != generation || g.leader.is_none() {
+            if g.shutdown || g.generation != generation {
                 return Fetch::Stale;
+            }
+            match &g.leader {
+                None => return Fetch::Stale,
+                Some(l) if l.released.contains(&stream) => return Fetch::Released,
+                Some(_) => {}
             }
             if next <= g.base.index {
                 return Fetch::NeedSnapshot;
@@ -618,6 +668,23 @@ mod tests {
         assert_eq!(log.state().commit, 1);
         assert!(log.wait_committed(Duration::ZERO));
         assert_eq!(log.committed_unapplied(10).len(), 1);
+    }
+
+    #[test]
+    fn replica_lag_counts_entries_and_bytes_not_acknowledged() {
+        let log = ReplLog::new(10, false);
+        log.become_leader(1, 1, &[1], 1);
+        log.track(2, 0, 7);
+        for k in ["a", "bb", "ccc"] {
+            log.append_leader(put(k)).unwrap();
+        }
+        let lag = |log: &ReplLog| log.replica_lag().into_iter().find(|l| l.0 == 2);
+        // Keys of 1, 2 and 3 bytes, each with a 1-byte value.
+        assert_eq!(lag(&log), Some((2, 3, 9)));
+        log.on_ack(2, LogPos::new(1, 2));
+        assert_eq!(lag(&log), Some((2, 1, 4)));
+        log.on_ack(2, LogPos::new(1, 3));
+        assert_eq!(lag(&log), Some((2, 0, 0)));
     }
 
     #[test]

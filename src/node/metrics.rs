@@ -251,15 +251,23 @@ impl Collector for NodeCollector {
             "Index of the last entry applied to this node's data.",
             st.applied,
         )?;
+        let lag: Vec<(crate::types::NodeId, u64, u64)> = sh
+            .log
+            .replica_lag()
+            .into_iter()
+            .filter(|&(id, _, _)| id != sh.id)
+            .collect();
         o.gauges(
             "dkv_replica_lag_entries",
             "Coordinator only: entries of its log a connected replica has not acknowledged, by replica id.",
             "replica",
-            sh.log
-                .replica_positions()
-                .into_iter()
-                .filter(|&(id, _)| id != sh.id)
-                .map(|(id, at)| (id.to_string(), st.last.index.saturating_sub(at))),
+            lag.iter().map(|&(id, n, _)| (id.to_string(), n)),
+        )?;
+        o.gauges(
+            "dkv_replica_lag_bytes",
+            "Coordinator only: bytes of keys and values in the entries a connected replica has not acknowledged, by replica id.",
+            "replica",
+            lag.iter().map(|&(id, _, b)| (id.to_string(), b)),
         )?;
         o.histogram(
             "dkv_write_latency_seconds",

@@ -101,6 +101,9 @@ pub(crate) struct Shared {
     /// answered last.
     pub server: Arc<ServerList>,
     pub shutdown: AtomicBool,
+    /// Shutting down: a replica's acknowledgements say it is leaving, and
+    /// it opens no new stream (see [`Node::shutdown`]).
+    pub leaving: AtomicBool,
     pub conns: ConnLimit,
     pub security: Security,
     pub counters: AuthCounters,
@@ -153,6 +156,32 @@ impl Shared {
 
     pub fn stopping(&self) -> bool {
         self.shutdown.load(Ordering::Acquire)
+    }
+
+    pub fn leaving(&self) -> bool {
+        self.leaving.load(Ordering::Acquire)
+    }
+
+    /// A replica that is shutting down leaves the in-sync set first, so the
+    /// coordinator's writes do not wait a failure timeout for it: its
+    /// stream says it is leaving, and it keeps acknowledging until the
+    /// coordinator, once the server recorded it out of the in-sync set,
+    /// ends the stream (or until `deadline`). Returns whether it was
+    /// released (false also when it followed nobody).
+    fn leave(&self, deadline: Instant) -> bool {
+        self.leaving.store(true, Ordering::Release);
+        self.notify_surely(Input::Leave);
+        if !self.announce_leaving() {
+            return false;
+        }
+        let released = self.follower.wait_stream_end(deadline);
+        if !released {
+            log::info!(
+                "node {}: the coordinator did not release this replica in time; stopping anyway",
+                self.id
+            );
+        }
+        released
     }
 
     pub fn auth_stats(&self) -> AuthStats {
@@ -320,6 +349,7 @@ impl Node {
             inbox: inbox_tx,
             server: Arc::new(opts.server.clone()),
             shutdown: AtomicBool::new(false),
+            leaving: AtomicBool::new(false),
             conns: ConnLimit::new(settings.max_connections),
             settings,
             security: opts.security.clone(),
@@ -461,6 +491,7 @@ impl Node {
             // checking it is still open.
             std::thread::sleep(HANDOFF_LINGER);
         }
+        self.shared.leave(Instant::now() + LEAVE_WAIT);
         for l in &mut self.listeners {
             l.stop_accepting();
         }
@@ -712,6 +743,10 @@ impl NodeIo for DriverIo<'_> {
         self.sh.log.remove_from_commit_set(id);
     }
 
+    fn release_follower(&mut self, id: NodeId) {
+        self.sh.log.release(id);
+    }
+
     fn set_required(&mut self, n: usize) {
         self.sh.log.set_required(n);
     }
@@ -744,6 +779,10 @@ impl NodeIo for DriverIo<'_> {
 
 /// How long a planned handoff waits for its target to hold every write.
 const HANDOFF_CATCH_UP: Duration = Duration::from_secs(2);
+
+/// How long a replica that shuts down waits for the coordinator to take it
+/// out of the in-sync set (one server call, normally a millisecond).
+const LEAVE_WAIT: Duration = Duration::from_secs(2);
 
 /// How long a coordinator that handed over at shutdown keeps redirecting
 /// clients before its ports close: more than the library's idle check

@@ -73,9 +73,14 @@ pub(super) fn feed(
     let acks = std::thread::Builder::new()
         .name(format!("acks-{}-{id}", sh.id))
         .spawn(move || {
+            let mut leaving = false;
             loop {
                 match rx.read::<_, ReplAck>(&mut &reader, max_ack) {
                     Ok(ack) => {
+                        if ack.leaving && !leaving {
+                            leaving = true;
+                            sh2.notify_surely(Input::FollowerLeaving(id, stream_no));
+                        }
                         let effect = acks_of.on_ack(&sh2.log, ack.last);
                         if effect.committed {
                             match sh2.log.try_apply_guard() {
@@ -85,7 +90,7 @@ pub(super) fn feed(
                                 None => sh2.log.wake_applier(),
                             }
                         }
-                        if effect.caught_up {
+                        if effect.caught_up && !leaving {
                             sh2.notify_surely(Input::FollowerCaughtUp(id));
                         }
                     }
@@ -106,7 +111,7 @@ pub(super) fn feed(
 
     let result = send_stream(sh, &stream, &mut tx, &mut feeder);
     match &result {
-        Ok(()) => log::info!("replication stream to node {id} ended"),
+        Ok(()) => log::info!("replication stream to node {id} ended: the replica left"),
         Err(e) => log::info!("replication stream to node {id} ended: {e}"),
     }
     let _ = stream.shutdown(Shutdown::Both);
@@ -149,6 +154,10 @@ fn send_stream(
             // lets an idle coordinator notice that a returning replica caught up.
             Poll::Idle => feeder.on_idle(),
             Poll::End(why) => return Err(why),
+            Poll::Release(msg) => {
+                tx.frame_into(&mut buf, &msg);
+                return w(&mut buf);
+            }
         }
     }
 }
@@ -168,6 +177,8 @@ pub(super) struct FollowerCtl {
     changed: Condvar,
     /// The current stream, so a change of target can cut it.
     conn: Mutex<Option<TcpStream>>,
+    /// Signalled when a stream ends (`conn` is cleared).
+    ended: Condvar,
 }
 
 impl FollowerCtl {
@@ -182,6 +193,18 @@ impl FollowerCtl {
             let _ = s.shutdown(Shutdown::Both);
         }
         self.changed.notify_all();
+    }
+
+    /// Waits until no stream is open (the current one ended), or until
+    /// `deadline`; returns whether none is.
+    pub fn wait_stream_end(&self, deadline: std::time::Instant) -> bool {
+        let mut c = self.conn.lock();
+        while c.is_some() {
+            if self.ended.wait_until(&mut c, deadline).timed_out() {
+                return c.is_none();
+            }
+        }
+        true
     }
 
     fn superseded(&self, seq: u64) -> bool {
@@ -209,12 +232,25 @@ pub(super) fn follower_loop(sh: Arc<Shared>) {
         let Some((addr, epoch)) = target else {
             continue;
         };
+        if sh.leaving() {
+            continue; // shutting down: no new stream
+        }
         let mut refused = false;
         let end = match run_follower(&sh, &addr, epoch, seq, &mut announced, &mut refused) {
             Ok(()) => StreamEnd::Broken("stream closed".into()),
             Err(e) => e,
         };
         *ctl.conn.lock() = None;
+        ctl.ended.notify_all();
+        if sh.leaving() {
+            if end == StreamEnd::Refused(crate::wire::Refusal::Released) {
+                log::info!(
+                    "node {}: out of the in-sync set; the coordinator released it",
+                    sh.id
+                );
+            }
+            continue;
+        }
         if !ctl.superseded(seq) && !sh.stopping() {
             // Must reach the core: it follows again only when told.
             sh.notify_surely(Input::FollowLost {
@@ -419,9 +455,38 @@ mod acker {
                     return;
                 }
                 a.sent = Some((last, now));
+                let leaving = self.leaving();
+                Self::write_ack(&mut g, last, leaving);
+            }
+        }
+
+        /// Says on the stream that this replica is leaving (with its last
+        /// acknowledged position); its later acknowledgements say so too.
+        /// Returns whether it follows a coordinator.
+        pub(crate) fn announce_leaving(&self) -> bool {
+            let mut g = self.acker.lock();
+            let Some(a) = g.as_mut() else {
+                return false;
+            };
+            let last = a
+                .sent
+                .map(|(p, _)| p)
+                .or_else(|| self.log.ack_position())
+                .unwrap_or_default();
+            a.sent = Some((last, Instant::now()));
+            Self::write_ack(&mut g, last, true);
+            g.is_some()
+        }
+
+        fn write_ack(g: &mut Option<Acker>, last: LogPos, leaving: bool) {
+            if let Some(a) = g.as_mut() {
                 let mut buf = Vec::with_capacity(64);
-                let epoch = a.epoch;
-                a.tx.frame_into(&mut buf, &ReplAck { epoch, last });
+                let ack = ReplAck {
+                    epoch: a.epoch,
+                    last,
+                    leaving,
+                };
+                a.tx.frame_into(&mut buf, &ack);
                 if std::io::Write::write_all(&mut &a.stream, &buf).is_err() {
                     *g = None; // the follower thread notices the broken stream
                 }

@@ -15,6 +15,9 @@ pub enum Poll {
     Idle,
     /// The stream must end, for this reason.
     End(String),
+    /// The replica asked to leave and is out of the in-sync set: send this
+    /// last frame, then end the stream.
+    Release(ReplMsg),
 }
 
 /// Where one replica's acknowledgements count (see [`Feeder::acks`]).
@@ -168,6 +171,7 @@ impl Feeder {
     /// `wait` for something to send (the simulator passes zero).
     pub fn poll(&mut self, log: &ReplLog, max_bytes: usize, wait: Duration) -> Poll {
         match log.fetch(
+            (self.replica, self.stream),
             self.generation,
             self.next,
             self.sent_commit,
@@ -191,6 +195,10 @@ impl Feeder {
             Fetch::Idle => Poll::Idle,
             Fetch::NeedSnapshot => Poll::End("replica fell behind the retained log".into()),
             Fetch::Stale => Poll::End("coordinator role changed".into()),
+            Fetch::Released => Poll::Release(ReplMsg::Refused {
+                epoch: self.epoch,
+                why: Refusal::Released,
+            }),
         }
     }
 

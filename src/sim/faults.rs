@@ -74,12 +74,25 @@ impl Sim {
                     && self.nodes[i].alive
                     && self.rng.chance(0.5)
                     && self.may_lose_power(i);
-                self.crash(i);
-                if power {
-                    self.power_loss(i);
-                    "power loss"
+                // About one crash of a replica in three is a SIGTERM instead:
+                // it leaves the in-sync set, then stops (chosen by the step
+                // count, not an RNG draw, so other seeds' schedules stay).
+                if !power
+                    && self.nodes[i].alive
+                    && self.nodes[i].leaving.is_none()
+                    && self.nodes[i].serving.role == crate::types::Role::Replica
+                    && self.report.steps.is_multiple_of(3)
+                {
+                    self.leave(i);
+                    "graceful stop"
                 } else {
-                    "crash"
+                    self.crash(i);
+                    if power {
+                        self.power_loss(i);
+                        "power loss"
+                    } else {
+                        "crash"
+                    }
                 }
             }
             1 => {

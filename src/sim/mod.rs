@@ -189,6 +189,8 @@ enum Msg {
     Ack {
         stream: StreamId,
         last: LogPos,
+        /// The replica is shutting down (see `wire::ReplAck::leaving`).
+        leaving: bool,
     },
     Closed {
         stream: StreamId,
@@ -277,6 +279,8 @@ struct Stream {
     replica: Follower,
     last_send: Instant,
     fifo_at: Instant,
+    /// The coordinator heard that the replica is leaving.
+    leaving: bool,
 }
 
 struct SimNode {
@@ -294,6 +298,9 @@ struct SimNode {
     pending: Vec<(usize, u64, crate::log::Outcome, LogPos, Response)>,
     /// A planned handoff holds client writes: its target and when it gives up.
     handoff: Option<(NodeId, Instant)>,
+    /// Shutting down as a replica does on SIGTERM: it stops once its
+    /// coordinator released it, or at this instant.
+    leaving: Option<Instant>,
     /// A data directory (write-ahead log and snapshot), for durable nodes.
     disk: Option<Disk>,
     /// A slow disk: writes take milliseconds until then.
@@ -402,6 +409,7 @@ impl Sim {
                 follower: None,
                 pending: Vec::new(),
                 handoff: None,
+                leaving: None,
                 disk: (i % 2 == 0).then(|| {
                     Disk::new(match rng.below(4) {
                         0 | 1 => FsyncPolicy::Always,

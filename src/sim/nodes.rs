@@ -85,6 +85,10 @@ impl NodeIo for SimIo<'_> {
         self.sim.nodes[self.i].log.remove_from_commit_set(id);
     }
 
+    fn release_follower(&mut self, id: NodeId) {
+        self.sim.nodes[self.i].log.release(id);
+    }
+
     fn set_required(&mut self, n: usize) {
         self.sim.nodes[self.i].log.set_required(n);
     }
@@ -109,6 +113,7 @@ impl Sim {
         n.incarnation += 1;
         n.alive = true;
         n.paused_until = None;
+        n.leaving = None;
         n.follower = None;
         n.pending.clear();
         n.core = None;
@@ -301,6 +306,9 @@ impl Sim {
             return;
         }
         self.nodes[i].paused_until = None;
+        if self.nodes[i].leaving.is_some_and(|t| self.now >= t) {
+            return self.crash(i); // not released in time: it stops anyway
+        }
         self.persist_log(i);
         self.apply(i);
         self.feed(i);
@@ -366,8 +374,12 @@ impl Sim {
             Msg::LinkTimeout { link } => self.link_timed_out(i, link),
             Msg::Open { stream, req } => self.open_stream(i, stream, req),
             Msg::Data { stream, msg } => self.follower_receive(i, stream, msg),
-            Msg::Ack { stream, last } => {
-                let Some(s) = self.streams.get(&stream) else {
+            Msg::Ack {
+                stream,
+                last,
+                leaving,
+            } => {
+                let Some(s) = self.streams.get_mut(&stream) else {
                     return;
                 };
                 if !s.open {
@@ -377,11 +389,17 @@ impl Sim {
                     return;
                 };
                 let id = feeder.replica();
+                let told = leaving && !s.leaving;
+                s.leaving |= leaving;
+                let was_leaving = s.leaving;
                 let effect = feeder.on_ack(&self.nodes[i].log, last);
+                if told {
+                    self.input(i, Input::FollowerLeaving(id, stream));
+                }
                 if effect.committed {
                     self.apply(i);
                 }
-                if effect.caught_up {
+                if effect.caught_up && !was_leaving {
                     self.input(i, Input::FollowerCaughtUp(id));
                 }
             }
@@ -390,7 +408,9 @@ impl Sim {
                     return;
                 };
                 if s.follower == i {
-                    if self.nodes[i].follower == Some(stream) {
+                    if self.nodes[i].leaving.is_some() {
+                        self.crash(i); // its stream ended: the process exits
+                    } else if self.nodes[i].follower == Some(stream) {
                         self.nodes[i].follower = None;
                         self.input(
                             i,

@@ -19,6 +19,9 @@ impl Sim {
         let Some(j) = Self::node_by_addr(&addr) else {
             return;
         };
+        if self.nodes[i].leaving.is_some() {
+            return; // shutting down: no new stream
+        }
         let n = &self.nodes[i];
         let durable = n.disk.is_some();
         let Ok((replica, req)) = Follower::start(&n.log, n.id, n.incarnation, epoch, durable)
@@ -37,6 +40,7 @@ impl Sim {
                 replica,
                 last_send: self.now,
                 fifo_at: self.now,
+                leaving: false,
             },
         );
         self.nodes[i].follower = Some(id);
@@ -76,6 +80,21 @@ impl Sim {
                     }
                 }
                 Poll::End(_) => self.close_stream(id, false),
+                Poll::Release(msg) => {
+                    // The last frame, then the coordinator's end is done (the
+                    // replica closes the stream once the frame arrived, as
+                    // TCP delivers it before the close).
+                    let follower = s.follower;
+                    let feeder = s.feeder.take().expect("feeder");
+                    self.send_stream(
+                        id,
+                        Endpoint::Node(i),
+                        Endpoint::Node(follower),
+                        Msg::Data { stream: id, msg },
+                    );
+                    feeder.close(&self.nodes[i].log);
+                    self.input(i, Input::FollowerGone(feeder.replica(), id));
+                }
             }
         }
     }
@@ -126,7 +145,34 @@ impl Sim {
         let n = &self.nodes[i];
         match s.replica.on_msg(&n.log, &n.store, msg) {
             Ok(step) => self.run_step(i, stream, step),
-            Err(_) => self.close_stream(stream, false),
+            Err(end) => {
+                self.close_stream(stream, false);
+                if self.nodes[i].leaving.is_some() {
+                    if end == crate::repl::StreamEnd::Refused(crate::wire::Refusal::Released) {
+                        *self
+                            .report
+                            .faults
+                            .entry("graceful stop released")
+                            .or_default() += 1;
+                    }
+                    self.crash(i); // released (or cut): the process exits
+                }
+            }
+        }
+    }
+
+    /// Node `i` shuts down as a replica does on SIGTERM: it tells its
+    /// coordinator it is leaving and stops once released (see `tick` for
+    /// the deadline), or at once when it follows nobody.
+    pub(super) fn leave(&mut self, i: usize) {
+        self.nodes[i].leaving = Some(self.now + Duration::from_secs(2));
+        self.input(i, Input::Leave);
+        match self.nodes[i].follower {
+            Some(stream) if self.streams.get(&stream).is_some_and(|s| s.open) => {
+                let last = self.nodes[i].log.ack_position().unwrap_or_default();
+                self.send_ack(i, stream, last);
+            }
+            _ => self.crash(i),
         }
     }
 
@@ -157,7 +203,11 @@ impl Sim {
             stream,
             Endpoint::Node(i),
             Endpoint::Node(c),
-            Msg::Ack { stream, last },
+            Msg::Ack {
+                stream,
+                last,
+                leaving: self.nodes[i].leaving.is_some(),
+            },
         );
     }
 }

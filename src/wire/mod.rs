@@ -38,4 +38,4 @@ pub use server::*;
 /// "DKV1" — first field of every handshake and beacon.
 pub const MAGIC: u32 = 0x444B_5631;
 /// Bumped on any incompatible change of the messages of this module.
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;

@@ -58,6 +58,10 @@ pub enum Refusal {
     /// The coordinator's view does not list the replica (yet: a node that
     /// just registered asks before the coordinator's next view).
     NotMember(NodeId),
+    /// The replica said it is leaving (it is shutting down) and is out of
+    /// the recorded in-sync set now: it may stop without the commit waiting
+    /// for it.
+    Released,
 }
 
 impl Refusal {
@@ -65,7 +69,10 @@ impl Refusal {
     /// coordinator), so it is worth no more than a debug line; the replica
     /// asks again at its next try.
     pub fn expected(&self) -> bool {
-        matches!(self, Refusal::NotCoordinator | Refusal::NotMember(_))
+        matches!(
+            self,
+            Refusal::NotCoordinator | Refusal::NotMember(_) | Refusal::Released
+        )
     }
 }
 
@@ -84,6 +91,7 @@ impl std::fmt::Display for Refusal {
             Refusal::NotMember(id) => {
                 write!(f, "node {id} is not a member in this coordinator's view")
             }
+            Refusal::Released => f.write_str("the replica left the in-sync set; it may stop"),
         }
     }
 }
@@ -94,6 +102,10 @@ pub struct ReplAck {
     pub epoch: Epoch,
     /// Last entry now in the replica's log.
     pub last: LogPos,
+    /// The replica is shutting down: the coordinator takes it out of the
+    /// in-sync set (it keeps acknowledging meanwhile, so no write waits),
+    /// then ends the stream with [`Refusal::Released`].
+    pub leaving: bool,
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ impl NodeCore {
     pub(super) fn follower_caught_up(&mut self, id: NodeId, out: &mut Vec<Action>) {
         if self.role == Role::Coordinator
             && !self.isr.contains(&id)
+            && !self.leaving.contains(&id)
             && self.view.member(id).is_some()
         {
             self.gone.remove(&id);
@@ -31,10 +32,46 @@ impl NodeCore {
             return; // a late end of an older stream
         }
         self.connected.remove(&id);
+        self.leaving.remove(&id);
         if self.role == Role::Coordinator {
             self.want_in.remove(&id);
             self.gone.insert(id);
             self.reconcile_isr(out);
+        }
+    }
+
+    /// Replica `id` said on stream `stream` that it is shutting down. It
+    /// keeps acknowledging, so the commit does not wait meanwhile; it leaves
+    /// the in-sync set as a failed replica would (the server records the
+    /// removal before the commit stops waiting for it), then is released.
+    pub(super) fn follower_leaving(&mut self, id: NodeId, stream: u64, out: &mut Vec<Action>) {
+        if self.role != Role::Coordinator || self.connected.get(&id) != Some(&stream) {
+            return;
+        }
+        if self.leaving.insert(id) {
+            log::info!(
+                "node {}: replica {id} is leaving; removing it from the in-sync set",
+                self.id
+            );
+        }
+        self.want_in.remove(&id);
+        self.gone.insert(id);
+        self.reconcile_isr(out);
+    }
+
+    /// Leaving replicas that neither the recorded nor a pending in-sync set
+    /// holds are released (their commit-set removal came first).
+    fn release_departed(&mut self, out: &mut Vec<Action>) {
+        let held = self.isr_with_pending();
+        let free: Vec<NodeId> = self
+            .leaving
+            .iter()
+            .copied()
+            .filter(|id| !held.contains(id))
+            .collect();
+        for id in free {
+            self.leaving.remove(&id);
+            out.push(Action::ReleaseFollower(id));
         }
     }
 
@@ -44,6 +81,7 @@ impl NodeCore {
         if self.role != Role::Coordinator || self.isr_pending.is_some() {
             return;
         }
+        self.release_departed(out);
         let mut desired: BTreeSet<NodeId> = self.isr.union(&self.want_in).copied().collect();
         for id in &self.gone {
             if *id != self.id {
@@ -85,6 +123,7 @@ impl NodeCore {
             self.isr = pending;
             self.isr_version = self.isr_version.max(isr_version);
         }
+        self.release_departed(out);
     }
 
     /// The server may have dropped a member on its own (it restarted):
@@ -98,6 +137,7 @@ impl NodeCore {
                 out.push(Action::RemoveFromCommitSet(id));
             }
             self.isr = recorded;
+            self.release_departed(out);
         }
     }
 

@@ -129,6 +129,12 @@ pub enum Input {
     /// Replication stream `.1` of a replica ended (ignored when the replica
     /// is already on a newer stream: the old stream's end can arrive late).
     FollowerGone(NodeId, u64),
+    /// Replica `.0` said on its stream `.1` that it is leaving (shutting
+    /// down): take it out of the in-sync set, then release it.
+    FollowerLeaving(NodeId, u64),
+    /// This node is shutting down: it starts no election and follows no new
+    /// coordinator (a replica's stream says it is leaving).
+    Leave,
     /// This replica's stream from the coordinator ended. `refused`: the
     /// coordinator's port refused the connection (its process is gone).
     /// `expected`: normal operation ends streams this way (the coordinator
@@ -192,6 +198,9 @@ pub enum Action {
     },
     AddToCommitSet(NodeId),
     RemoveFromCommitSet(NodeId),
+    /// End the stream of a replica that is leaving and is out of the
+    /// recorded in-sync set (after its `RemoveFromCommitSet`, if any).
+    ReleaseFollower(NodeId),
     SetRequired(usize),
     Publish(Serving),
     /// `target: Some`: make new writes wait, and report
@@ -244,6 +253,11 @@ pub struct NodeCore {
     commit_extra: BTreeSet<NodeId>,
     /// Replicas with a replication stream to this coordinator, and its number.
     connected: BTreeMap<NodeId, u64>,
+    /// Connected replicas that said they are leaving: released once neither
+    /// the recorded nor a pending in-sync set holds them.
+    leaving: BTreeSet<NodeId>,
+    /// This node is shutting down (see [`Input::Leave`]).
+    leaving_self: bool,
     coordinator_since: Instant,
     lease_until: Option<Instant>,
     push_failures: u32,
@@ -315,6 +329,8 @@ impl NodeCore {
             gone: BTreeSet::new(),
             commit_extra: BTreeSet::new(),
             connected: BTreeMap::new(),
+            leaving: BTreeSet::new(),
+            leaving_self: false,
             coordinator_since: registered_at,
             lease_until: None,
             push_failures: 0,
@@ -388,7 +404,10 @@ impl NodeCore {
             }
             Input::FollowerConnected(id, stream) => {
                 self.connected.insert(id, stream);
+                self.leaving.remove(&id);
             }
+            Input::FollowerLeaving(id, stream) => self.follower_leaving(id, stream, &mut out),
+            Input::Leave => self.leaving_self = true,
             Input::FollowerCaughtUp(id) => self.follower_caught_up(id, &mut out),
             Input::FollowerGone(id, stream) => self.follower_gone(id, stream, &mut out),
             Input::FollowLost {
@@ -413,7 +432,7 @@ impl NodeCore {
             self.check_lease(now, out);
         }
         self.poll_server(now, out);
-        if self.role != Role::Coordinator {
+        if self.role != Role::Coordinator && !self.leaving_self {
             self.election_tick(now, out);
         }
         self.retry_follow(now, out);
@@ -617,6 +636,78 @@ mod tests {
             },
         );
         assert_eq!(out[0], Action::RemoveFromCommitSet(2));
+    }
+
+    #[test]
+    fn a_leaving_replica_is_released_only_after_the_server_recorded_it_out() {
+        let now = Instant::now();
+        let (mut core, _) =
+            NodeCore::new(1, 1, &settings(), view(1, 1, &[1, 2, 3], &[1, 2, 3]), now);
+        core.handle(now, Input::FollowerConnected(2, 5));
+        core.handle(now, Input::FollowerConnected(3, 6));
+        // A leave on an old stream counts for nothing.
+        assert!(core.handle(now, Input::FollowerLeaving(2, 4)).is_empty());
+        let out = core.handle(now, Input::FollowerLeaving(2, 5));
+        assert!(
+            matches!(
+                &out[..],
+                [Action::CallServer { call: Call::SetIsr, request: ServerRequest::SetIsr { isr, .. } }] if isr == &vec![1, 3]
+            ),
+            "{out:?}"
+        );
+        // Still acknowledging: a caught-up signal does not bring it back.
+        assert!(core.handle(now, Input::FollowerCaughtUp(2)).is_empty());
+        let out = core.handle(
+            now,
+            Input::ServerReply {
+                call: Call::SetIsr,
+                sent: now,
+                reply: Ok(ServerResponse::Ok(view(1, 1, &[1, 3], &[1, 2, 3]))),
+            },
+        );
+        let remove = out
+            .iter()
+            .position(|a| *a == Action::RemoveFromCommitSet(2));
+        let release = out.iter().position(|a| *a == Action::ReleaseFollower(2));
+        assert!(
+            matches!((remove, release), (Some(r), Some(l)) if r < l),
+            "{out:?}"
+        );
+        // Its stream ends; when it comes back it may be caught up again.
+        core.handle(now, Input::FollowerGone(2, 5));
+        core.handle(now, Input::FollowerConnected(2, 9));
+        let out = core.handle(now, Input::FollowerCaughtUp(2));
+        assert_eq!(out[0], Action::AddToCommitSet(2));
+    }
+
+    #[test]
+    fn a_replica_outside_the_in_sync_set_is_released_at_once() {
+        let now = Instant::now();
+        let (mut core, _) = NodeCore::new(1, 1, &settings(), view(1, 1, &[1], &[1, 2]), now);
+        core.handle(now, Input::FollowerConnected(2, 5));
+        let out = core.handle(now, Input::FollowerLeaving(2, 5));
+        assert_eq!(out, vec![Action::ReleaseFollower(2)]);
+    }
+
+    #[test]
+    fn a_leaving_node_starts_no_election() {
+        let now = Instant::now();
+        let (mut core, _) = NodeCore::new(2, 1, &settings(), view(1, 1, &[1, 2], &[1, 2]), now);
+        core.handle(now, Input::Leave);
+        // The coordinator falls silent far past the failure timeout.
+        let later = now + Duration::from_secs(30);
+        let out = core.handle(later, Input::Tick(LocalStatus::default()));
+        assert!(
+            !out.iter().any(|a| matches!(
+                a,
+                Action::CallServer {
+                    call: Call::Grant,
+                    ..
+                }
+            )),
+            "{out:?}"
+        );
+        assert_eq!(core.election(), Election::Idle);
     }
 
     #[test]

@@ -180,6 +180,9 @@ impl NodeCore {
         if self.following == Some((c, self.epoch)) {
             return;
         }
+        if self.leaving_self {
+            return; // shutting down: no new stream
+        }
         let Some(addr) = self.view.member(c).map(|m| m.data_addr.clone()) else {
             return;
         };
