@@ -458,6 +458,35 @@ impl Gate {
     }
 }
 
+/// The TLS material the config names, loaded and watched for changes.
+fn load_tls(
+    cfg: &crate::config::Config,
+) -> Result<Option<std::sync::Arc<crate::tls::Tls>>, String> {
+    let (cert, key, ca) = (&cfg.tls_cert_file, &cfg.tls_key_file, &cfg.tls_ca_file);
+    match (cert, key, ca) {
+        (None, None, None) => {
+            if cfg.tls_auth_clients {
+                return Err(
+                    "tls-auth-clients is set without tls-cert-file, tls-key-file and tls-ca-file"
+                        .into(),
+                );
+            }
+            Ok(None)
+        }
+        (Some(cert), Some(key), Some(ca)) => {
+            let tls = crate::tls::Tls::load(crate::tls::TlsFiles {
+                cert: cert.into(),
+                key: key.into(),
+                ca: ca.into(),
+                auth_clients: cfg.tls_auth_clients,
+            })?;
+            tls.watch();
+            Ok(Some(tls))
+        }
+        _ => Err("TLS needs all three of tls-cert-file, tls-key-file and tls-ca-file".into()),
+    }
+}
+
 /// What a server or node checks of the processes that talk to it.
 #[derive(Clone, Debug, Default)]
 pub struct Security {
@@ -465,6 +494,8 @@ pub struct Security {
     pub cluster_key: Option<ClusterKey>,
     /// None: clients need no password.
     pub password: Option<Password>,
+    /// None: clear text (see `tls-cert-file`).
+    pub tls: Option<std::sync::Arc<crate::tls::Tls>>,
 }
 
 impl Security {
@@ -474,6 +505,7 @@ impl Security {
         Ok(Security {
             cluster_key: load_cluster_key(cfg.cluster_secret_file.as_deref())?,
             password: load_password(cfg.client_password_file.as_deref())?,
+            tls: load_tls(cfg)?,
         })
     }
 

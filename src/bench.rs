@@ -57,7 +57,7 @@ impl Target for NativeTarget {
 /// With `wait_replicas`, every SET is followed by `WAIT n timeout`, which is
 /// how Redis is made to wait for its replicas (synchronous replication).
 pub struct RespTarget {
-    stream: std::io::BufReader<std::net::TcpStream>,
+    stream: std::io::BufReader<crate::net::Stream>,
     out: Vec<u8>,
     wait_replicas: Option<u32>,
 }
@@ -69,7 +69,7 @@ impl RespTarget {
         s.set_read_timeout(Some(Duration::from_secs(10)))
             .map_err(|e| e.to_string())?;
         Ok(RespTarget {
-            stream: std::io::BufReader::new(s),
+            stream: std::io::BufReader::new(crate::net::Stream::plain(s)),
             out: Vec::with_capacity(256),
             wait_replicas,
         })
@@ -147,7 +147,7 @@ impl Target for RespTarget {
 /// one keep-alive HTTP/1.1 connection: no client library, no gRPC stack, so
 /// the client's own overhead is a few microseconds per request.
 pub struct EtcdTarget {
-    stream: std::io::BufReader<std::net::TcpStream>,
+    stream: std::io::BufReader<crate::net::Stream>,
     host: String,
     out: Vec<u8>,
 }
@@ -176,7 +176,7 @@ impl EtcdTarget {
         s.set_read_timeout(Some(Duration::from_secs(10)))
             .map_err(|e| e.to_string())?;
         Ok(EtcdTarget {
-            stream: std::io::BufReader::new(s),
+            stream: std::io::BufReader::new(crate::net::Stream::plain(s)),
             host: addr.to_string(),
             out: Vec::with_capacity(512),
         })

@@ -527,3 +527,73 @@ mod tests {
         assert_eq!((a.raw, a.commands.len()), (false, 1));
     }
 }
+
+/// The TLS flags of `dkv-node` and `dkv-server`: each overrides the config
+/// key of the same name.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct TlsArgs {
+    /// This process's certificate (PEM, with its chain): every TCP port then
+    /// speaks TLS only (config tls-cert-file).
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert_file: Option<String>,
+    /// The certificate's private key, mode 600 (config tls-key-file).
+    #[arg(long, value_name = "FILE")]
+    pub tls_key_file: Option<String>,
+    /// The cluster's CA: member links must present a certificate it signed
+    /// (config tls-ca-file).
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca_file: Option<String>,
+    /// Clients must present a certificate the CA signed, too (config
+    /// tls-auth-clients).
+    #[arg(long)]
+    pub tls_auth_clients: bool,
+}
+
+impl TlsArgs {
+    pub fn apply(&self, cfg: &mut crate::config::Config) {
+        if let Some(f) = &self.tls_cert_file {
+            cfg.tls_cert_file = Some(f.clone());
+        }
+        if let Some(f) = &self.tls_key_file {
+            cfg.tls_key_file = Some(f.clone());
+        }
+        if let Some(f) = &self.tls_ca_file {
+            cfg.tls_ca_file = Some(f.clone());
+        }
+        cfg.tls_auth_clients |= self.tls_auth_clients;
+    }
+}
+
+/// The TLS flags of the clients (`client_proto`, `dkv-client`), with the
+/// environment variables `DKV_TLS_CA`, `DKV_TLS_CERT` and `DKV_TLS_KEY`.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct ClientTlsArgs {
+    /// Speak TLS, trusting the CA certificates in FILE (env DKV_TLS_CA).
+    #[arg(long, value_name = "FILE", env = "DKV_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Present this client certificate (PEM; env DKV_TLS_CERT), for a
+    /// cluster with tls-auth-clients.
+    #[arg(long, value_name = "FILE", env = "DKV_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The client certificate's private key (env DKV_TLS_KEY).
+    #[arg(long, value_name = "FILE", env = "DKV_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl ClientTlsArgs {
+    /// The TLS setting these flags ask for (None: clear text).
+    pub fn load(&self) -> Result<Option<crate::tls::ClientTls>, String> {
+        let pair = match (&self.tls_cert, &self.tls_key) {
+            (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+            (None, None) => None,
+            _ => return Err("--tls-cert and --tls-key go together".into()),
+        };
+        match &self.tls_ca {
+            Some(ca) => crate::tls::ClientTls::from_files(ca, pair).map(Some),
+            None if pair.is_some() => Err(
+                "--tls-cert needs --tls-ca (the CA that signed the cluster's certificates)".into(),
+            ),
+            None => Ok(None),
+        }
+    }
+}

@@ -36,13 +36,13 @@ use crate::cli::io_text;
 use crate::commands::{Command, Cond, SetExpiry, TtlKind, Value, When};
 use crate::errors::{Error, NotAServer, Result};
 use crate::net;
+use crate::net::Stream;
 use crate::servers::ServerList;
 use crate::wire::{
     self, ClusterView, ErrorKind, NodeStatus, Request, Response, ServerRequest, ServerResponse,
     WireError,
 };
 use std::io::{self, Read, Write};
-use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -84,7 +84,7 @@ impl Default for ClientOptions {
 
 struct Conn {
     addr: String,
-    stream: TcpStream,
+    stream: Stream,
     last_used: Instant,
     /// The socket's read and write timeout now (see [`Bounded`]).
     timeout: Option<Duration>,
@@ -241,13 +241,13 @@ fn wire_clause(e: &WireError, waited: Duration) -> String {
 /// `set` remembers the timeout in force, so a connection used for many short
 /// operations rarely pays a `setsockopt`.
 struct Bounded<'a> {
-    stream: &'a TcpStream,
+    stream: &'a Stream,
     deadline: Instant,
     set: &'a mut Option<Duration>,
 }
 
 impl<'a> Bounded<'a> {
-    fn new(stream: &'a TcpStream, deadline: Instant, set: &'a mut Option<Duration>) -> Self {
+    fn new(stream: &'a Stream, deadline: Instant, set: &'a mut Option<Duration>) -> Self {
         Bounded {
             stream,
             deadline,
@@ -324,7 +324,7 @@ pub fn classify(first: &[u8]) -> Option<NotAServer> {
 
 /// Reads what a non-DKV peer sent, up to a line or 256 bytes, within
 /// `deadline` (at most 200 ms more: it has started answering).
-fn read_answer(s: &TcpStream, deadline: Instant) -> Vec<u8> {
+fn read_answer(s: &Stream, deadline: Instant) -> Vec<u8> {
     let deadline = deadline.min(Instant::now() + Duration::from_millis(200));
     let mut set = None;
     let mut r = Bounded::new(s, deadline, &mut set);
@@ -347,7 +347,8 @@ pub fn probe(addr: &str, deadline: Instant) -> Option<NotAServer> {
     if left.is_zero() {
         return None;
     }
-    let s = TcpStream::connect_timeout(&net::resolve(addr).ok()?, left).ok()?;
+    let s =
+        Stream::plain(std::net::TcpStream::connect_timeout(&net::resolve(addr).ok()?, left).ok()?);
     let mut set = None;
     Bounded::new(&s, deadline, &mut set).write_all(PROBE).ok()?;
     classify(&read_answer(&s, deadline))
@@ -358,11 +359,15 @@ pub fn probe(addr: &str, deadline: Instant) -> Option<NotAServer> {
 /// [`probe`] finds out whether something else than a DKV server listens.
 /// `budget` is the time this call allowed, for the error.
 fn await_answer(
-    s: &TcpStream,
+    s: &Stream,
     addr: &str,
     deadline: Instant,
     budget: Duration,
 ) -> std::result::Result<(), ServerFailure> {
+    if s.is_tls() {
+        // The handshake showed a TLS server; it answers or times out.
+        return Ok(());
+    }
     let mut probed = false;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -888,7 +893,7 @@ impl Client {
 
     /// Opens a connection to a node and authenticates it when a password is
     /// set, before `deadline`. Returns the stream and the timeout set on it.
-    fn connect_node(&self, addr: &str, deadline: Instant) -> Result<(TcpStream, Option<Duration>)> {
+    fn connect_node(&self, addr: &str, deadline: Instant) -> Result<(Stream, Option<Duration>)> {
         let left = deadline
             .saturating_duration_since(Instant::now())
             .min(self.opts.io_timeout)

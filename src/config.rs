@@ -85,6 +85,19 @@ pub struct Config {
     /// else, at the server and at every node. `DKV_PASSWORD` overrides it.
     #[serde(default)]
     pub client_password_file: Option<String>,
+    /// TLS: this process's certificate (PEM, its chain), its private key
+    /// (mode 600) and the cluster's CA. With `tls-cert-file` set, every TCP
+    /// port of the process speaks TLS only, and member links are mutual TLS
+    /// against the CA (on top of the cluster secret). The three go together.
+    #[serde(default)]
+    pub tls_cert_file: Option<String>,
+    #[serde(default)]
+    pub tls_key_file: Option<String>,
+    #[serde(default)]
+    pub tls_ca_file: Option<String>,
+    /// TLS: clients must present a certificate signed by the CA.
+    #[serde(default)]
+    pub tls_auth_clients: bool,
     /// HA registry: etcd endpoints (`http://h1:2379,http://h2:2379`). When
     /// set, every server keeps the registry in etcd instead of its state
     /// file, and several servers may serve one cluster. `--etcd-endpoints`

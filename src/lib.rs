@@ -40,6 +40,7 @@ pub mod signals;
 pub mod sim;
 pub mod storage;
 pub mod store;
+pub mod tls;
 pub mod types;
 pub mod wire;
 

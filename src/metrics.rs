@@ -28,7 +28,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -252,6 +252,8 @@ pub fn start(listener: TcpListener, who: &str, reg: Render) -> io::Result<Listen
                     "too many metrics connections\n",
                 );
             }),
+            tls: None,
+            // Clear text always: metrics carry no keys or values (README).
             serve: Arc::new(move |s, _| serve(&s, &reg)),
         },
     )
@@ -316,7 +318,7 @@ pub fn parse_head(head: &[u8]) -> Result<Format, HttpError> {
 }
 
 /// Reads the request head (through the blank line) within the limits.
-fn read_head(s: &TcpStream) -> Result<Option<Vec<u8>>, HttpError> {
+fn read_head(s: &crate::net::Stream) -> Result<Option<Vec<u8>>, HttpError> {
     let deadline = Instant::now() + READ_TIMEOUT;
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
@@ -352,7 +354,13 @@ fn read_head(s: &TcpStream) -> Result<Option<Vec<u8>>, HttpError> {
     }
 }
 
-fn reply(s: &TcpStream, code: u16, reason: &str, extra: &[&str], body: &str) -> io::Result<()> {
+fn reply(
+    s: &crate::net::Stream,
+    code: u16,
+    reason: &str,
+    extra: &[&str],
+    body: &str,
+) -> io::Result<()> {
     reply_with(
         s,
         code,
@@ -365,7 +373,7 @@ fn reply(s: &TcpStream, code: u16, reason: &str, extra: &[&str], body: &str) -> 
 }
 
 fn reply_with(
-    s: &TcpStream,
+    s: &crate::net::Stream,
     code: u16,
     reason: &str,
     content_type: &str,
@@ -391,7 +399,7 @@ fn reply_with(
 }
 
 /// One request: answered, then the connection is closed.
-fn serve(s: &TcpStream, reg: &Registry) {
+fn serve(s: &crate::net::Stream, reg: &Registry) {
     let _ = s.set_nodelay(true);
     let head = match read_head(s) {
         Ok(Some(h)) => h,

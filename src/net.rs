@@ -3,6 +3,9 @@
 //! per-process connection limit; [`listener`] runs every accept loop.
 
 pub mod listener;
+mod stream;
+
+pub use stream::{tls_error, Stream, TlsFailure};
 
 use crate::auth::{self, ClusterKey};
 pub use crate::config::Deadlines;
@@ -74,7 +77,7 @@ pub const LINGER_MAX_BYTES: usize = 64 << 20;
 /// arrives until the client closes, `linger` passes or
 /// [`LINGER_MAX_BYTES`] were read. `linger` zero only takes what is
 /// already buffered, without waiting (for the accept thread).
-pub fn close_after_reply(stream: &TcpStream, linger: Duration) {
+pub fn close_after_reply(stream: &Stream, linger: Duration) {
     let _ = stream.shutdown(std::net::Shutdown::Write);
     let deadline = Instant::now() + linger;
     if linger.is_zero() {
@@ -125,31 +128,48 @@ fn open(addr: &str, timeout: Duration) -> io::Result<TcpStream> {
 /// Opens a client connection: connects with a timeout, sets TCP_NODELAY and
 /// read/write timeouts, and sends the handshake. Client connections carry
 /// plain frames; the client password, if any, is the first request.
-pub fn connect(addr: &str, timeout: Duration) -> io::Result<TcpStream> {
-    let s = open(addr, timeout)?;
+pub fn connect(addr: &str, timeout: Duration) -> io::Result<Stream> {
+    connect_tls(addr, timeout, None)
+}
+
+/// [`connect`], over TLS when `tls` is given.
+pub fn connect_tls(
+    addr: &str,
+    timeout: Duration,
+    tls: Option<&crate::tls::ClientTls>,
+) -> io::Result<Stream> {
+    let s = dial(addr, timeout, tls)?;
     wire::write_frame(&mut &s, &Hello::new(ConnKind::Client, auth::nonce()))?;
     Ok(s)
+}
+
+/// Connects (see [`open`]) and, with `tls`, runs the TLS handshake.
+pub fn dial(
+    addr: &str,
+    timeout: Duration,
+    tls: Option<&crate::tls::ClientTls>,
+) -> io::Result<Stream> {
+    let s = open(addr, timeout)?;
+    match tls {
+        None => Ok(Stream::plain(s)),
+        Some(t) => {
+            let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+            t.connect(host, s, timeout)
+        }
+    }
 }
 
 /// True when the peer has closed `s` (or sent bytes nobody asked for, which
 /// is as bad): a non-blocking peek, so nothing is consumed. Checked before a
 /// request is written on a connection that sat idle, so a dead peer shows up
 /// as a failed connect rather than a request that may or may not have left.
-pub fn peer_closed(s: &TcpStream) -> bool {
-    if s.set_nonblocking(true).is_err() {
-        return true;
-    }
-    let mut b = [0u8; 1];
-    let closed = match s.peek(&mut b) {
-        Ok(_) => true, // 0: closed; more: unsolicited bytes
-        Err(e) => e.kind() != io::ErrorKind::WouldBlock,
-    };
-    s.set_nonblocking(false).is_err() || closed
+pub fn peer_closed(s: &Stream) -> bool {
+    s.peer_closed()
 }
 
 /// One request/response exchange on a client connection (plain frames).
 pub fn call<Req: Serialize, Resp: DeserializeOwned>(
-    s: &TcpStream,
+    s: &Stream,
     req: &Req,
     max_reply: usize,
 ) -> Result<Resp, WireError> {
@@ -159,7 +179,7 @@ pub fn call<Req: Serialize, Resp: DeserializeOwned>(
 
 /// An authenticated connection between cluster members.
 pub struct PeerConn {
-    pub stream: TcpStream,
+    pub stream: Stream,
     pub tx: Sealer,
     pub rx: Opener,
 }
@@ -189,9 +209,10 @@ pub fn connect_peer(
     kind: ConnKind,
     timeout: Duration,
     key: Option<&ClusterKey>,
+    tls: Option<&crate::tls::ClientTls>,
 ) -> io::Result<PeerConn> {
     debug_assert!(kind.is_peer());
-    let s = open(addr, timeout)?;
+    let s = dial(addr, timeout, tls)?;
     let mine = auth::nonce();
     let hello = Hello::new(kind, mine);
     wire::write_frame(&mut &s, &hello)?;
@@ -257,7 +278,7 @@ pub struct Accepted {
 /// connection, answers it (see [`connect_peer`]).
 /// The handshake must complete within `r`'s request deadline.
 pub fn accept_hello(
-    s: &TcpStream,
+    s: &Stream,
     r: &mut TimedStream<'_>,
     key: Option<&ClusterKey>,
 ) -> Result<Accepted, HandshakeError> {
@@ -312,7 +333,7 @@ pub fn accept_hello(
 /// the shorter of the two, so the common case costs no extra system call;
 /// limits are enforced with that granularity (at most one `request` late).
 pub struct TimedStream<'a> {
-    stream: &'a TcpStream,
+    stream: &'a Stream,
     deadlines: Deadlines,
     /// When the first byte of the request being read arrived.
     pending_since: Option<Instant>,
@@ -320,7 +341,7 @@ pub struct TimedStream<'a> {
 }
 
 impl<'a> TimedStream<'a> {
-    pub fn new(stream: &'a TcpStream, deadlines: Deadlines) -> TimedStream<'a> {
+    pub fn new(stream: &'a Stream, deadlines: Deadlines) -> TimedStream<'a> {
         let _ = stream.set_read_timeout(Some(deadlines.idle.min(deadlines.request)));
         TimedStream {
             stream,

@@ -36,7 +36,7 @@ pub trait Handler {
     /// Writes reply bytes to the client. A handler whose connection also
     /// receives messages from another thread (a Sentinel subscriber) writes
     /// under the lock that thread takes, so the two never interleave.
-    fn write_out(&mut self, stream: &std::net::TcpStream, bytes: &[u8]) -> std::io::Result<()> {
+    fn write_out(&mut self, stream: &crate::net::Stream, bytes: &[u8]) -> std::io::Result<()> {
         use std::io::Write;
         (&*stream).write_all(bytes)
     }
@@ -124,7 +124,7 @@ impl<P: Pending> Replies<P> {
 /// A connection silent for `deadlines.idle`, or whose command is not complete
 /// `deadlines.request` after its first byte, is closed.
 pub fn serve<H: Handler>(
-    stream: &std::net::TcpStream,
+    stream: &crate::net::Stream,
     limits: impl Fn() -> Limits,
     deadlines: crate::net::Deadlines,
     handler: &mut H,

@@ -50,7 +50,6 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use parking_lot::{Mutex, RwLock};
 use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
-use std::net::TcpStream;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -61,6 +60,7 @@ pub(crate) struct Context {
     pub name: String,
     pub conns: crate::net::ConnLimit,
     pub password: Option<crate::auth::Password>,
+    pub tls: Option<Arc<crate::tls::Tls>>,
     pub counters: Arc<crate::auth::AuthCounters>,
     pub deadlines: crate::net::Deadlines,
     /// "host:port" Sentinel addresses of the other servers sharing this
@@ -81,11 +81,12 @@ pub(crate) fn service(ctx: Arc<Context>) -> Service {
             let _ =
                 std::io::Write::write_all(&mut &*stream, b"-ERR max number of clients reached\r\n");
         }),
+        tls: ctx.tls.clone(),
         serve: Arc::new(move |stream, _| serve(&ctx, stream)),
     }
 }
 
-fn serve(ctx: &Context, stream: TcpStream) {
+fn serve(ctx: &Context, stream: crate::net::Stream) {
     let limits = Limits {
         max_bulk: 4096,
         max_args: 64,
@@ -116,7 +117,7 @@ pub(crate) struct Subscribers(Mutex<HashMap<u64, Arc<Subscriber>>>);
 pub(crate) struct Subscriber {
     /// A clone of the connection's socket; whoever writes to the connection
     /// (its own thread or the notifier) holds this lock.
-    out: Mutex<TcpStream>,
+    out: Mutex<crate::net::Stream>,
     state: Mutex<Subscriptions>,
 }
 
@@ -258,7 +259,7 @@ fn notify_loop(ctx: &Context, wake: &Receiver<()>, stop: &Receiver<()>) {
 /// One Sentinel connection.
 struct Conn<'a> {
     ctx: &'a Context,
-    stream: &'a TcpStream,
+    stream: &'a crate::net::Stream,
     gate: AuthGate,
     proto: u8,
     id: u64,
@@ -291,7 +292,7 @@ impl Handler for Conn<'_> {
         self.proto
     }
 
-    fn write_out(&mut self, stream: &TcpStream, bytes: &[u8]) -> std::io::Result<()> {
+    fn write_out(&mut self, stream: &crate::net::Stream, bytes: &[u8]) -> std::io::Result<()> {
         match &self.sub {
             Some(s) => s.out.lock().write_all(bytes),
             None => (&*stream).write_all(bytes),
@@ -789,7 +790,7 @@ mod tests {
     }
 
     /// A subscriber registered as a connection's first SUBSCRIBE does.
-    fn subscriber(subs: &Subscribers, id: u64, stream: TcpStream, channel: &[u8]) {
+    fn subscriber(subs: &Subscribers, id: u64, stream: crate::net::Stream, channel: &[u8]) {
         let mut st = Subscriptions {
             proto: RESP2,
             ..Default::default()
@@ -810,22 +811,22 @@ mod tests {
         let addr = l.local_addr().unwrap();
         let subs = Subscribers::default();
         // Connection 1 never reads; its socket's write timeout is short.
-        let stuck_client = TcpStream::connect(addr).unwrap();
+        let stuck_client = std::net::TcpStream::connect(addr).unwrap();
         let (stuck, _) = l.accept().unwrap();
         stuck
             .set_write_timeout(Some(Duration::from_millis(50)))
             .unwrap();
-        subscriber(&subs, 1, stuck, SWITCH_MASTER);
+        subscriber(&subs, 1, crate::net::Stream::plain(stuck), SWITCH_MASTER);
         // Connection 2 reads everything.
-        let reader = TcpStream::connect(addr).unwrap();
+        let reader = std::net::TcpStream::connect(addr).unwrap();
         let (live, _) = l.accept().unwrap();
         live.set_write_timeout(Some(Duration::from_secs(5)))
             .unwrap();
-        subscriber(&subs, 2, live, SWITCH_MASTER);
+        subscriber(&subs, 2, crate::net::Stream::plain(live), SWITCH_MASTER);
         // Connection 3 listens elsewhere.
-        let _other_client = TcpStream::connect(addr).unwrap();
+        let _other_client = std::net::TcpStream::connect(addr).unwrap();
         let (other, _) = l.accept().unwrap();
-        subscriber(&subs, 3, other, b"+sdown");
+        subscriber(&subs, 3, crate::net::Stream::plain(other), b"+sdown");
         let drain = std::thread::spawn(move || {
             let mut r = reader;
             let mut buf = vec![0u8; 1 << 16];

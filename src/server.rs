@@ -16,7 +16,7 @@ use crate::registry::etcd::{Presence, ServerPresence};
 use crate::registry::{etcd::EtcdStore, file::FileStore, Arbiter, RegistryStore};
 use crate::wire::{self, AuthStats, ConnKind, ErrorKind, ServerRequest, ServerResponse, WireError};
 use parking_lot::RwLock;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -171,6 +171,7 @@ impl Server {
                     name: opts.cluster_name.clone(),
                     conns: shared.conns.clone(),
                     password: opts.security.password.clone(),
+                    tls: opts.security.tls.clone(),
                     counters: shared.counters.clone(),
                     deadlines: shared.deadlines,
                     peers: sentinel_peers.clone(),
@@ -359,11 +360,12 @@ fn service(sh: Arc<Shared>) -> Service {
             let (kind, message) = net::too_many(max);
             let _ = wire::write_frame(&mut &*stream, &ServerResponse::Error { kind, message });
         }),
+        tls: sh.security.tls.clone(),
         serve: Arc::new(move |stream, _| serve(&sh, stream)),
     }
 }
 
-fn serve(sh: &Shared, stream: TcpStream) {
+fn serve(sh: &Shared, stream: crate::net::Stream) {
     let peer = stream
         .peer_addr()
         .map(|a| a.to_string())

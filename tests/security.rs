@@ -126,6 +126,7 @@ fn a_node_with_the_wrong_secret_cannot_register_or_act() {
         ConnKind::Member,
         Duration::from_secs(5),
         Some(&wrong),
+        None,
     )
     .err()
     .expect("refused");
@@ -506,7 +507,7 @@ fn clients_without_the_password_are_refused_on_both_protocols() {
         }
         other => panic!("large frame before AUTH: {other:?}"),
     }
-    assert!(closed_by_peer(&s));
+    assert!(closed_by_peer(s.socket()));
     let mut r = TcpStream::connect(&c.nodes[coord].resp_addr).unwrap();
     r.set_read_timeout(Some(PATIENCE)).unwrap();
     let cmd = format!(
@@ -528,7 +529,7 @@ fn clients_without_the_password_are_refused_on_both_protocols() {
             }
         ));
     }
-    assert!(closed_by_peer(&s));
+    assert!(closed_by_peer(s.socket()));
     // Also when the guesses come pipelined, many in one write.
     let s = raw_client(&c.nodes[coord].addr);
     let mut guesses = Vec::new();

@@ -38,6 +38,7 @@ impl UnavailableServer {
                         idle: Duration::from_secs(30),
                         request: Duration::from_secs(30),
                     };
+                    let s = dkv::net::Stream::plain(s);
                     let mut r = TimedStream::new(&s, d);
                     let Ok(mut conn) = net::accept_hello(&s, &mut r, None) else {
                         return;

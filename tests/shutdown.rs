@@ -9,7 +9,7 @@ mod common;
 use common::*;
 use dkv::wire::{Request, Response, ServerRequest, ServerResponse};
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use dkv::net::Stream;
 use std::process::ExitStatus;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -43,8 +43,8 @@ fn assert_clean_exit(p: &mut Proc, what: &str) {
 }
 
 /// A RESP connection that answered PING, so its connection thread runs.
-fn resp_conn(addr: &str) -> TcpStream {
-    let mut s = TcpStream::connect(addr).unwrap();
+fn resp_conn(addr: &str) -> Stream {
+    let mut s = Stream::plain(std::net::TcpStream::connect(addr).unwrap());
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s.write_all(b"*1\r\n$4\r\nPING\r\n").unwrap();
     let mut b = [0u8; 7];
@@ -54,7 +54,7 @@ fn resp_conn(addr: &str) -> TcpStream {
 }
 
 /// A native connection to a node that answered a Status request.
-fn node_conn(addr: &str) -> TcpStream {
+fn node_conn(addr: &str) -> Stream {
     let s = raw_client(addr);
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     match raw_call(&s, &Request::Status) {
@@ -64,7 +64,7 @@ fn node_conn(addr: &str) -> TcpStream {
 }
 
 /// A client connection to a server that answered a View request.
-fn server_conn(addr: &str) -> TcpStream {
+fn server_conn(addr: &str) -> Stream {
     let s = dkv::net::connect(addr, Duration::from_secs(5)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     match dkv::net::call::<_, ServerResponse>(&s, &ServerRequest::View, 4 << 20) {
@@ -75,7 +75,7 @@ fn server_conn(addr: &str) -> TcpStream {
 
 /// True when the peer closed `s` (end of file or a reset), waiting at most
 /// its read timeout.
-fn closed_by_peer(mut s: &TcpStream) -> bool {
+fn closed_by_peer(mut s: &Stream) -> bool {
     let mut b = [0u8; 64];
     match s.read(&mut b) {
         Ok(0) => true,
@@ -98,7 +98,7 @@ fn sigterm_stops_every_process_with_idle_clients_on_every_port() {
     assert_ne!(c.nodes[coord].resp_addr, "off");
 
     // Idle clients on every port of every process.
-    let idle: Vec<(usize, TcpStream)> = [coord, replica]
+    let idle: Vec<(usize, Stream)> = [coord, replica]
         .into_iter()
         .flat_map(|i| {
             [

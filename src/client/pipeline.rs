@@ -12,9 +12,10 @@
 use super::{ms, unexpected, wire_clause, Bounded, Client};
 use crate::cli::io_text;
 use crate::errors::{Error, Result};
+use crate::net::Stream;
 use crate::wire::{self, Request, Response};
 use std::io::{self, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::Shutdown;
 use std::time::{Duration, Instant};
 
 /// Most requests sent in one round trip of a pipeline.
@@ -311,7 +312,7 @@ fn not_sent(results: &mut Vec<Result<OpResult>>, n: usize, why: &str) {
 /// `deadline`. `timeout` is the connection's timeout in force (see
 /// [`Bounded`]).
 fn exchange(
-    s: &TcpStream,
+    s: &Stream,
     timeout: &mut Option<Duration>,
     n: usize,
     frames: &[u8],

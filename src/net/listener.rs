@@ -18,7 +18,7 @@
 //! 3. [`Listener::close`]: every connection left is shut down both ways
 //!    (any blocked read or write returns) and its thread is joined.
 
-use super::{accepted, ConnLimit, ConnSlot};
+use super::{accepted, ConnLimit, ConnSlot, Stream};
 use parking_lot::{Condvar, Mutex};
 use std::collections::HashMap;
 use std::io;
@@ -34,10 +34,10 @@ use std::time::{Duration, Instant};
 pub const POLL: Duration = Duration::from_millis(50);
 
 /// Tells a refused connection why (given the limit).
-pub type Refuse = Box<dyn Fn(&TcpStream, usize) + Send>;
+pub type Refuse = Box<dyn Fn(&Stream, usize) + Send>;
 
 /// Serves one connection.
-pub type Serve = Arc<dyn Fn(TcpStream, &Conn) + Send + Sync>;
+pub type Serve = Arc<dyn Fn(Stream, &Conn) + Send + Sync>;
 
 /// What a port does with its connections.
 pub struct Service {
@@ -54,6 +54,10 @@ pub struct Service {
     pub refuse: Refuse,
     /// Serves one connection, on its own thread.
     pub serve: Serve,
+    /// TLS only: each connection's handshake runs on its thread (within
+    /// `write_timeout`) before `serve`; one that fails is closed, and a
+    /// connection over the limit is closed without a word.
+    pub tls: Option<Arc<crate::tls::Tls>>,
 }
 
 /// A listening port and its connections. Dropping it does not stop it
@@ -255,7 +259,10 @@ fn admit(reg: &Arc<Registry>, service: &Service, stream: TcpStream) {
     let _ = stream.set_nonblocking(false);
     let Some(slot) = service.limit.try_acquire() else {
         let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
-        (service.refuse)(&stream, service.limit.max());
+        let stream = Stream::plain(stream);
+        if service.tls.is_none() {
+            (service.refuse)(&stream, service.limit.max());
+        }
         // On the accept thread: take what the client already sent (so
         // closing does not reset the refusal away), never wait for more.
         super::close_after_reply(&stream, Duration::ZERO);
@@ -287,10 +294,18 @@ fn admit(reg: &Arc<Registry>, service: &Service, stream: TcpStream) {
     };
     let id = conn.id;
     let serve = service.serve.clone();
+    let tls = service.tls.clone();
+    let handshake = service.write_timeout;
     let res = std::thread::Builder::new()
         .name(service.conn_name.clone())
         .spawn(move || {
-            serve(stream, &conn);
+            let stream = match &tls {
+                None => Some(Stream::plain(stream)),
+                Some(t) => crate::tls::accept(t, stream, handshake),
+            };
+            if let Some(stream) = stream {
+                serve(stream, &conn);
+            }
             drop(conn);
         });
     match res {
@@ -332,6 +347,7 @@ mod tests {
                 conn_name: "test-conn".into(),
                 limit: ConnLimit::new(limit),
                 write_timeout: Duration::from_secs(1),
+                tls: None,
                 refuse: Box::new(|s, _| {
                     let _ = (&*s).write_all(b"full");
                 }),
@@ -386,6 +402,7 @@ mod tests {
                 conn_name: "test-conn".into(),
                 limit: ConnLimit::new(8),
                 write_timeout: Duration::from_secs(1),
+                tls: None,
                 refuse: Box::new(|_, _| {}),
                 serve: Arc::new(|s, c| {
                     c.keep_through_drain();

@@ -8,12 +8,12 @@
 use super::requests::{Begun, DataPath, PendingWrite};
 use super::Shared;
 use crate::auth::{self, Gate, Verdict};
+use crate::net::Stream;
 use crate::net::TimedStream;
 use crate::resp::MAX_PIPELINED;
 use crate::wire::{self, ErrorKind, NodeStatus, Request, Response, WireError};
 use std::collections::VecDeque;
 use std::io::BufReader;
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 /// A reply not yet written: known, or a write waiting for its commit.
@@ -64,7 +64,7 @@ const READ_AHEAD: usize = 64 * 1024;
 /// appended before the first is waited for, so they share replication
 /// batches and fsyncs; answers keep request order, and any other request
 /// waits for the connection's earlier writes first (a read sees them).
-pub(super) fn serve(sh: &Shared, stream: &TcpStream, reader: TimedStream<'_>, peer: &str) {
+pub(super) fn serve(sh: &Shared, stream: &Stream, reader: TimedStream<'_>, peer: &str) {
     let mut out = Vec::with_capacity(256);
     let mut gate = Gate::new(sh.security.password.clone());
     let mut reader = BufReader::with_capacity(READ_AHEAD, reader);
@@ -161,7 +161,7 @@ pub(super) fn serve(sh: &Shared, stream: &TcpStream, reader: TimedStream<'_>, pe
 /// Answers a request that could not be read, when the client should learn
 /// why, and closes.
 fn refuse(
-    stream: &TcpStream,
+    stream: &Stream,
     gate: &Gate,
     reader: &TimedStream<'_>,
     peer: &str,
@@ -224,7 +224,7 @@ const BACKUP_STALL: std::time::Duration = std::time::Duration::from_secs(30);
 /// Streams a backup ([`crate::backup::Feed`]) frame by frame: each frame is
 /// written (the socket's back-pressure) before the next is taken. False
 /// when the connection must close.
-fn backup(sh: &Shared, stream: &TcpStream) -> bool {
+fn backup(sh: &Shared, stream: &Stream) -> bool {
     let serving = sh.serving.read().clone();
     let refusal = if !super::requests::is_serving_coordinator(&serving, Instant::now()) {
         Some(Response::NotCoordinator {

@@ -42,7 +42,7 @@ use crate::wire::{
 use crossbeam_channel::{bounded, Receiver, Sender};
 use parking_lot::{Mutex, RwLock};
 use socket2::{Domain, Protocol, Socket, Type};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -202,7 +202,14 @@ impl Shared {
         kind: ConnKind,
         timeout: Duration,
     ) -> std::io::Result<PeerConn> {
-        net::connect_peer(addr, kind, timeout, self.security.cluster_key.as_ref())
+        let tls = self.security.tls.as_ref().map(|t| t.client());
+        net::connect_peer(
+            addr,
+            kind,
+            timeout,
+            self.security.cluster_key.as_ref(),
+            tls.as_ref(),
+        )
     }
 }
 
@@ -586,16 +593,22 @@ fn register(
         let mut all_denied = true;
         for (i, server) in servers.order() {
             let sent = Instant::now();
-            let conn =
-                match net::connect_peer(server, ConnKind::Member, Duration::from_secs(2), key) {
-                    Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-                        let msg = format!("server {server} refused registration: {e}");
-                        log::warn!("{msg}");
-                        denied = Some(msg);
-                        continue;
-                    }
-                    other => other,
-                };
+            let tls = security.tls.as_ref().map(|t| t.client());
+            let conn = match net::connect_peer(
+                server,
+                ConnKind::Member,
+                Duration::from_secs(2),
+                key,
+                tls.as_ref(),
+            ) {
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                    let msg = format!("server {server} refused registration: {e}");
+                    log::warn!("{msg}");
+                    denied = Some(msg);
+                    continue;
+                }
+                other => other,
+            };
             all_denied = false;
             let res = conn.and_then(|mut c| {
                 c.call::<_, ServerResponse>(
@@ -1119,11 +1132,12 @@ fn data_service(sh: Arc<Shared>) -> Service {
                 &crate::wire::Response::Error { kind, message },
             );
         }),
+        tls: sh.security.tls.clone(),
         serve: Arc::new(move |stream, conn| serve_connection(sh.clone(), stream, conn)),
     }
 }
 
-fn serve_connection(sh: Arc<Shared>, stream: TcpStream, conn: &Conn) {
+fn serve_connection(sh: Arc<Shared>, stream: net::Stream, conn: &Conn) {
     let peer = stream
         .peer_addr()
         .map(|a| a.to_string())

@@ -11,12 +11,13 @@
 use super::Shared;
 use crate::auth::AuthCounters;
 use crate::core::node::Input;
+use crate::net::Stream;
 use crate::repl::{Feeder, Follower, Poll, Step, StreamEnd, IDLE_WAIT};
 use crate::types::Epoch;
 use crate::wire::{ConnKind, FollowRequest, Opener, ReplAck, ReplMsg, Sealer, WireError};
 pub(super) use acker::Acker;
 use parking_lot::{Condvar, Mutex};
-use std::net::{Shutdown, TcpStream};
+use std::net::Shutdown;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +28,7 @@ use std::time::Duration;
 
 pub(super) fn feed(
     sh: &Arc<Shared>,
-    stream: TcpStream,
+    stream: Stream,
     req: FollowRequest,
     peer: &str,
     mut tx: Sealer,
@@ -124,7 +125,7 @@ pub(super) fn feed(
 
 fn send_stream(
     sh: &Shared,
-    stream: &TcpStream,
+    stream: &Stream,
     tx: &mut Sealer,
     feeder: &mut Feeder,
 ) -> Result<(), String> {
@@ -176,7 +177,7 @@ pub(super) struct FollowerCtl {
     target: Mutex<Option<(String, Epoch)>>,
     changed: Condvar,
     /// The current stream, so a change of target can cut it.
-    conn: Mutex<Option<TcpStream>>,
+    conn: Mutex<Option<Stream>>,
     /// Signalled when a stream ends (`conn` is cleared).
     ended: Condvar,
 }
@@ -398,16 +399,16 @@ impl Drop for WalThreadAgain<'_> {
 
 mod acker {
     use super::super::Shared;
+    use crate::net::Stream;
     use crate::types::{Epoch, LogPos};
     use crate::wire::{ReplAck, Sealer};
-    use std::net::TcpStream;
     use std::time::{Duration, Instant};
 
     /// Where a replica sends its acknowledgements: the stream to the
     /// coordinator it follows. Shared by the follower thread and the
     /// write-ahead log thread, which acknowledges once entries are persisted.
     pub struct Acker {
-        pub stream: TcpStream,
+        pub stream: Stream,
         pub tx: Sealer,
         pub epoch: Epoch,
         /// The last position acknowledged, and when.
@@ -429,12 +430,7 @@ mod acker {
     }
 
     impl Shared {
-        pub(crate) fn set_acker(
-            &self,
-            stream: TcpStream,
-            tx: Sealer,
-            epoch: Epoch,
-        ) -> AckerGuard<'_> {
+        pub(crate) fn set_acker(&self, stream: Stream, tx: Sealer, epoch: Epoch) -> AckerGuard<'_> {
             *self.acker.lock() = Some(Acker {
                 stream,
                 tx,

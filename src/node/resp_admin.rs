@@ -22,11 +22,11 @@
 
 use super::resp_data::{upper, wrong_args};
 use super::Shared;
+use crate::net::Stream;
 use crate::resp::{Reply, RESP2, RESP3};
 use crate::types::Role;
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
-use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -87,7 +87,7 @@ pub(crate) struct ClientInfo {
     created: Instant,
     /// A clone of the socket, so `CLIENT KILL` from another connection can
     /// shut it down.
-    stream: Option<TcpStream>,
+    stream: Option<Stream>,
     state: Mutex<ClientState>,
 }
 
@@ -109,7 +109,7 @@ pub(crate) struct Client<'a> {
 
 impl<'a> Client<'a> {
     /// Registers a new connection, with an id from the process-wide counter.
-    pub fn register(stats: &'a RespStats, stream: &TcpStream) -> Client<'a> {
+    pub fn register(stats: &'a RespStats, stream: &Stream) -> Client<'a> {
         use std::os::fd::AsRawFd;
         let info = Arc::new(ClientInfo {
             id: crate::resp::next_client_id(),
@@ -121,7 +121,7 @@ impl<'a> Client<'a> {
                 .local_addr()
                 .map(|a| a.to_string())
                 .unwrap_or_default(),
-            fd: stream.as_raw_fd(),
+            fd: stream.socket().as_raw_fd(),
             created: Instant::now(),
             stream: stream.try_clone().ok(),
             state: Mutex::new(ClientState {

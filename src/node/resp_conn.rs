@@ -15,11 +15,11 @@ use super::resp_data::{upper, wrong_args};
 use super::{resp_admin, Shared};
 use crate::commands::Command;
 use crate::net::listener::Service;
+use crate::net::Stream;
 use crate::resp::{Answer, AuthGate, Gated, Handler, Limits, Pending, Reply};
 use crate::wire::{ErrorKind, Request, Response};
 use crate::{Client, ClientOptions, Error};
 use std::io::Write;
-use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,6 +34,7 @@ pub(super) fn service(sh: Arc<Shared>) -> Service {
         refuse: Box::new(|stream, _| {
             let _ = (&*stream).write_all(b"-ERR max number of clients reached\r\n");
         }),
+        tls: sh.security.tls.clone(),
         serve: Arc::new(move |stream, _| {
             Conn {
                 sh: &sh,
@@ -99,7 +100,7 @@ impl Handler for Conn<'_> {
 }
 
 impl Conn<'_> {
-    fn serve(mut self, stream: TcpStream) {
+    fn serve(mut self, stream: Stream) {
         let _ = stream.set_nodelay(true);
         let max_bulk = self
             .sh

@@ -433,7 +433,7 @@ pub fn server_call(addr: &str, kind: ConnKind, req: &ServerRequest) -> dkv::Resu
             )?)
         }
         kind => {
-            let mut c = dkv::net::connect_peer(addr, kind, timeout, None)?;
+            let mut c = dkv::net::connect_peer(addr, kind, timeout, None, None)?;
             Ok(c.call::<_, ServerResponse>(req, dkv::wire::MAX_SERVER_FRAME)?)
         }
     }
@@ -518,7 +518,7 @@ impl CoordinatorWatch {
         let flag = stop.clone();
         let handle = std::thread::spawn(move || {
             let mut claims = Claims::default();
-            let mut conns: Vec<Option<TcpStream>> = addrs.iter().map(|_| None).collect();
+            let mut conns: Vec<Option<dkv::net::Stream>> = addrs.iter().map(|_| None).collect();
             while !flag.load(Ordering::Acquire) {
                 for (addr, conn) in addrs.iter().zip(conns.iter_mut()) {
                     if conn.is_none() {

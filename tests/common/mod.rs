@@ -703,11 +703,11 @@ pub fn node_status(addr: &str) -> dkv::Result<NodeStatus> {
 }
 
 /// A raw connection to a node that has sent the client handshake.
-pub fn raw_client(addr: &str) -> TcpStream {
+pub fn raw_client(addr: &str) -> dkv::net::Stream {
     dkv::net::connect(addr, Duration::from_secs(5)).unwrap()
 }
 
-pub fn raw_call(s: &TcpStream, req: &Request) -> Response {
+pub fn raw_call(s: &dkv::net::Stream, req: &Request) -> Response {
     dkv::net::call::<_, Response>(s, req, 4 << 20).unwrap()
 }
 
