@@ -23,10 +23,15 @@ pub trait Target: Send {
 pub struct NativeTarget(Client);
 
 impl NativeTarget {
-    pub fn connect(server: &str, password: Option<Vec<u8>>) -> Result<Self, Error> {
+    pub fn connect(
+        server: &str,
+        password: Option<Vec<u8>>,
+        tls: Option<crate::tls::ClientTls>,
+    ) -> Result<Self, Error> {
         let opts = ClientOptions {
             op_timeout: Duration::from_secs(10),
             password,
+            tls,
             ..Default::default()
         };
         Ok(NativeTarget(Client::with_options(server, opts)?))
@@ -63,13 +68,18 @@ pub struct RespTarget {
 }
 
 impl RespTarget {
-    pub fn connect(addr: &str, wait_replicas: Option<u32>) -> Result<Self, String> {
-        let s = std::net::TcpStream::connect(addr).map_err(|e| format!("{addr}: {e}"))?;
-        s.set_nodelay(true).map_err(|e| e.to_string())?;
+    /// Over TLS when `tls` is given (`redis-benchmark --tls` does the same).
+    pub fn connect(
+        addr: &str,
+        wait_replicas: Option<u32>,
+        tls: Option<&crate::tls::ClientTls>,
+    ) -> Result<Self, String> {
+        let s = crate::net::dial(addr, Duration::from_secs(10), tls)
+            .map_err(|e| format!("{addr}: {e}"))?;
         s.set_read_timeout(Some(Duration::from_secs(10)))
             .map_err(|e| e.to_string())?;
         Ok(RespTarget {
-            stream: std::io::BufReader::new(crate::net::Stream::plain(s)),
+            stream: std::io::BufReader::new(s),
             out: Vec::with_capacity(256),
             wait_replicas,
         })

@@ -318,6 +318,8 @@ pub fn io_text(e: &std::io::Error) -> String {
 pub struct ProtoArgs {
     pub timeout_ms: Option<u64>,
     pub password: Option<Vec<u8>>,
+    /// `--tls-ca`, `--tls-cert`, `--tls-key` (or `DKV_TLS_*`).
+    pub tls: ClientTlsArgs,
     /// Print values as stored (`--raw`) instead of escaped.
     pub raw: bool,
     pub help: bool,
@@ -332,6 +334,16 @@ pub struct ProtoArgs {
 /// come anywhere; after `--` every argument is the server or a command.
 pub fn parse_proto_args(args: Vec<Vec<u8>>) -> Result<ProtoArgs, String> {
     let mut out = ProtoArgs::default();
+    let env = |k: &str| std::env::var_os(k).map(PathBuf::from);
+    out.tls = ClientTlsArgs {
+        tls_ca: env("DKV_TLS_CA"),
+        tls_cert: env("DKV_TLS_CERT"),
+        tls_key: env("DKV_TLS_KEY"),
+    };
+    let path = |v: Vec<u8>| -> PathBuf {
+        use std::os::unix::ffi::OsStringExt;
+        PathBuf::from(std::ffi::OsString::from_vec(v))
+    };
     let mut it = args.into_iter();
     let mut positional = false;
     while let Some(a) = it.next() {
@@ -375,6 +387,9 @@ pub fn parse_proto_args(args: Vec<Vec<u8>>) -> Result<ProtoArgs, String> {
                 }
             }
             "--password" => out.password = Some(value("the client password")?),
+            "--tls-ca" => out.tls.tls_ca = Some(path(value("the CA certificate file")?)),
+            "--tls-cert" => out.tls.tls_cert = Some(path(value("the client certificate file")?)),
+            "--tls-key" => out.tls.tls_key = Some(path(value("the client key file")?)),
             _ => return Err(format!("unknown option '{text}'")),
         }
     }
@@ -566,7 +581,7 @@ impl TlsArgs {
 
 /// The TLS flags of the clients (`client_proto`, `dkv-client`), with the
 /// environment variables `DKV_TLS_CA`, `DKV_TLS_CERT` and `DKV_TLS_KEY`.
-#[derive(Clone, Debug, Default, clap::Args)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, clap::Args)]
 pub struct ClientTlsArgs {
     /// Speak TLS, trusting the CA certificates in FILE (env DKV_TLS_CA).
     #[arg(long, value_name = "FILE", env = "DKV_TLS_CA")]

@@ -68,6 +68,9 @@ pub struct ClientOptions {
     pub max_value_bytes: usize,
     /// Sent first on every connection when set (the cluster's client password).
     pub password: Option<Vec<u8>>,
+    /// TLS to the servers and nodes (their CA, maybe a client
+    /// certificate); None: clear text.
+    pub tls: Option<crate::tls::ClientTls>,
 }
 
 impl Default for ClientOptions {
@@ -78,6 +81,7 @@ impl Default for ClientOptions {
             max_key_bytes: 4 * 1024,
             max_value_bytes: 1024 * 1024,
             password: None,
+            tls: None,
         }
     }
 }
@@ -315,6 +319,9 @@ pub fn classify(first: &[u8]) -> Option<NotAServer> {
     };
     Some(if first.starts_with(b"HTTP/") {
         NotAServer::Http(shown(line))
+    } else if matches!(first, [0x15 | 0x16, 0x03, ..]) {
+        // A TLS record (an alert, or a handshake) answering clear text.
+        NotAServer::Tls
     } else if b"+-:$*_%#,(!=|~>".contains(&b0) {
         NotAServer::Resp
     } else {
@@ -843,7 +850,8 @@ impl Client {
         use ServerFailure::{Foreign, Other, Stop};
         let start = Instant::now();
         let deadline = start + budget;
-        let s = net::connect(addr, budget).map_err(|e| ServerFailure::from_io(&e, budget))?;
+        let s = net::connect_tls(addr, budget, self.opts.tls.as_ref())
+            .map_err(|e| ServerFailure::from_io(&e, budget))?;
         let mut set = Some(budget);
         let mut first = true;
         let mut call = |req: &ServerRequest| -> std::result::Result<ServerResponse, ServerFailure> {
@@ -898,7 +906,7 @@ impl Client {
             .saturating_duration_since(Instant::now())
             .min(self.opts.io_timeout)
             .max(Duration::from_millis(1));
-        let s = net::connect(addr, left).map_err(|e| {
+        let s = net::connect_tls(addr, left, self.opts.tls.as_ref()).map_err(|e| {
             Error::Unavailable(format!("the node at {addr} {}", io_clause(&e, left)))
         })?;
         let mut set = Some(left);
@@ -1111,6 +1119,10 @@ mod tests {
     #[test]
     fn classify_names_what_answered() {
         assert_eq!(classify(b"+PONG\r\n"), Some(NotAServer::Resp));
+        assert_eq!(
+            classify(b"\x15\x03\x03\x00\x02\x02\x32"),
+            Some(NotAServer::Tls)
+        );
         assert_eq!(
             classify(b"-NOAUTH Authentication required.\r\n"),
             Some(NotAServer::Resp)

@@ -91,6 +91,8 @@ pub enum NotAServer {
     Resp,
     /// An HTTP server; holds its status line.
     Http(String),
+    /// A TLS port (its alert to a clear-text hello): the client needs TLS.
+    Tls,
     /// Bytes of no protocol DKV knows; holds the first ones, escaped.
     Unknown(String),
 }
@@ -102,6 +104,10 @@ impl std::fmt::Display for NotAServer {
             NotAServer::NodeDataPort => {
                 write!(f, "is a DKV node's data port, not the server: {FIX}")
             }
+            NotAServer::Tls => write!(
+                f,
+                "speaks TLS: this client needs the cluster's CA (--tls-ca FILE or DKV_TLS_CA)"
+            ),
             NotAServer::Resp => write!(
                 f,
                 "answered in the Redis protocol (RESP): it is a RESP or Sentinel port, \

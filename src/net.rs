@@ -263,6 +263,9 @@ pub enum HandshakeError {
     /// The peer does not know the cluster secret (or tampered with the handshake).
     #[error("peer failed cluster authentication (wrong or missing cluster secret)")]
     AuthFailed,
+    /// Over TLS, a member link came without a client certificate.
+    #[error("{0}")]
+    NoCertificate(String),
     #[error("{0}")]
     Bad(String),
 }
@@ -294,6 +297,14 @@ pub fn accept_hello(
             tx: Sealer::plain(),
             rx: Opener::plain(),
         });
+    }
+    if let Err(why) = crate::tls::require_member_cert(s) {
+        let refusal = HelloReply::Refused {
+            kind: ErrorKind::AuthFailed,
+            message: why.clone(),
+        };
+        let _ = wire::write_frame(&mut &*s, &refusal);
+        return Err(HandshakeError::NoCertificate(why));
     }
     let mine = auth::nonce();
     let proof = key.map(|k| k.accept_proof(&hello.nonce, &mine));

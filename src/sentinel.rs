@@ -317,6 +317,7 @@ impl Conn<'_> {
         };
         let opts = crate::ClientOptions {
             password: self.gate.password.clone(),
+            tls: self.ctx.tls.as_ref().map(|t| t.client()),
             ..Default::default()
         };
         match crate::Client::hand_over_at(&addr, None, opts) {

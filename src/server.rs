@@ -81,7 +81,8 @@ impl Shared {
             cluster_secret: self.security.cluster_key.is_some(),
             forged_beacons: 0,
             replayed_beacons: 0,
-            rejected_peers: AuthCounters::get(&self.counters.rejected_peers),
+            rejected_peers: AuthCounters::get(&self.counters.rejected_peers)
+                + crate::tls::refused_certs(),
             failed_client_auth: AuthCounters::get(&self.counters.failed_auth),
         }
     }
@@ -385,12 +386,10 @@ fn serve(sh: &Shared, stream: crate::net::Stream) {
         mut rx,
     } = match net::accept_hello(&stream, &mut reader, key) {
         Ok(a) => a,
-        Err(HandshakeError::AuthFailed) => {
+        Err(e @ (HandshakeError::AuthFailed | HandshakeError::NoCertificate(_))) => {
             AuthCounters::bump(&sh.counters.rejected_peers);
-            log::warn!(
-                "server connection from {peer} refused: {}",
-                HandshakeError::AuthFailed
-            );
+            let c = AuthCounters::get(&sh.counters.rejected_peers);
+            crate::auth::log_sampled(c, || format!("server connection from {peer} refused: {e}"));
             return;
         }
         Err(e) => {

@@ -24,6 +24,8 @@ impl Termination {
             libc::sigemptyset(&mut set);
             libc::sigaddset(&mut set, libc::SIGTERM);
             libc::sigaddset(&mut set, libc::SIGINT);
+            // SIGHUP reloads (see `on_hangup`) instead of killing the process.
+            libc::sigaddset(&mut set, libc::SIGHUP);
             let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
             if rc != 0 {
                 return Err(io::Error::from_raw_os_error(rc));
@@ -38,6 +40,13 @@ impl Termination {
             let mut sig: libc::c_int = 0;
             // SAFETY: `set` was initialised in `block`; `sig` is ours.
             let rc = unsafe { libc::sigwait(&self.set, &mut sig) };
+            if rc == 0 && sig == libc::SIGHUP {
+                match HANGUP.get() {
+                    Some(f) => f(),
+                    None => log::info!("SIGHUP: nothing to reload"),
+                }
+                continue;
+            }
             if rc == 0 {
                 return name(sig);
             }
@@ -55,6 +64,14 @@ impl Termination {
                 std::process::exit(code);
             });
     }
+}
+
+static HANGUP: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>> = std::sync::OnceLock::new();
+
+/// What SIGHUP does (once set; the TLS certificates' reload): run on the
+/// thread that waits for signals.
+pub fn on_hangup(f: impl Fn() + Send + Sync + 'static) {
+    let _ = HANGUP.set(Box::new(f));
 }
 
 fn name(sig: libc::c_int) -> &'static str {

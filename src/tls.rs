@@ -132,7 +132,7 @@ fn explain_client(host: &str, e: std::io::Error) -> std::io::Error {
         }
         None => format!("TLS handshake with {host} failed: {e}"),
     };
-    std::io::Error::new(std::io::ErrorKind::ConnectionRefused, hint)
+    std::io::Error::new(std::io::ErrorKind::PermissionDenied, hint)
 }
 
 /// A process's TLS: what it serves and how it connects to other members.
@@ -227,6 +227,11 @@ impl Tls {
 pub static REFUSED_CERTS: AtomicU64 = AtomicU64::new(0);
 /// Connections that did not speak TLS to a TLS port (or broke the handshake).
 pub static NOT_TLS: AtomicU64 = AtomicU64::new(0);
+
+/// Handshakes refused for a bad certificate so far.
+pub fn refused_certs() -> u64 {
+    REFUSED_CERTS.load(Ordering::Relaxed)
+}
 
 /// Runs the server handshake on an accepted socket; a failure is counted,
 /// logged (sampled) and the connection closed.

@@ -30,6 +30,7 @@ fn secured(name: &str, n: usize) -> Cluster {
         Secrets {
             cluster_secret: Some(SECRET),
             password: None,
+            tls: false,
         },
     )
 }
@@ -413,6 +414,7 @@ fn clients_without_the_password_are_refused_on_both_protocols() {
         Secrets {
             cluster_secret: Some(SECRET),
             password: Some("s3cret-pw"),
+            tls: false,
         },
     );
     let coord = c.coordinator();

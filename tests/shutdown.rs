@@ -7,9 +7,9 @@
 mod common;
 
 use common::*;
+use dkv::net::Stream;
 use dkv::wire::{Request, Response, ServerRequest, ServerResponse};
 use std::io::{Read, Write};
-use dkv::net::Stream;
 use std::process::ExitStatus;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};

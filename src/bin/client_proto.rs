@@ -34,6 +34,9 @@ options (anywhere on the line):
                     included (default 5000)
   --password PASS   the cluster's client password; better: the DKV_PASSWORD environment
                     variable (ps shows command lines)
+  --tls-ca FILE     speak TLS, trusting the CA certificates in FILE (env DKV_TLS_CA)
+  --tls-cert FILE   with --tls-key: present this client certificate (env DKV_TLS_CERT,
+  --tls-key FILE    DKV_TLS_KEY), for a cluster with tls-auth-clients
   --raw             print values as stored (a value holding a newline spans lines)
   --version, --help
 batches:   consecutive R, W and D commands are sent pipelined, up to 1024 at a time (a T
@@ -73,10 +76,15 @@ fn main() -> ExitCode {
         },
         Err(_) => return usage("the server address is not valid UTF-8"),
     };
+    let tls = match args.tls.load() {
+        Ok(t) => t,
+        Err(e) => return usage(&e),
+    };
     let opts = ClientOptions {
         op_timeout: timeout,
         io_timeout: timeout,
         password,
+        tls,
         ..ClientOptions::default()
     };
     let limits = Limits {

@@ -54,6 +54,8 @@ struct Args {
     #[arg(long, global = true, value_name = "MS",
           value_parser = clap::value_parser!(u64).range(1..))]
     timeout: Option<u64>,
+    #[command(flatten)]
+    tls: dkv::cli::ClientTlsArgs,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -61,13 +63,14 @@ struct Args {
 /// Client options carrying the password from --password or DKV_PASSWORD
 /// and the --timeout (or `default_ms`).
 fn options(
-    password: &Option<Vec<u8>>,
+    (password, tls): &(Option<Vec<u8>>, Option<dkv::tls::ClientTls>),
     timeout: Option<u64>,
     default_ms: u64,
 ) -> dkv::ClientOptions {
     let t = Duration::from_millis(timeout.unwrap_or(default_ms));
     dkv::ClientOptions {
         password: password.clone(),
+        tls: tls.clone(),
         op_timeout: t,
         io_timeout: t,
         ..Default::default()
@@ -258,7 +261,14 @@ fn main() -> ExitCode {
             e.exit();
         }
     };
-    let pw = dkv::auth::client_password(args.password);
+    let tls = match args.tls.load() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("dkv-client: {e}");
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    let pw = (dkv::auth::client_password(args.password), tls);
     let timeout = args.timeout;
     let res = match args.cmd {
         Cmd::Demo {
@@ -320,12 +330,14 @@ fn main() -> ExitCode {
             };
             let res = match target.as_str() {
                 "native" => dkv::bench::run(&cfg, |_| {
-                    dkv::bench::NativeTarget::connect(&server, pw.clone())
+                    dkv::bench::NativeTarget::connect(&server, pw.0.clone(), pw.1.clone())
                         .map_err(|e| e.to_string())
                 }),
-                "resp" => dkv::bench::run(&cfg, |_| dkv::bench::RespTarget::connect(&server, None)),
+                "resp" => dkv::bench::run(&cfg, |_| {
+                    dkv::bench::RespTarget::connect(&server, None, pw.1.as_ref())
+                }),
                 "resp-wait" => dkv::bench::run(&cfg, |_| {
-                    dkv::bench::RespTarget::connect(&server, Some(wait))
+                    dkv::bench::RespTarget::connect(&server, Some(wait), pw.1.as_ref())
                 }),
                 "etcd" => dkv::bench::run(&cfg, |_| dkv::bench::EtcdTarget::connect(&server)),
                 other => {

@@ -43,6 +43,8 @@ struct Args {
     /// Config file; when absent, ./config.json is used if it exists.
     #[arg(short, long)]
     config: Option<PathBuf>,
+    #[command(flatten)]
+    tls: dkv::cli::TlsArgs,
 }
 
 fn main() -> ExitCode {
@@ -72,6 +74,7 @@ fn main() -> ExitCode {
     };
     cfg.log_warnings();
     let mut cfg = cfg;
+    args.tls.apply(&mut cfg);
     if let Some(p) = args.fsync {
         cfg.node_settings.fsync = p;
         if let Err(e) = cfg.validate() {
@@ -115,7 +118,15 @@ fn main() -> ExitCode {
         }
     };
     let security = match dkv::auth::Security::from_config(&cfg) {
-        Ok(s) => s,
+        Ok(s) => {
+            if let Some(t) = s.tls.clone() {
+                dkv::signals::on_hangup(move || {
+                    log::info!("SIGHUP: reloading the TLS certificates");
+                    t.reload(true);
+                });
+            }
+            s
+        }
         Err(e) => {
             eprintln!("dkv-node: {e}");
             return ExitCode::from(2);

@@ -46,6 +46,8 @@ struct Args {
     /// 127.0.0.1:9101; defaults to the config's metrics-listen, else off.
     #[arg(long, value_name = "HOST:PORT")]
     metrics_listen: Option<String>,
+    #[command(flatten)]
+    tls: dkv::cli::TlsArgs,
 }
 
 fn main() -> ExitCode {
@@ -59,13 +61,14 @@ fn main() -> ExitCode {
     };
     dkv::init_logging();
     let args = Args::parse();
-    let cfg = match Config::load(&args.config) {
+    let mut cfg = match Config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("dkv-server: {e}");
             return ExitCode::from(2);
         }
     };
+    args.tls.apply(&mut cfg);
     cfg.log_warnings();
     let listen = match args.listen {
         Some(l) => l,
@@ -108,7 +111,15 @@ fn main() -> ExitCode {
         }
     };
     let security = match dkv::auth::Security::from_config(&cfg) {
-        Ok(s) => s,
+        Ok(s) => {
+            if let Some(t) = s.tls.clone() {
+                dkv::signals::on_hangup(move || {
+                    log::info!("SIGHUP: reloading the TLS certificates");
+                    t.reload(true);
+                });
+            }
+            s
+        }
         Err(e) => {
             eprintln!("dkv-server: {e}");
             return ExitCode::from(2);

@@ -190,7 +190,7 @@ impl Shared {
             cluster_secret: self.security.cluster_key.is_some(),
             forged_beacons: AuthCounters::get(&c.forged_beacons),
             replayed_beacons: AuthCounters::get(&c.replayed_beacons),
-            rejected_peers: AuthCounters::get(&c.rejected_peers),
+            rejected_peers: AuthCounters::get(&c.rejected_peers) + crate::tls::refused_certs(),
             failed_client_auth: AuthCounters::get(&c.failed_auth),
         }
     }
@@ -1154,7 +1154,7 @@ fn serve_connection(sh: Arc<Shared>, stream: net::Stream, conn: &Conn) {
     );
     let accepted = match net::accept_hello(&stream, &mut reader, sh.security.cluster_key.as_ref()) {
         Ok(a) => a,
-        Err(e @ HandshakeError::AuthFailed) => {
+        Err(e @ (HandshakeError::AuthFailed | HandshakeError::NoCertificate(_))) => {
             let c = &sh.counters.rejected_peers;
             AuthCounters::bump(c);
             log_sampled(AuthCounters::get(c), || {

@@ -310,6 +310,8 @@ impl Conn<'_> {
                 max_key_bytes: self.sh.settings.max_key_bytes,
                 max_value_bytes: self.sh.settings.max_value_bytes,
                 password: self.password.clone(),
+                // As a member: its own certificate (tls-auth-clients).
+                tls: self.sh.security.tls.as_ref().map(|t| t.client()),
             };
             match Client::with_servers(self.sh.server.clone(), opts) {
                 Ok(c) => self.forward = Some(c),

@@ -80,6 +80,9 @@ pub struct Cluster {
     next_log: usize,
     /// The client password the cluster requires, if any.
     pub password: Option<Vec<u8>>,
+    /// With TLS on: the directory of `scripts/make-certs.sh`'s files
+    /// (`ca.pem`, `node.pem`, `node.key`) and how clients connect.
+    pub tls: Option<(PathBuf, dkv::tls::ClientTls)>,
 }
 
 /// A cluster secret and client password for [`Cluster::start_secured`].
@@ -87,6 +90,26 @@ pub struct Cluster {
 pub struct Secrets<'a> {
     pub cluster_secret: Option<&'a str>,
     pub password: Option<&'a str>,
+    /// TLS on every port, with certificates from `scripts/make-certs.sh`.
+    pub tls: bool,
+}
+
+/// Makes a CA and certificates `names` in `dir` with `scripts/make-certs.sh`
+/// (`env`: its knobs, such as `EXPIRED=1`).
+pub fn make_certs(dir: &Path, names: &[&str], env: &[(&str, &str)]) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/make-certs.sh");
+    let out = Command::new("bash")
+        .arg(script)
+        .arg(dir)
+        .args(names)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run scripts/make-certs.sh");
+    assert!(
+        out.status.success(),
+        "make-certs.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Writes a secret file readable by its owner only, as the nodes require.
@@ -240,6 +263,17 @@ impl Cluster {
             write_secret(&f, pw);
             cfg["client-password-file"] = f.to_str().unwrap().into();
         }
+        let tls = secrets.tls.then(|| {
+            let certs = dir.join("certs");
+            make_certs(&certs, &["node"], &[]);
+            let f = |n: &str| certs.join(n).to_str().unwrap().to_string();
+            cfg["tls-cert-file"] = f("node.pem").into();
+            cfg["tls-key-file"] = f("node.key").into();
+            cfg["tls-ca-file"] = f("ca.pem").into();
+            let client =
+                dkv::tls::ClientTls::from_files(&certs.join("ca.pem"), None).expect("client TLS");
+            (certs, client)
+        });
         std::fs::write(&config, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
         let server = Self::start_server_at(&dir, &config, "127.0.0.1:0", 0);
         let mut c = Cluster {
@@ -249,6 +283,7 @@ impl Cluster {
             nodes: Vec::new(),
             next_log: 0,
             password: secrets.password.map(|p| p.as_bytes().to_vec()),
+            tls,
         };
         for _ in 0..n {
             c.add_node();
@@ -401,6 +436,7 @@ impl Cluster {
     pub fn client_with(&self, opts: ClientOptions) -> Client {
         let opts = ClientOptions {
             password: opts.password.or_else(|| self.password.clone()),
+            tls: opts.tls.or_else(|| self.tls.as_ref().map(|t| t.1.clone())),
             ..opts
         };
         Client::with_options(&self.server.addr, opts).expect("client connects")
@@ -411,9 +447,10 @@ impl Cluster {
     }
 
     pub fn status(&self, i: usize) -> dkv::Result<NodeStatus> {
-        match &self.password {
-            None => node_status(&self.nodes[i].addr),
-            Some(_) => self.client().node_status(&self.nodes[i].addr),
+        if self.password.is_none() && self.tls.is_none() {
+            node_status(&self.nodes[i].addr)
+        } else {
+            self.client().node_status(&self.nodes[i].addr)
         }
     }
 
