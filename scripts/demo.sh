@@ -21,9 +21,18 @@ if [ -z "${DKV_CLUSTER_SECRET:-}" ]; then
   export DKV_CLUSTER_SECRET
 fi
 
+# And with TLS on every port: a throw-away CA and one certificate for the
+# processes on this machine (scripts/make-certs.sh), named in the environment
+# for the server and nodes (DKV_TLS_*_FILE) and for the clients (DKV_TLS_CA).
+if [ -z "${DKV_TLS_CERT_FILE:-}" ]; then
+  bash scripts/make-certs.sh "$WORK/certs" node
+  export DKV_TLS_CERT_FILE=$WORK/certs/node.pem DKV_TLS_KEY_FILE=$WORK/certs/node.key
+  export DKV_TLS_CA_FILE=$WORK/certs/ca.pem DKV_TLS_CA=$WORK/certs/ca.pem
+fi
+
 logs=""
 if keep_logs; then logs=" (logs in $WORK, kept after the demo: KEEP=$KEEP)"; fi
-say "starting a server and three nodes on loopback, with a cluster secret$logs"
+say "starting a server and three nodes on loopback, with a cluster secret and TLS$logs"
 start_server
 echo "server: $SERVER"
 for n in 1 2 3; do start_node "$n"; done

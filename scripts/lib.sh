@@ -17,6 +17,16 @@ keep_logs() {
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${ETCD_PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  # Each process stops cleanly (a coordinator hands over, a replica leaves
+  # the in-sync set) and writes its log until it exits: wait for that (at
+  # most 5 s) before the directory goes.
+  local p _
+  for p in "${PIDS[@]}"; do
+    for _ in $(seq 1 500); do
+      [ -e "/proc/$p" ] && ! grep -q '^State:[[:space:]]*[ZX]' "/proc/$p/status" 2>/dev/null || break
+      sleep 0.01
+    done
+  done
   local work=${WORK_ROOT:-${WORK:-}}
   [ -n "$work" ] || return 0
   if keep_logs; then

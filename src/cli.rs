@@ -549,14 +549,14 @@ mod tests {
 pub struct TlsArgs {
     /// This process's certificate (PEM, with its chain): every TCP port then
     /// speaks TLS only (config tls-cert-file).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "DKV_TLS_CERT_FILE")]
     pub tls_cert_file: Option<String>,
     /// The certificate's private key, mode 600 (config tls-key-file).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "DKV_TLS_KEY_FILE")]
     pub tls_key_file: Option<String>,
     /// The cluster's CA: member links must present a certificate it signed
     /// (config tls-ca-file).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "DKV_TLS_CA_FILE")]
     pub tls_ca_file: Option<String>,
     /// Clients must present a certificate the CA signed, too (config
     /// tls-auth-clients).

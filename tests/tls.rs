@@ -383,3 +383,46 @@ fn a_marker_written_through_every_path_never_crosses_loopback_in_clear_text() {
         seen.len()
     );
 }
+
+#[test]
+fn certificates_are_reloaded_when_their_files_change_and_on_sighup() {
+    let c = tls_cluster("tls-reload", 1, json!({}));
+    let dir = certs(&c);
+    let fresh = c.dir.join("rotated");
+    make_certs(&fresh, &["node"], &[]);
+    let new_client = |ca: &std::path::Path| {
+        let tls = dkv::tls::ClientTls::from_files(ca, None).unwrap();
+        let opts = dkv::ClientOptions {
+            tls: Some(tls),
+            op_timeout: Duration::from_secs(2),
+            ..Default::default()
+        };
+        dkv::Client::with_options(&c.server_addr(), opts).and_then(|mut cl| cl.cluster_view())
+    };
+    assert!(new_client(&fresh.join("ca.pem")).is_err());
+    // Replace the files (each by a rename, as a deployment tool does).
+    for f in ["node.pem", "node.key", "ca.pem"] {
+        let tmp = dir.join(format!("{f}.new"));
+        std::fs::copy(fresh.join(f), &tmp).unwrap();
+        std::fs::rename(&tmp, dir.join(f)).unwrap();
+    }
+    wait_until("the server to serve the new certificate", || {
+        new_client(&fresh.join("ca.pem")).is_ok()
+    });
+    assert!(c.server.log_text().contains("TLS: reloaded"));
+    // SIGHUP reloads at once, and does not stop the process.
+    unsafe {
+        libc::kill(c.nodes[0].pid(), libc::SIGHUP);
+    }
+    wait_until("the node to log the SIGHUP reload", || {
+        c.nodes[0]
+            .log_text()
+            .contains("SIGHUP: reloading the TLS certificates")
+    });
+    let mut cl = c.client_with(dkv::ClientOptions {
+        tls: Some(dkv::tls::ClientTls::from_files(&fresh.join("ca.pem"), None).unwrap()),
+        ..Default::default()
+    });
+    cl.put(b"after", b"reload").unwrap();
+    assert_eq!(cl.get(b"after").unwrap().as_deref(), Some(&b"reload"[..]));
+}
