@@ -5,13 +5,14 @@
 //!
 //! A rustls session is one state machine for both directions, so the clones
 //! of a TLS stream share it under a short lock that is never held across a
-//! blocking call: the socket is non-blocking, a reader waits in `poll(2)`
-//! for bytes without the lock, then takes it to decrypt what arrived; a
-//! writer takes it to encrypt and send, and if the socket's buffer is full
-//! it lets the lock go while it waits for room. So a sender blocked on a slow
-//! peer never stops its connection's reader, as with two halves of a
-//! `TcpStream`. The read and write timeouts are this type's own (the socket
-//! is non-blocking), with the errors a `TcpStream` gives (`WouldBlock`).
+//! blocking call. A reader waits for bytes in `recv(2)` without the lock
+//! (the socket stays blocking, so its own read timeout applies), then takes
+//! the lock to hand them to the session and take the plaintext out. A
+//! writer takes the lock to encrypt and sends with `MSG_DONTWAIT`; when the
+//! socket's buffer is full it lets the lock go while it waits for room. So
+//! a sender blocked on a slow peer never stops its connection's reader, as
+//! with two halves of a `TcpStream`, and a request costs the same system
+//! calls as in clear text: one `recv`, one `send`.
 
 use parking_lot::Mutex;
 use rustls::Connection;
@@ -34,12 +35,71 @@ struct Inner {
 }
 
 struct Tls {
-    conn: Mutex<Connection>,
-    /// Timeouts in microseconds (0: none), and the caller's non-blocking
-    /// mode: the socket itself is always non-blocking.
-    read_timeout: AtomicU64,
+    session: Mutex<Session>,
+    /// The write timeout in microseconds (0: none): sends do not block.
     write_timeout: AtomicU64,
+    /// The caller's non-blocking mode: reads then use `MSG_DONTWAIT`.
     nonblocking: AtomicBool,
+}
+
+struct Session {
+    conn: Connection,
+    /// Bytes received and not yet taken by rustls (it bounds what it
+    /// buffers: the rest waits here).
+    raw: Vec<u8>,
+    /// The peer closed the socket (rustls was told).
+    eof: bool,
+}
+
+/// The largest TLS record, with room for its header and tag.
+const RECORD: usize = 16 * 1024 + 512;
+
+/// Sends without blocking (`MSG_DONTWAIT`), without SIGPIPE.
+struct DontWait<'a>(&'a TcpStream);
+
+impl Write for DontWait<'_> {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        // SAFETY: sends from a live slice on a descriptor we hold.
+        let n = unsafe {
+            libc::send(
+                self.0.as_raw_fd(),
+                b.as_ptr() as *const libc::c_void,
+                b.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// One `recv` into `buf`; `dontwait`: without blocking.
+fn recv(sock: &TcpStream, buf: &mut [u8], dontwait: bool) -> io::Result<usize> {
+    loop {
+        // SAFETY: receives into a live buffer on a descriptor we hold.
+        let n = unsafe {
+            libc::recv(
+                sock.as_raw_fd(),
+                buf.as_mut_ptr() as *mut libc::c_void,
+                buf.len(),
+                if dontwait { libc::MSG_DONTWAIT } else { 0 },
+            )
+        };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
 }
 
 impl std::fmt::Debug for Stream {
@@ -87,15 +147,17 @@ impl Stream {
     /// A TLS stream over `sock` whose handshake is run at once, within
     /// `timeout` (a client's `conn` sends its hello first).
     pub fn tls(sock: TcpStream, conn: Connection, timeout: Duration) -> io::Result<Stream> {
-        let read_timeout = micros(sock.read_timeout()?);
         let write_timeout = micros(sock.write_timeout()?);
-        sock.set_nonblocking(true)?;
+        sock.set_nonblocking(false)?;
         let s = Stream {
             inner: Arc::new(Inner {
                 sock,
                 tls: Some(Tls {
-                    conn: Mutex::new(conn),
-                    read_timeout: AtomicU64::new(read_timeout),
+                    session: Mutex::new(Session {
+                        conn,
+                        raw: Vec::new(),
+                        eof: false,
+                    }),
                     write_timeout: AtomicU64::new(write_timeout),
                     nonblocking: AtomicBool::new(false),
                 }),
@@ -105,23 +167,34 @@ impl Stream {
         Ok(s)
     }
 
+    fn tls_state(&self) -> &Tls {
+        self.inner.tls.as_ref().expect("a TLS stream")
+    }
+
     fn handshake(&self, deadline: Instant) -> io::Result<()> {
-        let tls = self.inner.tls.as_ref().expect("tls");
+        let t = self.tls_state();
+        let mut buf = vec![0u8; RECORD];
         loop {
-            let mut c = tls.conn.lock();
-            self.send_pending(&mut c, Some(deadline))?;
-            if !c.is_handshaking() {
+            let mut s = t.session.lock();
+            self.send_pending(&mut s, Some(deadline))?;
+            if !s.conn.is_handshaking() {
                 return Ok(());
             }
-            drop(c);
-            self.wait(libc::POLLIN, Some(deadline))?;
-            let mut c = tls.conn.lock();
-            if self.read_records(&mut c)? == 0 {
+            if s.eof {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "the peer closed the connection during the TLS handshake",
                 ));
             }
+            drop(s);
+            self.wait(libc::POLLIN, Some(deadline))?;
+            let n = match recv(&self.inner.sock, &mut buf, true) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            };
+            let mut s = t.session.lock();
+            self.received(&mut s, &buf[..n])?;
         }
     }
 
@@ -129,12 +202,15 @@ impl Stream {
         self.inner.tls.is_some()
     }
 
-    /// The peer's certificate chain, verified against the CA (TLS only,
-    /// and only when the peer presented one).
+    /// The number of certificates the peer presented, verified against the
+    /// CA (TLS only; `None` when it presented none).
     pub fn peer_certificates(&self) -> Option<usize> {
-        let tls = self.inner.tls.as_ref()?;
-        let c = tls.conn.lock();
-        c.peer_certificates().map(|c| c.len()).filter(|&n| n > 0)
+        let t = self.inner.tls.as_ref()?;
+        let s = t.session.lock();
+        s.conn
+            .peer_certificates()
+            .map(|c| c.len())
+            .filter(|&n| n > 0)
     }
 
     /// Looks at the next bytes without taking them (clear text only).
@@ -170,36 +246,18 @@ impl Stream {
     }
 
     pub fn set_read_timeout(&self, d: Option<Duration>) -> io::Result<()> {
-        match &self.inner.tls {
-            None => self.inner.sock.set_read_timeout(d),
-            Some(t) => {
-                if d == Some(Duration::ZERO) {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidInput,
-                        "cannot set a 0 duration timeout",
-                    ));
-                }
-                t.read_timeout.store(micros(d), Ordering::Relaxed);
-                Ok(())
-            }
-        }
+        self.inner.sock.set_read_timeout(d)
     }
 
     pub fn set_write_timeout(&self, d: Option<Duration>) -> io::Result<()> {
-        match &self.inner.tls {
-            None => self.inner.sock.set_write_timeout(d),
-            Some(t) => {
-                t.write_timeout.store(micros(d), Ordering::Relaxed);
-                Ok(())
-            }
+        if let Some(t) = &self.inner.tls {
+            t.write_timeout.store(micros(d), Ordering::Relaxed);
         }
+        self.inner.sock.set_write_timeout(d)
     }
 
     pub fn read_timeout(&self) -> io::Result<Option<Duration>> {
-        match &self.inner.tls {
-            None => self.inner.sock.read_timeout(),
-            Some(t) => Ok(duration(t.read_timeout.load(Ordering::Relaxed))),
-        }
+        self.inner.sock.read_timeout()
     }
 
     pub fn set_nonblocking(&self, on: bool) -> io::Result<()> {
@@ -217,10 +275,10 @@ impl Stream {
     pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
         if how != Shutdown::Read {
             if let Some(t) = &self.inner.tls {
-                if let Some(mut c) = t.conn.try_lock_for(Duration::from_millis(10)) {
-                    c.send_close_notify();
-                    while c.wants_write() {
-                        if c.write_tls(&mut &self.inner.sock).is_err() {
+                if let Some(mut s) = t.session.try_lock_for(Duration::from_millis(10)) {
+                    s.conn.send_close_notify();
+                    while s.conn.wants_write() {
+                        if s.conn.write_tls(&mut DontWait(&self.inner.sock)).is_err() {
                             break;
                         }
                     }
@@ -245,72 +303,116 @@ impl Stream {
             };
             return s.set_nonblocking(false).is_err() || closed;
         };
-        let mut c = t.conn.lock();
-        match self.read_records(&mut c) {
-            Ok(0) => return true,
-            Ok(_) => {}
+        let mut buf = vec![0u8; RECORD];
+        let mut s = t.session.lock();
+        match recv(&self.inner.sock, &mut buf, true) {
+            Ok(n) => {
+                if self.received(&mut s, &buf[..n]).is_err() {
+                    return true;
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(_) => return true,
         }
+        if s.eof {
+            return true;
+        }
         let mut b = [0u8; 1];
-        !matches!(c.reader().read(&mut b), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        !matches!(s.conn.reader().read(&mut b), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
-    /// Reads the TLS records the socket holds (without blocking) and
-    /// processes them; answers the session needs (alerts, key updates) are
-    /// sent. `Ok(0)`: the peer closed the socket. `WouldBlock`: nothing there.
-    fn read_records(&self, c: &mut Connection) -> io::Result<usize> {
-        // One read: rustls bounds what it buffers, and the caller reads on
-        // while records are incomplete.
-        let n = loop {
-            match c.read_tls(&mut &self.inner.sock) {
-                Ok(n) => break n,
+    /// Hands `bytes` (all of a `recv`; empty: the peer closed the socket)
+    /// to the session, after what was left over from before.
+    fn received(&self, s: &mut Session, bytes: &[u8]) -> io::Result<()> {
+        if bytes.is_empty() {
+            s.eof = true;
+            return self.absorb(s);
+        }
+        if !s.raw.is_empty() {
+            s.raw.extend_from_slice(bytes);
+            return self.absorb(s);
+        }
+        // The common case: nothing left over, no copy.
+        let mut src = bytes;
+        let fed = self.feed(s, &mut src);
+        if !src.is_empty() {
+            s.raw.extend_from_slice(src);
+        }
+        fed?;
+        self.answer(s)
+    }
+
+    /// Gives rustls the bytes waiting in `raw`, as many as it takes.
+    fn absorb(&self, s: &mut Session) -> io::Result<()> {
+        let raw = std::mem::take(&mut s.raw);
+        let mut src = &raw[..];
+        let fed = self.feed(s, &mut src);
+        s.raw = src.to_vec();
+        fed?;
+        if s.eof && s.raw.is_empty() {
+            let _ = s.conn.read_tls(&mut &[][..]);
+        }
+        self.answer(s)
+    }
+
+    /// Feeds `src` to rustls and processes the records, until it is all
+    /// taken or rustls holds as much plaintext as it buffers.
+    fn feed(&self, s: &mut Session, src: &mut &[u8]) -> io::Result<()> {
+        while !src.is_empty() {
+            match s.conn.read_tls(src) {
+                Ok(_) => {}
+                // Full of plaintext nobody read yet: the rest waits.
+                Err(_)
+                    if s.conn
+                        .process_new_packets()
+                        .is_ok_and(|st| st.plaintext_bytes_to_read() > 0) =>
+                {
+                    return Ok(())
+                }
+                Err(e) => return Err(e),
+            }
+            if let Err(e) = s.conn.process_new_packets() {
+                // Tell the peer why (the alert rustls queued).
+                let _ = s.conn.write_tls(&mut DontWait(&self.inner.sock));
+                return Err(tls_error(e));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends what the session owes the peer after reading (handshake
+    /// messages, alerts, key updates) as far as the socket takes it now;
+    /// the rest goes with the next send (the handshake and every write call
+    /// [`Stream::send_pending`]), so the lock is never held in a wait.
+    fn answer(&self, s: &mut Session) -> io::Result<()> {
+        while s.conn.wants_write() {
+            match s.conn.write_tls(&mut DontWait(&self.inner.sock)) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
-        };
-        if n == 0 {
-            return Ok(0);
         }
-        if let Err(e) = c.process_new_packets() {
-            // Tell the peer why (the alert rustls queued).
-            let _ = c.write_tls(&mut &self.inner.sock);
-            return Err(tls_error(e));
-        }
-        if c.wants_write() {
-            // Handshake messages, alerts, key updates: short, sent at once.
-            while c.wants_write() {
-                match c.write_tls(&mut &self.inner.sock) {
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.wait(
-                        libc::POLLOUT,
-                        Some(Instant::now() + Duration::from_secs(10)),
-                    )?,
-                    Err(e) => return Err(e),
-                }
-            }
-        }
-        Ok(n)
+        Ok(())
     }
 
-    /// Sends what the session holds for the peer. Called with the lock
-    /// held; when the socket is full it waits for room without the lock
-    /// (`c` is re-taken), until `deadline` or the write timeout.
+    /// Sends what the session holds for the peer. When the socket is full
+    /// it waits for room without the lock (`s` is re-taken), until
+    /// `deadline` or the write timeout.
     fn send_pending(
         &self,
-        c: &mut parking_lot::MutexGuard<'_, Connection>,
+        s: &mut parking_lot::MutexGuard<'_, Session>,
         deadline: Option<Instant>,
     ) -> io::Result<()> {
-        let t = self.inner.tls.as_ref().expect("tls");
+        let t = self.tls_state();
         let deadline = deadline.or_else(|| {
             duration(t.write_timeout.load(Ordering::Relaxed)).map(|d| Instant::now() + d)
         });
-        while c.wants_write() {
-            match c.write_tls(&mut &self.inner.sock) {
+        while s.conn.wants_write() {
+            match s.conn.write_tls(&mut DontWait(&self.inner.sock)) {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    parking_lot::MutexGuard::unlocked(c, || self.wait(libc::POLLOUT, deadline))?;
+                    parking_lot::MutexGuard::unlocked(s, || self.wait(libc::POLLOUT, deadline))?;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
@@ -357,36 +459,44 @@ impl Stream {
     }
 
     fn tls_read(&self, t: &Tls, buf: &mut [u8]) -> io::Result<usize> {
-        let deadline = duration(t.read_timeout.load(Ordering::Relaxed)).map(|d| Instant::now() + d);
+        thread_local! {
+            /// Where this thread's reads land before rustls takes them (one
+            /// buffer per thread: no zeroing of a record's worth per read).
+            static RAW: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; RECORD]);
+        }
+        RAW.with(|raw| match raw.try_borrow_mut() {
+            Ok(mut raw) => self.tls_read_into(t, buf, &mut raw),
+            Err(_) => self.tls_read_into(t, buf, &mut vec![0u8; RECORD]),
+        })
+    }
+
+    fn tls_read_into(&self, t: &Tls, buf: &mut [u8], raw: &mut [u8]) -> io::Result<usize> {
         loop {
             {
-                let mut c = t.conn.lock();
-                match c.reader().read(buf) {
+                let mut s = t.session.lock();
+                if !s.raw.is_empty() {
+                    self.absorb(&mut s)?;
+                }
+                match s.conn.reader().read(buf) {
                     Ok(n) => return Ok(n),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(e) => return Err(e),
                 }
-                match self.read_records(&mut c) {
-                    Ok(0) => {
-                        // The socket closed: rustls says whether cleanly.
-                        return c.reader().read(buf);
-                    }
-                    Ok(_) => continue,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(e),
+                if s.eof {
+                    return Ok(0);
                 }
             }
-            if t.nonblocking.load(Ordering::Relaxed) {
-                return Err(io::Error::from(io::ErrorKind::WouldBlock));
-            }
-            self.wait(libc::POLLIN, deadline)?;
+            // Without the lock: the socket's own read timeout applies.
+            let n = recv(&self.inner.sock, raw, t.nonblocking.load(Ordering::Relaxed))?;
+            let mut s = t.session.lock();
+            self.received(&mut s, &raw[..n])?;
         }
     }
 
     fn tls_write(&self, t: &Tls, buf: &[u8]) -> io::Result<usize> {
-        let mut c = t.conn.lock();
-        let n = c.writer().write(buf)?;
-        self.send_pending(&mut c, None)?;
+        let mut s = t.session.lock();
+        let n = s.conn.writer().write(buf)?;
+        self.send_pending(&mut s, None)?;
         Ok(n)
     }
 }
