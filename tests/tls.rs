@@ -397,7 +397,7 @@ fn certificates_are_reloaded_when_their_files_change_and_on_sighup() {
             op_timeout: Duration::from_secs(2),
             ..Default::default()
         };
-        dkv::Client::with_options(&c.server_addr(), opts).and_then(|mut cl| cl.cluster_view())
+        dkv::Client::with_options(&c.server_addr(), opts).and_then(|cl| cl.cluster_view())
     };
     assert!(new_client(&fresh.join("ca.pem")).is_err());
     // Replace the files (each by a rename, as a deployment tool does).
