@@ -353,13 +353,7 @@ impl AuthCounters {
     }
 }
 
-/// Logs the 1st, 2nd, 4th, 8th, ... and every 1000th occurrence of
-/// something an attacker can repeat at will, so a flood cannot fill the log.
-pub fn log_sampled(count: u64, msg: impl FnOnce() -> String) {
-    if count.is_power_of_two() || count.is_multiple_of(1000) {
-        log::warn!("{} ({count} so far)", msg());
-    }
-}
+pub use crate::tls::log_sampled;
 
 /// The refusal of a request sent before the client authenticated (native
 /// protocol, node and server).

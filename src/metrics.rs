@@ -235,7 +235,13 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_CONNECTIONS: usize = 16;
 
 /// Starts serving `GET /metrics` on `listener`; `who` names the threads.
-pub fn start(listener: TcpListener, who: &str, reg: Render) -> io::Result<Listener> {
+/// With `tls`, HTTPS only, as every port of a process with TLS.
+pub fn start(
+    listener: TcpListener,
+    who: &str,
+    reg: Render,
+    tls: Option<Arc<crate::tls::Tls>>,
+) -> io::Result<Listener> {
     Listener::start(
         listener,
         Service {
@@ -252,8 +258,7 @@ pub fn start(listener: TcpListener, who: &str, reg: Render) -> io::Result<Listen
                     "too many metrics connections\n",
                 );
             }),
-            tls: None,
-            // Clear text always: metrics carry no keys or values (README).
+            tls,
             serve: Arc::new(move |s, _| serve(&s, &reg)),
         },
     )

@@ -3,9 +3,7 @@
 //! per-process connection limit; [`listener`] runs every accept loop.
 
 pub mod listener;
-mod stream;
-
-pub use stream::{tls_error, Stream, TlsFailure};
+pub use crate::tls::{tls_error, Stream, TlsFailure};
 
 use crate::auth::{self, ClusterKey};
 pub use crate::config::Deadlines;

@@ -199,8 +199,10 @@ impl Server {
                     conns: listeners[0].live_count(),
                     sentinel: sentinel_addr.map(|_| listeners[1].live_count()),
                 });
-                listeners.push(crate::metrics::start(l, "server", reg)?);
-                log::info!("metrics on http://{a}/metrics");
+                let tls = opts.security.tls.clone();
+                let scheme = if tls.is_some() { "https" } else { "http" };
+                listeners.push(crate::metrics::start(l, "server", reg, tls)?);
+                log::info!("metrics on {scheme}://{a}/metrics");
                 Some(a)
             }
             None => None,

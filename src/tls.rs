@@ -1,5 +1,5 @@
 //! TLS for every TCP port and member link (rustls, blocking, over
-//! [`crate::net::Stream`]).
+//! [`Stream`]).
 //!
 //! Crypto provider: *ring*. It builds from C and assembly with the `cc`
 //! crate alone, in about 20 s on two cores, and the etcd client (ureq)
@@ -19,7 +19,8 @@
 //! SIGHUP; connections opened after that use them. A reload that fails
 //! (a half-written file) keeps the previous certificates and says why.
 
-use crate::net::Stream;
+mod stream;
+
 use parking_lot::RwLock;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -29,6 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+pub use stream::{tls_error, Stream, TlsFailure};
 
 /// The largest certificate or key file read (a CA bundle included).
 const MAX_PEM_BYTES: u64 = 1 << 20;
@@ -83,8 +85,7 @@ impl ClientTls {
         timeout: Duration,
     ) -> std::io::Result<Stream> {
         let name = server_name(host)?;
-        let conn =
-            ClientConnection::new(self.config.clone(), name).map_err(crate::net::tls_error)?;
+        let conn = ClientConnection::new(self.config.clone(), name).map_err(tls_error)?;
         Stream::tls(sock, conn.into(), timeout).map_err(|e| explain_client(host, e))
     }
 }
@@ -104,7 +105,7 @@ fn server_name(host: &str) -> std::io::Result<ServerName<'static>> {
 fn explain_client(host: &str, e: std::io::Error) -> std::io::Error {
     let hint = match e
         .get_ref()
-        .and_then(|i| i.downcast_ref::<crate::net::TlsFailure>())
+        .and_then(|i| i.downcast_ref::<TlsFailure>())
         .map(|f| &f.0)
     {
         Some(rustls::Error::InvalidCertificate(c)) => match c {
@@ -170,7 +171,7 @@ impl Tls {
     /// Runs the server handshake over an accepted socket, within `timeout`.
     pub fn accept(&self, sock: TcpStream, timeout: Duration) -> std::io::Result<Stream> {
         let config = self.current.read().server.clone();
-        let conn = ServerConnection::new(config).map_err(crate::net::tls_error)?;
+        let conn = ServerConnection::new(config).map_err(tls_error)?;
         Stream::tls(sock, conn.into(), timeout)
     }
 
@@ -245,15 +246,14 @@ pub fn accept(tls: &Tls, sock: TcpStream, timeout: Duration) -> Option<Stream> {
         Ok(s) => Some(s),
         Err(e) => {
             let bad_cert = matches!(
-                e.get_ref()
-                    .and_then(|i| i.downcast_ref::<crate::net::TlsFailure>()),
-                Some(crate::net::TlsFailure(
+                e.get_ref().and_then(|i| i.downcast_ref::<TlsFailure>()),
+                Some(TlsFailure(
                     rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
                 ))
             );
             let counter = if bad_cert { &REFUSED_CERTS } else { &NOT_TLS };
             let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
-            crate::auth::log_sampled(n, || {
+            log_sampled(n, || {
                 if bad_cert {
                     format!("TLS connection from {peer} refused: {e}")
                 } else {
@@ -265,6 +265,16 @@ pub fn accept(tls: &Tls, sock: TcpStream, timeout: Duration) -> Option<Stream> {
             }
             None
         }
+    }
+}
+
+/// Logs the 1st, 2nd, 4th, 8th, ... and every 1000th occurrence of
+/// something an attacker can repeat at will, so a flood cannot fill the log.
+/// (Here, at the bottom of the module graph, so TLS can use it; re-exported
+/// as `auth::log_sampled`.)
+pub fn log_sampled(count: u64, msg: impl FnOnce() -> String) {
+    if count.is_power_of_two() || count.is_multiple_of(1000) {
+        log::warn!("{} ({count} so far)", msg());
     }
 }
 

@@ -426,3 +426,24 @@ fn certificates_are_reloaded_when_their_files_change_and_on_sighup() {
     cl.put(b"after", b"reload").unwrap();
     assert_eq!(cl.get(b"after").unwrap().as_deref(), Some(&b"reload"[..]));
 }
+
+#[test]
+fn metrics_are_served_over_https_only() {
+    let c = tls_cluster("tls-metrics", 1, json!({}));
+    let addr = c.server.metrics_addr.clone();
+    let get = b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let tls = dkv::tls::ClientTls::from_files(&certs(&c).join("ca.pem"), None).unwrap();
+    let s = dkv::net::dial(&addr, Duration::from_secs(5), Some(&tls)).unwrap();
+    std::io::Write::write_all(&mut &s, get).unwrap();
+    let mut body = String::new();
+    let _ = std::io::Read::read_to_string(&mut &s, &mut body);
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    assert!(body.contains("dkv_server_epoch"), "{body}");
+    // Clear text gets no metrics.
+    let mut p = std::net::TcpStream::connect(&addr).unwrap();
+    p.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    std::io::Write::write_all(&mut p, get).unwrap();
+    let mut raw = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut p, &mut raw);
+    assert!(!String::from_utf8_lossy(&raw).contains("dkv_server_epoch"));
+}

@@ -438,7 +438,12 @@ impl Node {
                 resp: listeners.get(1).map(|l| l.live_count()),
             };
             let reg = crate::metrics::registry(c);
-            listeners.push(crate::metrics::start(l, &id.to_string(), reg)?);
+            listeners.push(crate::metrics::start(
+                l,
+                &id.to_string(),
+                reg,
+                shared.security.tls.clone(),
+            )?);
         }
         {
             let sh = shared.clone();
