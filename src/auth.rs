@@ -262,18 +262,7 @@ fn read_secret_file(path: &Path) -> Result<Vec<u8>, String> {
             meta.len()
         ));
     }
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = meta.permissions().mode();
-        if mode & 0o077 != 0 {
-            return Err(format!(
-                "{}: permissions {:o} let other users read the secret; chmod 600 it",
-                path.display(),
-                mode & 0o777
-            ));
-        }
-    }
+    crate::tls::owner_only(path, &meta, "the secret")?;
     let mut bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
         bytes.pop();
@@ -523,6 +512,22 @@ impl Security {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secret_file_others_can_read_is_refused_with_a_sentence() {
+        use std::os::unix::fs::PermissionsExt;
+        let path = std::env::temp_dir().join(format!("dkv-secret-{}", std::process::id()));
+        std::fs::write(&path, "0123456789abcdef\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = read_secret_file(&path).unwrap_err();
+        assert!(
+            err.contains("let other users read the secret; chmod 600 it"),
+            "{err}"
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(read_secret_file(&path).unwrap(), b"0123456789abcdef");
+        let _ = std::fs::remove_file(&path);
+    }
 
     #[test]
     fn tags_depend_on_secret_direction_and_sequence() {

@@ -345,20 +345,29 @@ fn load(f: &TlsFiles) -> Result<Loaded, String> {
     })
 }
 
-fn read_pem(what: &str, path: &Path, private: bool) -> Result<Vec<u8>, String> {
-    use std::io::Read;
-    let meta = std::fs::metadata(path).map_err(|e| format!("{what} {}: {e}", path.display()))?;
+/// Refuses a file others can read (as ssh does for keys): "PATH:
+/// permissions 644 let other users read `what`; chmod 600 it".
+pub fn owner_only(path: &Path, meta: &std::fs::Metadata, what: &str) -> Result<(), String> {
     #[cfg(unix)]
-    if private {
+    {
         use std::os::unix::fs::PermissionsExt;
         let mode = meta.permissions().mode();
         if mode & 0o077 != 0 {
             return Err(format!(
-                "{what} {}: permissions {:o} let other users read the private key; chmod 600 it",
+                "{}: permissions {:o} let other users read {what}; chmod 600 it",
                 path.display(),
                 mode & 0o777
             ));
         }
+    }
+    Ok(())
+}
+
+fn read_pem(what: &str, path: &Path, private: bool) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path).map_err(|e| format!("{what} {}: {e}", path.display()))?;
+    if private {
+        owner_only(path, &meta, "the private key").map_err(|e| format!("{what} {e}"))?;
     }
     let mut buf = Vec::new();
     std::fs::File::open(path)

@@ -271,26 +271,12 @@ struct Capture(i32);
 
 impl Capture {
     fn open() -> Option<Capture> {
-        // SAFETY: plain socket calls on values we own.
-        unsafe {
-            let proto = (libc::ETH_P_IP as u16).to_be() as i32;
-            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM, proto);
-            if fd < 0 {
-                return None;
-            }
-            let tv = libc::timeval {
-                tv_sec: 1,
-                tv_usec: 0,
-            };
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                &tv as *const _ as *const libc::c_void,
-                std::mem::size_of::<libc::timeval>() as u32,
-            );
-            Some(Capture(fd))
-        }
+        loopback_packet_socket(
+            libc::SOCK_DGRAM,
+            libc::ETH_P_IP as u16,
+            std::time::Duration::from_secs(1),
+        )
+        .map(Capture)
     }
 
     /// The next UDP payload sent from `port`, if one comes within [`PATIENCE`].

@@ -254,38 +254,13 @@ struct Capture {
 
 impl Capture {
     fn start() -> Option<Capture> {
-        // SAFETY: plain socket calls on descriptors this function owns.
+        let fd = loopback_packet_socket(
+            libc::SOCK_RAW,
+            libc::ETH_P_ALL as u16,
+            Duration::from_millis(100),
+        )?;
+        // SAFETY: reads into a buffer it owns on the descriptor it owns.
         unsafe {
-            let proto = (libc::ETH_P_ALL as u16).to_be() as i32;
-            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto);
-            if fd < 0 {
-                return None;
-            }
-            let name = std::ffi::CString::new("lo").unwrap();
-            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
-            addr.sll_family = libc::AF_PACKET as u16;
-            addr.sll_protocol = proto as u16;
-            addr.sll_ifindex = libc::if_nametoindex(name.as_ptr()) as i32;
-            let rc = libc::bind(
-                fd,
-                &addr as *const _ as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            );
-            if rc != 0 {
-                libc::close(fd);
-                return None;
-            }
-            let tv = libc::timeval {
-                tv_sec: 0,
-                tv_usec: 100_000,
-            };
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                &tv as *const _ as *const libc::c_void,
-                std::mem::size_of::<libc::timeval>() as u32,
-            );
             let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
             let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
             let (s2, seen2) = (stop.clone(), seen.clone());

@@ -846,3 +846,49 @@ pub fn run_output(cmd: &mut Command) -> (bool, String) {
     );
     (out.status.success(), text)
 }
+
+/// An AF_PACKET socket (root only) of `kind` (`SOCK_RAW`: whole frames,
+/// `SOCK_DGRAM`: from the network header) for `ethertype`, bound to the
+/// loopback interface, whose reads give up after `timeout`. The caller
+/// closes the descriptor.
+pub fn loopback_packet_socket(
+    kind: i32,
+    ethertype: u16,
+    timeout: std::time::Duration,
+) -> Option<i32> {
+    // SAFETY: plain socket calls on a descriptor this function owns until
+    // it returns it.
+    unsafe {
+        let proto = ethertype.to_be();
+        let fd = libc::socket(libc::AF_PACKET, kind, proto as i32);
+        if fd < 0 {
+            return None;
+        }
+        let name = std::ffi::CString::new("lo").unwrap();
+        let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = proto;
+        addr.sll_ifindex = libc::if_nametoindex(name.as_ptr()) as i32;
+        let tv = libc::timeval {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+        };
+        let bound = libc::bind(
+            fd,
+            &addr as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        ) == 0;
+        let timed = libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            &tv as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::timeval>() as u32,
+        ) == 0;
+        if !(bound && timed) {
+            libc::close(fd);
+            return None;
+        }
+        Some(fd)
+    }
+}
