@@ -18,7 +18,15 @@ dir=${1:?usage: scripts/make-certs.sh DIR [NAME...]}
 shift
 names=("$@")
 [ ${#names[@]} -gt 0 ] || names=(node)
-command -v openssl >/dev/null || { echo "openssl is needed: apt-get install openssl" >&2; exit 1; }
+if ! command -v openssl >/dev/null; then
+  # As the project's other set-up does: installed when missing, as root.
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
+  else
+    echo "openssl is needed: apt-get install openssl (as root)" >&2
+    exit 1
+  fi
+fi
 mkdir -p "$dir"
 umask 077
 ec=(-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes)
