@@ -44,12 +44,15 @@ pub fn raise_fd_limit() -> u64 {
 
 /// What an accept loop does with one result of `accept`: a stream gets a
 /// write timeout (a client that never reads cannot hold its thread in a
-/// blocked write); an error (out of descriptors, say) is logged and followed
+/// blocked write) and TCP_NODELAY (every port answers requests); an error (out of descriptors, say) is logged and followed
 /// by a short pause, so the loop cannot spin.
 pub fn accepted(r: io::Result<TcpStream>, write_timeout: Duration) -> Option<TcpStream> {
     match r {
         Ok(s) => {
             let _ = s.set_write_timeout(Some(write_timeout));
+            // Before a TLS handshake too: its flights are several sends, and
+            // Nagle would hold one back for the peer's delayed ACK (~40 ms).
+            let _ = s.set_nodelay(true);
             Some(s)
         }
         Err(e) => {
