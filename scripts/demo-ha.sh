@@ -57,11 +57,13 @@ echo "\$ $(quote env ETCDCTL_API=3 etcdctl --endpoints "$ETCD_ENDPOINTS" get --p
 ETCDCTL_API=3 etcdctl --endpoints "$ETCD_ENDPOINTS" get --print-value-only "${ETCD_PREFIX}view" | cut -c1-300
 
 if command -v redis-cli >/dev/null; then
+  # With TLS on (the DKV_TLS_* variables), redis-cli speaks it too.
+  rcli=(redis-cli ${DKV_TLS_CA:+--tls --cacert "$DKV_TLS_CA"} -p "${SERVER_SENTINEL[2]##*:}")
   say "Sentinel users are given every server's Sentinel port; each lists the others"
-  run redis-cli -p "${SERVER_SENTINEL[2]##*:}" SENTINEL get-master-addr-by-name dkv
+  run "${rcli[@]}" SENTINEL get-master-addr-by-name dkv
   echo "its ip and port fields: server 1's Sentinel port"
-  echo "\$ $(quote redis-cli -p "${SERVER_SENTINEL[2]##*:}" SENTINEL sentinels dkv) | paste -d' ' - - | grep -E '^(ip|port) '"
-  redis-cli -p "${SERVER_SENTINEL[2]##*:}" SENTINEL sentinels dkv | paste -d' ' - - | grep -E '^(ip|port) ' || true
+  echo "\$ $(quote "${rcli[@]}" SENTINEL sentinels dkv) | paste -d' ' - - | grep -E '^(ip|port) '"
+  "${rcli[@]}" SENTINEL sentinels dkv | paste -d' ' - - | grep -E '^(ip|port) ' || true
 fi
 
 say "kill -9 server 1 (${SERVER_ADDR[1]}), the server every node talks to, while a client keeps writing"
