@@ -241,7 +241,8 @@ pub fn accept(tls: &Tls, sock: TcpStream, timeout: Duration) -> Option<Stream> {
         .peer_addr()
         .map(|a| a.to_string())
         .unwrap_or_else(|_| "?".into());
-    let raw = sock.try_clone().ok();
+    // On failure the socket is closed: dropped here, and its listener's
+    // record of it goes when the connection thread returns.
     match tls.accept(sock, timeout) {
         Ok(s) => Some(s),
         Err(e) => {
@@ -260,9 +261,6 @@ pub fn accept(tls: &Tls, sock: TcpStream, timeout: Duration) -> Option<Stream> {
                     format!("connection from {peer} closed: TLS handshake failed ({e})")
                 }
             });
-            if let Some(r) = raw {
-                let _ = r.shutdown(std::net::Shutdown::Both);
-            }
             None
         }
     }
